@@ -1,0 +1,384 @@
+"""``tile_process``: the driver that plans a run and runs its three daisy tasks.
+
+segment -> stitch run as one daisy pipeline (a stitch block waits for the segment blocks of its
+tile and neighbours); the driver then resolves the equivalence table once and runs relabel.
+Workers are separate processes (``python -m blockbuster.worker``) that daisy starts and
+watches: a worker that dies or hangs past ``timeout`` costs one block, which daisy retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import daisy
+import numpy as np
+from daisy import logging as daisy_logging
+
+from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
+from blockbuster.io import ImageSource, create_output, create_stage, describe_source, is_ome_path
+from blockbuster.resolve import resolve
+from blockbuster.rundir import RunDir, RunSpec
+from blockbuster.segment import SegmentFn
+from blockbuster.table import EquivalenceTable
+from blockbuster.worker import WorkerLauncher
+
+logger = logging.getLogger("blockbuster")
+
+DEFAULT_TIMEOUT = 3600.0
+
+
+@dataclass
+class TaskReport:
+    """How one daisy task ended."""
+
+    total: int
+    completed: int
+    failed: int
+    orphaned: int
+    seconds: float
+    error: str | None = None
+
+    @classmethod
+    def from_state(cls, state: Any, seconds: float) -> TaskReport:
+        return cls(
+            total=state.total_block_count,
+            completed=state.completed_count,
+            failed=state.failed_count,
+            orphaned=state.orphaned_count,
+            seconds=seconds,
+            error=state.first_worker_error or state.last_worker_error,
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.orphaned == 0 and self.completed == self.total
+
+
+@dataclass
+class RunResult:
+    """Summary of a ``tile_process`` run.
+
+    Attributes
+    ----------
+    output
+        Path of the label array written.
+    num_labels
+        Distinct objects in the output.
+    tiles_total, tiles_completed, tiles_failed
+        Tiles of the segment task (failed includes orphaned tiles).
+    fn_calls
+        Times ``fn`` ran across all workers (equals ``tiles_total`` on a clean run).
+    seconds
+        Wall seconds per stage: ``segment+stitch``, ``resolve``, ``relabel``, ``total``.
+    tasks
+        Per daisy task: block counts and the first worker error.
+    run_dir
+        The run directory (removed after success unless ``keep_stage``).
+    """
+
+    output: str
+    num_labels: int
+    tiles_total: int
+    tiles_completed: int
+    tiles_failed: int
+    fn_calls: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    tasks: dict[str, TaskReport] = field(default_factory=dict)
+    run_dir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tasks.values()) and "relabel" in self.tasks
+
+    def summary(self) -> str:
+        lines = [
+            f"output      {self.output}",
+            f"labels      {self.num_labels}",
+            f"tiles       {self.tiles_completed}/{self.tiles_total} completed, "
+            f"{self.tiles_failed} failed",
+            f"fn calls    {self.fn_calls}",
+        ]
+        lines += [f"{k:<12}{v:.2f} s" for k, v in self.seconds.items()]
+        for name, t in self.tasks.items():
+            if not t.ok:
+                lines.append(
+                    f"FAILED {name}: {t.failed} failed, {t.orphaned} orphaned of {t.total}"
+                )
+                if t.error:
+                    lines.append("  first error: " + t.error.strip().splitlines()[-1])
+        return "\n".join(lines)
+
+
+class TileFailureError(RuntimeError):
+    """Raised when tiles failed; the run directory is kept so the run can be resumed."""
+
+    def __init__(self, message: str, result: RunResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _validate_fn(fn: Any) -> bytes:
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking a numpy block, got {type(fn).__name__}")
+    try:
+        return cloudpickle.dumps(fn)
+    except Exception as e:
+        raise TypeError(
+            f"fn cannot be sent to worker processes ({e}); define it at module level or build "
+            "unpicklable objects (models, files, locks) inside it"
+        ) from None
+
+
+def _check_positive(name: str, value: float, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive number")
+    if integer and int(value) != value:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def plan_run(
+    image: Any,
+    tile_shape: tuple[int, ...],
+    overlap: int | tuple[int, ...],
+) -> tuple[ImageSource, TilePlan]:
+    """Describe the input and cut it into tiles (no data is read)."""
+    if isinstance(tile_shape, (int, np.integer)):
+        raise ValueError(
+            f"tile_shape={tile_shape} must give one size per spatial axis, e.g. (64, 256, 256)"
+        )
+    spatial_ndim = len(tuple(tile_shape))
+    if spatial_ndim not in (2, 3):
+        raise ValueError(f"tile_shape={tuple(tile_shape)} must have 2 or 3 entries (y, x or z, y, x)")
+    source = describe_source(image, spatial_ndim, param="image")
+    tile = normalize_tile_shape(tile_shape, source.spatial_shape)
+    halo = normalize_overlap(overlap, tile)
+    integral = all(float(v).is_integer() for v in source.scale + source.translation)
+    plan = TilePlan(
+        shape=source.spatial_shape,
+        tile=tile,
+        overlap=halo,
+        voxel_size=tuple(int(v) for v in source.scale) if integral else (1,) * spatial_ndim,
+        offset=tuple(int(v) for v in source.translation) if integral else (0,) * spatial_ndim,
+    )
+    return source, plan
+
+
+def _task(
+    name: str, plan: TilePlan, context: tuple[int, ...], run: RunDir, num_workers: int,
+    timeout: float, max_retries: int,
+) -> daisy.Task:
+    total, read, write = plan.task_rois(context)
+    return daisy.Task(
+        name,
+        total,
+        read,
+        write,
+        process_function=WorkerLauncher(run.root, name),
+        read_write_conflict=False,
+        fit="shrink",
+        max_workers=num_workers,
+        max_retries=max_retries,
+        timeout=timeout,
+        tracking_path=str(run.tracking(name)),
+        requires={"worker": 1},
+    )
+
+
+def _run_pipeline(
+    pipeline: Any, names: list[str], num_workers: int, progress: bool
+) -> tuple[dict[str, TaskReport], float]:
+    start = time.perf_counter()
+    states = daisy.Server().run_blockwise(
+        pipeline,
+        resources={"worker": num_workers},
+        progress=progress,
+        host="127.0.0.1",
+        summary=False,
+    )
+    seconds = time.perf_counter() - start
+    return {n: TaskReport.from_state(states[n], seconds) for n in names}, seconds
+
+
+def tile_process(
+    image: Any,
+    fn: SegmentFn,
+    tile_shape: tuple[int, ...],
+    overlap: int | tuple[int, ...] = 0,
+    *,
+    write_to: str | Path,
+    num_workers: int = 1,
+    progress: bool = False,
+    keep_stage: bool = False,
+    sequential_labels: bool = False,
+    merge_threshold: float = 0.5,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    max_retries: int = 2,
+    overwrite: bool = False,
+) -> RunResult:
+    """Segment an image tile by tile and stitch the labels into one consistent label array.
+
+    Parameters
+    ----------
+    image
+        Path of a zarr array or OME-Zarr image group, a ``zarr.Array`` or a
+        ``funlib.persistence.Array`` (on disk). 2D or 3D; leading axes beyond
+        ``len(tile_shape)`` are channels and are passed to ``fn`` whole.
+    fn
+        Picklable callable ``fn(block) -> labels``: ``block`` is the tile plus its halo (real
+        image data, clipped at the image edges, channels first); ``labels`` is an integer array
+        of the block's spatial shape, 0 = background. Called exactly once per tile.
+    tile_shape
+        Tile size in voxels per spatial axis (clipped to the image).
+    overlap
+        Halo in voxels per side. An int applies to every axis whose tile is longer than one
+        voxel (``(1, 2048, 2048)`` with ``20`` means ``(0, 20, 20)``); a tuple sets each axis.
+    write_to
+        Output path: a zarr array, or an OME-Zarr image group when it ends in ``.ome.zarr``.
+        Output labels are uint64, chunked by tile.
+    num_workers
+        Worker processes the driver starts on this machine.
+    progress
+        Show per-task progress bars.
+    keep_stage
+        Keep the run directory (staged tile labels, equivalence table, logs) after success.
+    sequential_labels
+        Final labels are ``1..N`` without gaps.
+    merge_threshold
+        Fraction in ``[0, 1)``; see :mod:`blockbuster.stitch` for the merge rule. ``0`` merges
+        any shared voxel (exact for connected-component fns).
+    timeout
+        Seconds a block may run before its worker is killed and the block retried.
+    max_retries
+        Times a failed block is retried before it counts as failed.
+    overwrite
+        Replace an existing output and run directory instead of refusing.
+
+    Returns
+    -------
+    RunResult
+        Output path, label count, tile counts, fn calls and seconds per stage.
+
+    Raises
+    ------
+    TileFailureError
+        If any tile failed; nothing is written to ``write_to`` and the run directory is kept so
+        that running the same call again resumes.
+    """
+    t0 = time.perf_counter()
+    if write_to is None:
+        raise ValueError("write_to is required: the path of the output label array")
+    payload = _validate_fn(fn)
+    _check_positive("num_workers", num_workers, integer=True)
+    _check_positive("timeout", timeout if timeout is not None else DEFAULT_TIMEOUT)
+    if not (0 <= merge_threshold < 1):
+        raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
+    source, plan = plan_run(image, tuple(tile_shape), overlap)
+    out = Path(write_to).absolute()
+    if out.resolve() == Path(source.store).resolve() / source.path or out.resolve() == Path(
+        source.store
+    ).resolve():
+        raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
+    run = RunDir.for_output(out)
+    spec = RunSpec(
+        source=source,
+        plan=plan,
+        output_store=str(out),
+        output_path="0" if is_ome_path(out) else "",
+        merge_threshold=float(merge_threshold),
+        sequential_labels=bool(sequential_labels),
+        sys_path=[str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
+    )
+    resume = _prepare_run_dir(run, out, spec, overwrite)
+    run.write_spec(spec)
+    run.write_fn(payload)
+    if not resume:
+        create_stage(run.stage, plan)
+    EquivalenceTable(run.table).close()
+    daisy_logging.set_log_basedir(str(run.logs))
+
+    workers = int(num_workers)
+    tout = float(timeout if timeout is not None else DEFAULT_TIMEOUT)
+    segment = _task("segment", plan, plan.overlap, run, workers, tout, max_retries)
+    stitch = _task("stitch", plan, plan.tile, run, workers, tout, max_retries)
+    reports, seconds = _run_pipeline(segment + stitch, ["segment", "stitch"], workers, progress)
+    result = RunResult(
+        output=str(out),
+        num_labels=0,
+        tiles_total=plan.num_tiles,
+        tiles_completed=reports["segment"].completed,
+        tiles_failed=reports["segment"].failed + reports["segment"].orphaned,
+        fn_calls=0,
+        seconds={"segment+stitch": seconds},
+        tasks=reports,
+        run_dir=str(run.root),
+    )
+    with EquivalenceTable(run.table) as table:
+        result.fn_calls = table.total_fn_calls()
+        if not all(r.ok for r in reports.values()):
+            _fail(result)
+        start = time.perf_counter()
+        resolution = resolve(table, plan.num_tiles, sequential_labels)
+        result.num_labels = resolution.num_labels
+        result.seconds["resolve"] = time.perf_counter() - start
+    if not resume or not out.exists():
+        create_output(out, source, plan, np.uint64)
+    relabel = _task("relabel", plan, (0,) * plan.ndim, run, workers, tout, max_retries)
+    # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
+    shutil.rmtree(run.tracking("relabel"), ignore_errors=True)
+    rep, seconds = _run_pipeline(relabel, ["relabel"], workers, progress)
+    result.tasks.update(rep)
+    result.seconds["relabel"] = seconds
+    result.seconds["total"] = time.perf_counter() - t0
+    if not result.ok:
+        _fail(result)
+    if not keep_stage:
+        shutil.rmtree(run.root, ignore_errors=True)
+    return result
+
+
+def _fail(result: RunResult) -> None:
+    bad = {n: t for n, t in result.tasks.items() if not t.ok}
+    detail = "; ".join(
+        f"{n}: {t.failed} failed, {t.orphaned} orphaned of {t.total}" for n, t in bad.items()
+    )
+    first = next((t.error for t in bad.values() if t.error), None)
+    msg = (
+        f"blockbuster run incomplete ({detail}); the output was not finished. "
+        f"The run directory {result.run_dir} is kept: fix the cause and run the same call again "
+        "to resume."
+    )
+    if first:
+        msg += "\nfirst error:\n" + first.strip()
+    raise TileFailureError(msg, result)
+
+
+def _prepare_run_dir(run: RunDir, out: Path, spec: RunSpec, overwrite: bool) -> bool:
+    """Check the output and run directory before anything is written; return True to resume."""
+    if overwrite:
+        shutil.rmtree(run.root, ignore_errors=True)
+        if out.exists():
+            shutil.rmtree(out)
+        return False
+    if run.spec_file.exists():
+        previous = run.read_spec()
+        if previous.same_work(spec):
+            return True
+        raise ValueError(
+            f"{run.root} holds an unfinished run with other parameters; pass overwrite=True to "
+            "discard it, or repeat the original call to resume it"
+        )
+    if out.exists():
+        raise ValueError(
+            f"write_to={str(out)!r} already exists; pass overwrite=True to replace it or choose "
+            "another path"
+        )
+    return False

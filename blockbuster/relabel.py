@@ -1,0 +1,66 @@
+"""Stage 3, relabel: write each tile's final labels into the output.
+
+A worker loads only its own tile's resolution (two integers and the tile's merged labels),
+builds a lookup table of ``n_core + 1`` entries and applies it to the tile's core.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from blockbuster.geometry import TilePlan, box_slices
+from blockbuster.table import EquivalenceTable
+
+
+def tile_lookup(
+    base: int, shift: int, n_core: int, rows: np.ndarray, sequential: bool
+) -> np.ndarray:
+    """Lookup table from a tile's local core labels to final IDs.
+
+    Parameters
+    ----------
+    base, shift, n_core
+        The tile's row of the resolution (see :mod:`blockbuster.resolve`).
+    rows
+        ``(label, final, absorbed)`` for the tile's merged labels.
+    sequential
+        Whether IDs are made gap-free.
+    """
+    local = np.arange(n_core + 1, dtype=np.uint64)
+    lut = local + np.uint64(base)
+    if sequential and n_core:
+        absorbed = np.zeros(n_core + 1, dtype=np.uint64)
+        absorbed[rows[rows[:, 2] == 1, 0]] = 1
+        # absorbed IDs of this tile below each label, plus those of earlier tiles
+        lut -= np.uint64(shift) + np.cumsum(absorbed) - absorbed
+    if len(rows):
+        lut[rows[:, 0]] = rows[:, 1].astype(np.uint64)
+    lut[0] = 0
+    return lut
+
+
+class Relabeler:
+    """Relabels tiles inside one worker process."""
+
+    def __init__(
+        self,
+        plan: TilePlan,
+        stage: zarr.Array,
+        table: EquivalenceTable,
+        output: zarr.Array,
+        sequential: bool,
+    ) -> None:
+        self.plan = plan
+        self.stage = stage
+        self.table = table
+        self.output = output
+        self.sequential = sequential
+
+    def __call__(self, index: tuple[int, ...]) -> None:
+        plan = self.plan
+        core_box = plan.core(index)
+        core = np.asarray(self.stage[index][box_slices(core_box, plan.stage_origin(index))])
+        base, shift, n_core, rows = self.table.tile_resolution(plan.tile_id(index))
+        lut = tile_lookup(base, shift, n_core, rows, self.sequential)
+        self.output[box_slices(core_box)] = lut[core].astype(self.output.dtype, copy=False)

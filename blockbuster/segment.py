@@ -1,0 +1,105 @@
+"""Stage 1, segment: run ``fn`` once on a tile plus its halo and stage the labels.
+
+The staged labels are renumbered per tile so that labels present in the core are ``1..n_core``
+and labels seen only in the halo follow them. Final IDs are assigned after every tile is
+counted (see :mod:`blockbuster.resolve`), so they are unique across tiles with no cap on tiles
+or labels per tile.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import fastremap
+import numpy as np
+import zarr
+
+from blockbuster.geometry import TilePlan, box_slices
+from blockbuster.io import read_box
+from blockbuster.table import EquivalenceTable
+
+SegmentFn = Callable[[np.ndarray], Any]
+
+
+def check_labels(labels: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """Check what ``fn`` returned and return it as an unsigned integer array.
+
+    Raises
+    ------
+    ValueError
+        If the result is not an integer array of the block's spatial shape with labels >= 0.
+    """
+    arr = np.asarray(labels)
+    if arr.shape != expected_shape:
+        raise ValueError(
+            f"fn returned shape {arr.shape} for a block of spatial shape {expected_shape}; "
+            "fn must return one label per voxel of the block it was given"
+        )
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"fn returned dtype {arr.dtype}; labels must be integers (0 = background)")
+    if np.issubdtype(arr.dtype, np.signedinteger) and arr.size and arr.min() < 0:
+        raise ValueError("fn returned negative labels; labels must be >= 0 (0 = background)")
+    return arr
+
+
+def renumber_core_first(labels: np.ndarray, core: tuple[slice, ...]) -> tuple[np.ndarray, int, int]:
+    """Renumber labels so those present in ``core`` are ``1..n_core`` and the rest follow.
+
+    Returns
+    -------
+    labels : np.ndarray
+        uint64 labels.
+    n_core, n_labels : int
+        Number of labels present in the core, and in all.
+    """
+    in_core = fastremap.unique(labels[core])
+    in_core = in_core[in_core != 0]
+    everywhere = fastremap.unique(labels)
+    halo_only = np.setdiff1d(everywhere[everywhere != 0], in_core, assume_unique=True)
+    order = np.concatenate([in_core, halo_only])
+    mapping = {int(old): new for new, old in enumerate(order.tolist(), start=1)}
+    mapping[0] = 0
+    out = fastremap.remap(labels, mapping, preserve_missing_labels=False)
+    return out.astype(np.uint64, copy=False), len(in_core), len(order)
+
+
+class Segmenter:
+    """Segments tiles inside one worker process; holds ``fn`` for the process's lifetime."""
+
+    def __init__(
+        self,
+        plan: TilePlan,
+        image: zarr.Array,
+        channel_axes: int,
+        stage: zarr.Array,
+        table: EquivalenceTable,
+        fn: SegmentFn,
+    ) -> None:
+        self.plan = plan
+        self.image = image
+        self.channel_axes = channel_axes
+        self.stage = stage
+        self.table = table
+        self.fn = fn
+        self.host = socket.gethostname()
+
+    def __call__(self, index: tuple[int, ...]) -> None:
+        start = time.perf_counter()
+        plan = self.plan
+        tile = plan.tile_id(index)
+        read = plan.read(index)
+        data = read_box(self.image, read, self.channel_axes)
+        labels = self.fn(data)
+        self.table.count_fn_call(tile)
+        labels = check_labels(labels, data.shape[self.channel_axes :])
+        core = box_slices(plan.core(index), origin=[a for a, _ in read])
+        labels, n_core, n_labels = renumber_core_first(labels, core)
+        chunk = np.zeros(plan.stage_tile_shape, dtype=np.uint64)
+        chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
+        self.stage[index] = chunk
+        self.table.record_tile(tile, n_core, n_labels, time.perf_counter() - start, self.host)

@@ -1,0 +1,105 @@
+"""``python -m blockbuster.worker``: the process that runs blocks of one task.
+
+The driver's daisy server starts these itself on the local machine; on a cluster the same
+command runs on compute nodes. The worker connects to the server named in ``DAISY_CONTEXT``,
+opens the run directory once (loading ``fn`` once, not per tile), then takes blocks until the
+server has none left. It owns its loop: an exception in one block is reported to daisy as that
+block's failure (with its traceback) and the worker goes on to the next block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import daisy
+
+from blockbuster.geometry import TilePlan
+from blockbuster.io import open_array, open_stage
+from blockbuster.relabel import Relabeler
+from blockbuster.rundir import RunDir, restore_sys_path
+from blockbuster.segment import Segmenter
+from blockbuster.stitch import Stitcher
+from blockbuster.table import EquivalenceTable
+
+TASKS = ("segment", "stitch", "relabel")
+
+logger = logging.getLogger("blockbuster.worker")
+
+
+def make_handler(run: RunDir, task: str) -> tuple[TilePlan, Callable[[tuple[int, ...]], None]]:
+    """Open what ``task`` needs from the run directory and return its per-tile handler."""
+    spec = run.read_spec()
+    restore_sys_path(spec)
+    table = EquivalenceTable(run.table)
+    plan = spec.plan
+    if task == "segment":
+        stage = open_stage(run.stage, mode="r+")
+        fn = run.load_fn()
+        image = spec.source.open()
+        return plan, Segmenter(plan, image, spec.source.channel_axes, stage, table, fn)
+    if task == "stitch":
+        return plan, Stitcher(plan, open_stage(run.stage), table, spec.merge_threshold)
+    if task == "relabel":
+        output = open_array(spec.output_store, spec.output_path, mode="r+")
+        return plan, Relabeler(plan, open_stage(run.stage), table, output, spec.sequential_labels)
+    raise ValueError(f"task={task!r} is not one of {TASKS}")
+
+
+def serve(run: RunDir, task: str) -> int:
+    """Process blocks from the daisy server until none are left; return how many failed."""
+    plan, handle = make_handler(run, task)
+    client = daisy.Client()
+    failed = 0
+    while True:
+        try:
+            with client.acquire_block() as block:
+                if block is None:
+                    break
+                handle(plan.index_of_write_roi(block.write_roi))
+        except Exception:
+            # daisy's acquire_block already logged the traceback and reported the block as
+            # failed (so the server retries it or counts it failed); keep serving.
+            failed += 1
+    return failed
+
+
+class WorkerLauncher:
+    """A daisy worker function that becomes ``python -m blockbuster.worker``.
+
+    daisy runs this in a fresh process with ``DAISY_CONTEXT`` set; the process replaces itself
+    (``exec``) with the blockbuster worker so that the process daisy watches (for exit codes,
+    timeouts and kills) is the worker itself.
+    """
+
+    def __init__(self, run_dir: Path | str, task: str) -> None:
+        self.run_dir = str(run_dir)
+        self.task = task
+
+    def __call__(self, *, context: daisy.Context | None = None) -> None:
+        if context is not None:
+            os.environ[daisy.Context.ENV_VARIABLE] = context.to_env()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        argv = [sys.executable, "-m", "blockbuster.worker", self.run_dir, self.task]
+        os.execv(sys.executable, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m blockbuster.worker",
+        description="Run blocks of one blockbuster task; connects to the server in DAISY_CONTEXT.",
+    )
+    parser.add_argument("run_dir", help="the run directory (<write_to>.blockbuster)")
+    parser.add_argument("task", choices=TASKS)
+    args = parser.parse_args(argv)
+    serve(RunDir(args.run_dir), args.task)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
