@@ -5,7 +5,21 @@
 ...                       write_to="labels.zarr", num_workers=2)  # doctest: +SKIP
 """
 
-from blockbuster.driver import RunResult, TileFailureError, tile_process
+from __future__ import annotations
 
-__all__ = ["RunResult", "TileFailureError", "tile_process"]
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+__all__ = ["RunResult", "TileFailureError", "tile_process"]
+
+if TYPE_CHECKING:
+    from blockbuster.driver import RunResult, TileFailureError, tile_process
+
+
+def __getattr__(name: str) -> Any:
+    # imported lazily so that worker processes importing blockbuster.launch stay light
+    if name in __all__:
+        from blockbuster import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'blockbuster' has no attribute {name!r}")

@@ -23,11 +23,11 @@ from daisy import logging as daisy_logging
 
 from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
 from blockbuster.io import ImageSource, create_output, create_stage, describe_source, is_ome_path
+from blockbuster.launch import WorkerLauncher
 from blockbuster.resolve import resolve
 from blockbuster.rundir import RunDir, RunSpec
 from blockbuster.segment import SegmentFn
 from blockbuster.table import EquivalenceTable
-from blockbuster.worker import WorkerLauncher
 
 logger = logging.getLogger("blockbuster")
 
@@ -155,7 +155,9 @@ def plan_run(
         )
     spatial_ndim = len(tuple(tile_shape))
     if spatial_ndim not in (2, 3):
-        raise ValueError(f"tile_shape={tuple(tile_shape)} must have 2 or 3 entries (y, x or z, y, x)")
+        raise ValueError(
+            f"tile_shape={tuple(tile_shape)} must have 2 or 3 entries (y, x or z, y, x)"
+        )
     source = describe_source(image, spatial_ndim, param="image")
     tile = normalize_tile_shape(tile_shape, source.spatial_shape)
     halo = normalize_overlap(overlap, tile)
@@ -171,8 +173,13 @@ def plan_run(
 
 
 def _task(
-    name: str, plan: TilePlan, context: tuple[int, ...], run: RunDir, num_workers: int,
-    timeout: float, max_retries: int,
+    name: str,
+    plan: TilePlan,
+    context: tuple[int, ...],
+    run: RunDir,
+    num_workers: int,
+    timeout: float,
+    max_retries: int,
 ) -> daisy.Task:
     total, read, write = plan.task_rois(context)
     return daisy.Task(
@@ -204,6 +211,50 @@ def _run_pipeline(
     )
     seconds = time.perf_counter() - start
     return {n: TaskReport.from_state(states[n], seconds) for n in names}, seconds
+
+
+def prepare_run(
+    image: Any,
+    fn: SegmentFn,
+    tile_shape: tuple[int, ...],
+    overlap: int | tuple[int, ...],
+    *,
+    write_to: str | Path,
+    sequential_labels: bool,
+    merge_threshold: float,
+    overwrite: bool,
+) -> tuple[RunDir, RunSpec, bool]:
+    """Validate every parameter, then write the run directory (spec, fn, stage, table).
+
+    Nothing is written before all checks pass. Returns ``(run_dir, spec, resume)``.
+    """
+    if write_to is None:
+        raise ValueError("write_to is required: the path of the output label array")
+    payload = _validate_fn(fn)
+    if not (0 <= merge_threshold < 1):
+        raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
+    source, plan = plan_run(image, tuple(tile_shape), overlap)
+    out = Path(write_to).absolute()
+    src = Path(source.store).resolve()
+    if out.resolve() in (src, src / source.path):
+        raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
+    run = RunDir.for_output(out)
+    spec = RunSpec(
+        source=source,
+        plan=plan,
+        output_store=str(out),
+        output_path="0" if is_ome_path(out) else "",
+        merge_threshold=float(merge_threshold),
+        sequential_labels=bool(sequential_labels),
+        sys_path=[str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
+    )
+    resume = _prepare_run_dir(run, out, spec, overwrite)
+    run.write_spec(spec)
+    run.write_fn(payload)
+    if not resume:
+        create_stage(run.stage, plan)
+    EquivalenceTable(run.table).close()
+    return run, spec, resume
 
 
 def tile_process(
@@ -272,37 +323,21 @@ def tile_process(
         that running the same call again resumes.
     """
     t0 = time.perf_counter()
-    if write_to is None:
-        raise ValueError("write_to is required: the path of the output label array")
-    payload = _validate_fn(fn)
     _check_positive("num_workers", num_workers, integer=True)
     _check_positive("timeout", timeout if timeout is not None else DEFAULT_TIMEOUT)
-    if not (0 <= merge_threshold < 1):
-        raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
-    source, plan = plan_run(image, tuple(tile_shape), overlap)
-    out = Path(write_to).absolute()
-    if out.resolve() == Path(source.store).resolve() / source.path or out.resolve() == Path(
-        source.store
-    ).resolve():
-        raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
-    run = RunDir.for_output(out)
-    spec = RunSpec(
-        source=source,
-        plan=plan,
-        output_store=str(out),
-        output_path="0" if is_ome_path(out) else "",
-        merge_threshold=float(merge_threshold),
-        sequential_labels=bool(sequential_labels),
-        sys_path=[str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
+    run, spec, _ = prepare_run(
+        image,
+        fn,
+        tile_shape,
+        overlap,
+        write_to=write_to,
+        sequential_labels=sequential_labels,
+        merge_threshold=merge_threshold,
+        overwrite=overwrite,
     )
-    resume = _prepare_run_dir(run, out, spec, overwrite)
-    run.write_spec(spec)
-    run.write_fn(payload)
-    if not resume:
-        create_stage(run.stage, plan)
-    EquivalenceTable(run.table).close()
+    plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))
 
     workers = int(num_workers)
@@ -329,8 +364,7 @@ def tile_process(
         resolution = resolve(table, plan.num_tiles, sequential_labels)
         result.num_labels = resolution.num_labels
         result.seconds["resolve"] = time.perf_counter() - start
-    if not resume or not out.exists():
-        create_output(out, source, plan, np.uint64)
+    create_output(out, source, plan, "uint64")
     relabel = _task("relabel", plan, (0,) * plan.ndim, run, workers, tout, max_retries)
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     shutil.rmtree(run.tracking("relabel"), ignore_errors=True)

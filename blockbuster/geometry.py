@@ -21,7 +21,9 @@ Box = tuple[tuple[int, int], ...]
 """Per-axis half-open voxel ranges ``((start, stop), ...)``."""
 
 
-def normalize_tile_shape(tile_shape: Sequence[int], spatial_shape: Sequence[int]) -> tuple[int, ...]:
+def normalize_tile_shape(
+    tile_shape: Sequence[int], spatial_shape: Sequence[int]
+) -> tuple[int, ...]:
     """Check ``tile_shape`` against the image and clip it to the image extent.
 
     Parameters
@@ -39,12 +41,14 @@ def normalize_tile_shape(tile_shape: Sequence[int], spatial_shape: Sequence[int]
     tile = tuple(tile_shape)
     if len(tile) != len(spatial_shape):
         raise ValueError(
-            f"tile_shape={tile} has {len(tile)} axes but the image has {len(spatial_shape)} spatial "
-            f"axes (shape {tuple(spatial_shape)}); give one tile size per spatial axis"
+            f"tile_shape={tile} has {len(tile)} axes but the image has {len(spatial_shape)} "
+            f"spatial axes (shape {tuple(spatial_shape)}); give one tile size per spatial axis"
         )
     for t in tile:
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
-            raise ValueError(f"tile_shape={tile} must hold positive integers (voxels per tile axis)")
+            raise ValueError(
+                f"tile_shape={tile} must hold positive integers (voxels per tile axis)"
+            )
     return tuple(int(min(t, s)) for t, s in zip(tile, spatial_shape, strict=True))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from funlib.geometry import Coordinate
 from funlib.persistence import Array, prepare_ds
 
 from blockbuster.geometry import Box, TilePlan, box_slices
@@ -66,13 +67,15 @@ class ImageSource:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageSource:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return cls(**fields)
 
 
 def open_array(store: str, path: str = "", mode: str = "r") -> zarr.Array:
     """Open one zarr array from a store root and an in-store path."""
-    arr = zarr.open_array(store=store, path=path or None, mode=mode)  # type: ignore[arg-type]
-    return arr
+    return zarr.open_array(store=store, path=path or None, mode=mode)  # type: ignore[arg-type]
 
 
 def _store_root(arr: zarr.Array, param: str) -> tuple[str, str]:
@@ -126,7 +129,9 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
     elif isinstance(image, (str, Path)):
         store, path = str(image), ""
         if not Path(store).exists():
-            raise FileNotFoundError(f"{param}={str(image)!r} does not exist; pass a zarr array path")
+            raise FileNotFoundError(
+                f"{param}={str(image)!r} does not exist; pass a zarr array path"
+            )
         node = zarr.open(store, mode="r")
         if isinstance(node, zarr.Group):
             ms = _ome_multiscale(dict(node.attrs))
@@ -138,7 +143,7 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
                 )
             level = ms["datasets"][0]
             path = level["path"]
-            arr = node[path]  # type: ignore[assignment]
+            arr = node[path]
             axes = ms.get("axes", [])[-spatial_ndim:]
             names = tuple(a["name"] for a in axes) or None
             units = tuple(a.get("unit", "") for a in axes) or None
@@ -149,7 +154,7 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
                     translation = tuple(float(v) for v in tr["translation"])[-spatial_ndim:]
         else:
             arr = node
-            attrs = dict(node.attrs)
+            attrs: dict[str, Any] = dict(node.attrs)
             if "voxel_size" in attrs:
                 scale = tuple(float(v) for v in attrs["voxel_size"])[-spatial_ndim:]
             if "offset" in attrs:
@@ -168,8 +173,10 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
             f"{param} has {arr.ndim} axes (shape {arr.shape}) but tile_shape asks for "
             f"{spatial_ndim} spatial axes"
         )
-    default_names = ("z", "y", "x")[-spatial_ndim:] if spatial_ndim <= 3 else tuple(
-        f"d{i}" for i in range(spatial_ndim)
+    default_names = (
+        ("z", "y", "x")[-spatial_ndim:]
+        if spatial_ndim <= 3
+        else tuple(f"d{i}" for i in range(spatial_ndim))
     )
     return ImageSource(
         store=store,
@@ -211,7 +218,7 @@ def create_stage(path: Path, plan: TilePlan) -> zarr.Array:
 
 
 def open_stage(path: Path, mode: str = "r") -> zarr.Array:
-    return zarr.open_array(store=str(path), mode=mode)  # type: ignore[arg-type]
+    return zarr.open_array(store=str(path), mode=mode)
 
 
 def read_stage_tile(stage: zarr.Array, index: tuple[int, ...]) -> np.ndarray:
@@ -266,8 +273,8 @@ def create_output(
     prepare_ds(
         str(path),
         shape=shape,
-        offset=tuple(int(v) for v in source.translation) if integral else None,
-        voxel_size=tuple(int(v) for v in source.scale) if integral else None,
+        offset=Coordinate(int(v) for v in source.translation) if integral else None,
+        voxel_size=Coordinate(int(v) for v in source.scale) if integral else None,
         axis_names=list(source.axis_names),
         units=list(source.units),
         chunk_shape=plan.tile,

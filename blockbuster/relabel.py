@@ -60,7 +60,7 @@ class Relabeler:
     def __call__(self, index: tuple[int, ...]) -> None:
         plan = self.plan
         core_box = plan.core(index)
-        core = np.asarray(self.stage[index][box_slices(core_box, plan.stage_origin(index))])
+        core = np.asarray(self.stage[index + box_slices(core_box, plan.stage_origin(index))])
         base, shift, n_core, rows = self.table.tile_resolution(plan.tile_id(index))
         lut = tile_lookup(base, shift, n_core, rows, self.sequential)
         self.output[box_slices(core_box)] = lut[core].astype(self.output.dtype, copy=False)

@@ -66,9 +66,7 @@ def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
     return np.stack([la, lb], axis=1)
 
 
-def face_views(
-    plan: TilePlan, lower: tuple[int, ...], axis: int
-) -> tuple[Box, Box]:
+def face_views(plan: TilePlan, lower: tuple[int, ...], axis: int) -> tuple[Box, Box]:
     """Boxes (image voxels) compared across the face between ``lower`` and its upper neighbour.
 
     Returns the box to read from the lower tile's stage chunk and the one to read from the upper

@@ -117,7 +117,9 @@ class EquivalenceTable:
 
     def tile_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(tile_ids, n_core, n_labels)`` sorted by tile id."""
-        rows = self.conn.execute("SELECT tile, n_core, n_labels FROM tiles ORDER BY tile").fetchall()
+        rows = self.conn.execute(
+            "SELECT tile, n_core, n_labels FROM tiles ORDER BY tile"
+        ).fetchall()
         arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
         return arr[:, 0], arr[:, 1], arr[:, 2]
 
@@ -130,11 +132,12 @@ class EquivalenceTable:
     def total_fn_calls(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(SUM(calls), 0) FROM fn_calls").fetchone()[0])
 
-    def write_resolution(
-        self, tiles: np.ndarray, label_rows: np.ndarray
-    ) -> None:
-        """Replace the resolution: ``tiles`` rows ``(tile, base, shift, n_core)``, ``label_rows`` rows
-        ``(tile, label, final, absorbed)``."""
+    def write_resolution(self, tiles: np.ndarray, label_rows: np.ndarray) -> None:
+        """Replace the resolution.
+
+        ``tiles`` rows are ``(tile, base, shift, n_core)``; ``label_rows`` rows are
+        ``(tile, label, final, absorbed)``.
+        """
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute("DELETE FROM resolved_tiles")
@@ -147,7 +150,7 @@ class EquivalenceTable:
     # -- relabel ------------------------------------------------------------------------------
 
     def tile_resolution(self, tile: int) -> tuple[int, int, int, np.ndarray]:
-        """``(base, shift, n_core, rows)`` for one tile; ``rows`` is ``(label, final, absorbed)``."""
+        """``(base, shift, n_core, rows)`` of one tile; rows are ``(label, final, absorbed)``."""
         base, shift, n_core = self.conn.execute(
             "SELECT base, shift, n_core FROM resolved_tiles WHERE tile = ?", (tile,)
         ).fetchone()

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import daisy
 
@@ -66,27 +64,6 @@ def serve(run: RunDir, task: str) -> int:
             # failed (so the server retries it or counts it failed); keep serving.
             failed += 1
     return failed
-
-
-class WorkerLauncher:
-    """A daisy worker function that becomes ``python -m blockbuster.worker``.
-
-    daisy runs this in a fresh process with ``DAISY_CONTEXT`` set; the process replaces itself
-    (``exec``) with the blockbuster worker so that the process daisy watches (for exit codes,
-    timeouts and kills) is the worker itself.
-    """
-
-    def __init__(self, run_dir: Path | str, task: str) -> None:
-        self.run_dir = str(run_dir)
-        self.task = task
-
-    def __call__(self, *, context: daisy.Context | None = None) -> None:
-        if context is not None:
-            os.environ[daisy.Context.ENV_VARIABLE] = context.to_env()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        argv = [sys.executable, "-m", "blockbuster.worker", self.run_dir, self.task]
-        os.execv(sys.executable, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
