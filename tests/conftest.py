@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage as ndi
+
+
+def blobs(shape: tuple[int, ...], sigma: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Smooth random field in [0, 1]: thresholding at 0.5 gives irregular blobs."""
+    rng = np.random.default_rng(seed)
+    img = ndi.gaussian_filter(rng.random(shape), sigma)
+    lo, hi = img.min(), img.max()
+    return ((img - lo) / (hi - lo + 1e-12)).astype(np.float32)
+
+
+def write_zarr(path: Path, data: np.ndarray, chunks: tuple[int, ...] | None = None) -> str:
+    arr = zarr.create_array(
+        str(path), shape=data.shape, chunks=chunks or data.shape, dtype=data.dtype, overwrite=True
+    )
+    arr[:] = data
+    return str(path)
+
+
+def assert_one_to_one(expected: np.ndarray, actual: np.ndarray) -> None:
+    """Labels agree up to renaming: same background, and a bijection between label sets."""
+    assert expected.shape == actual.shape
+    np.testing.assert_array_equal(expected == 0, actual == 0)
+    fg = expected != 0
+    pairs = np.unique(np.stack([expected[fg], actual[fg]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1], "a whole-image label was split"
+    assert len(np.unique(pairs[1])) == pairs.shape[1], "two whole-image labels were merged"
+
+
+@pytest.fixture
+def blob_volume(tmp_path: Path) -> tuple[str, np.ndarray]:
+    img = blobs((30, 47, 53))
+    return write_zarr(tmp_path / "img.zarr", img, chunks=(16, 16, 16)), img

@@ -1,0 +1,65 @@
+"""Segmentation functions the tests hand to worker processes (importable by reference)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+THRESHOLD = 0.5
+
+
+def cc_label(block: np.ndarray) -> np.ndarray:
+    """Deterministic per-voxel threshold + connected components."""
+    labels, _ = ndi.label(block > THRESHOLD)
+    return labels
+
+
+def counting_cc_label(block: np.ndarray, calls_dir: str) -> np.ndarray:
+    """``cc_label`` that leaves one file per call in ``calls_dir`` (counts across processes)."""
+    Path(calls_dir, f"{os.getpid()}-{uuid.uuid4().hex}").write_text(str(block.shape))
+    return cc_label(block)
+
+
+def zeros(block: np.ndarray) -> np.ndarray:
+    return np.zeros(block.shape, dtype=np.uint8)
+
+
+def check_position_encoding(block: np.ndarray, log_dir: str) -> np.ndarray:
+    """For images whose voxel value is its flat index + 1: check the block is one real box.
+
+    Writes the block's voxel box (start, stop per axis) to ``log_dir``; raises if the block holds
+    anything that is not an image voxel (padding, mirroring) or is not a contiguous box.
+    """
+    shape = tuple(int(v) for v in Path(log_dir, "shape.txt").read_text().split(","))
+    flat = block.astype(np.int64) - 1
+    if (flat < 0).any():
+        raise AssertionError("fn was given voxels that are not in the image (zero padding)")
+    coords = np.unravel_index(flat, shape)
+    start = [int(c.min()) for c in coords]
+    expected = np.ravel_multi_index(
+        np.meshgrid(*[np.arange(s, s + n) for s, n in zip(start, block.shape)], indexing="ij"),
+        shape,
+    )
+    if not np.array_equal(expected, flat):
+        raise AssertionError("fn was given a block that is not a contiguous box of the image")
+    stop = [s + n for s, n in zip(start, block.shape)]
+    Path(log_dir, uuid.uuid4().hex).write_text(f"{start};{stop}")
+    return np.ones(block.shape, dtype=np.uint8)
+
+
+def fail_on_value(block: np.ndarray, bad_value: float) -> np.ndarray:
+    """Raise for any block containing ``bad_value``; label like ``cc_label`` otherwise."""
+    if (block == bad_value).any():
+        raise RuntimeError(f"deliberate failure: block holds {bad_value}")
+    return cc_label(block)
+
+
+def first_channel_cc(block: np.ndarray) -> np.ndarray:
+    """Segment channel 0 of a (C, ...) block; requires channel 1 == 2 * channel 0."""
+    if block.ndim < 3 or not np.allclose(block[1], 2 * block[0]):
+        raise AssertionError("fn did not receive the channel axis intact")
+    return cc_label(block[0])

@@ -1,0 +1,32 @@
+"""Run a prepared run directory's handlers in this process, tile by tile, without daisy.
+
+Tests use it to check the stage/stitch/resolve/relabel logic on many random cases quickly; the
+daisy path is covered by test_driver.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from blockbuster.io import create_output, open_array
+from blockbuster.resolve import resolve
+from blockbuster.rundir import RunDir
+from blockbuster.table import EquivalenceTable
+from blockbuster.worker import make_handler
+
+
+def run_in_process(run: RunDir) -> tuple[np.ndarray, int]:
+    for task in ("segment", "stitch"):
+        plan, handle = make_handler(run, task)
+        for index in plan.tiles():
+            handle(index)
+    spec = run.read_spec()
+    with EquivalenceTable(run.table) as table:
+        resolution = resolve(table, spec.plan.num_tiles, spec.sequential_labels)
+    create_output(Path(spec.output_store), spec.source, spec.plan, "uint64")
+    plan, handle = make_handler(run, "relabel")
+    for index in plan.tiles():
+        handle(index)
+    return open_array(spec.output_store, spec.output_path)[:], resolution.num_labels
