@@ -147,6 +147,7 @@ def plan_run(
     image: Any,
     tile_shape: tuple[int, ...],
     overlap: int | tuple[int, ...],
+    channels: bool | None = None,
 ) -> tuple[ImageSource, TilePlan]:
     """Describe the input and cut it into tiles (no data is read)."""
     if isinstance(tile_shape, (int, np.integer)):
@@ -158,7 +159,7 @@ def plan_run(
         raise ValueError(
             f"tile_shape={tuple(tile_shape)} must have 2 or 3 entries (y, x or z, y, x)"
         )
-    source = describe_source(image, spatial_ndim, param="image")
+    source = describe_source(image, spatial_ndim, channels, param="image")
     tile = normalize_tile_shape(tile_shape, source.spatial_shape)
     halo = normalize_overlap(overlap, tile)
     integral = all(float(v).is_integer() for v in source.scale + source.translation)
@@ -223,6 +224,7 @@ def prepare_run(
     sequential_labels: bool,
     merge_threshold: float,
     overwrite: bool,
+    channels: bool | None = None,
 ) -> tuple[RunDir, RunSpec, bool]:
     """Validate every parameter, then write the run directory (spec, fn, stage, table).
 
@@ -233,7 +235,7 @@ def prepare_run(
     payload = _validate_fn(fn)
     if not (0 <= merge_threshold < 1):
         raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
-    source, plan = plan_run(image, tuple(tile_shape), overlap)
+    source, plan = plan_run(image, tuple(tile_shape), overlap, channels)
     out = Path(write_to).absolute()
     src = Path(source.store).resolve()
     if out.resolve() in (src, src / source.path):
@@ -272,6 +274,7 @@ def tile_process(
     timeout: float | None = DEFAULT_TIMEOUT,
     max_retries: int = 2,
     overwrite: bool = False,
+    channels: bool | None = None,
 ) -> RunResult:
     """Segment an image tile by tile and stitch the labels into one consistent label array.
 
@@ -279,8 +282,8 @@ def tile_process(
     ----------
     image
         Path of a zarr array or OME-Zarr image group, a ``zarr.Array`` or a
-        ``funlib.persistence.Array`` (on disk). 2D or 3D; leading axes beyond
-        ``len(tile_shape)`` are channels and are passed to ``fn`` whole.
+        ``funlib.persistence.Array`` (on disk). 2D or 3D, plus optionally one leading
+        channel axis (see ``channels``).
     fn
         Picklable callable ``fn(block) -> labels``: ``block`` is the tile plus its halo (real
         image data, clipped at the image edges, channels first); ``labels`` is an integer array
@@ -310,6 +313,10 @@ def tile_process(
         Times a failed block is retried before it counts as failed.
     overwrite
         Replace an existing output and run directory instead of refusing.
+    channels
+        Whether ``image`` has one leading channel axis (passed to ``fn`` whole). ``None``
+        accepts one only where the metadata marks it (funlib axis name ending in ``^``, OME axis
+        type ``channel``).
 
     Returns
     -------
@@ -336,6 +343,7 @@ def tile_process(
         sequential_labels=sequential_labels,
         merge_threshold=merge_threshold,
         overwrite=overwrite,
+        channels=channels,
     )
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))

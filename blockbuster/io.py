@@ -95,7 +95,9 @@ def _ome_multiscale(attrs: dict[str, Any]) -> dict[str, Any] | None:
     return ms[0] if ms else None
 
 
-def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> ImageSource:
+def describe_source(
+    image: Any, spatial_ndim: int, channels: bool | None = None, param: str = "image"
+) -> ImageSource:
     """Describe an input image given as a path, a zarr array or a funlib array.
 
     Parameters
@@ -104,8 +106,10 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
         Path to a zarr array or an OME-Zarr image group, a ``zarr.Array`` or a
         ``funlib.persistence.Array``.
     spatial_ndim
-        Number of trailing spatial axes (the length of ``tile_shape``); any leading axes are
-        channels.
+        Number of trailing spatial axes (the length of ``tile_shape``).
+    channels
+        Whether the image has one leading channel axis. ``None`` accepts one only where the
+        metadata marks it (funlib axis name ending in ``^``, OME axis type ``channel``).
     param
         Parameter name used in error messages.
     """
@@ -113,6 +117,7 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
     translation: tuple[float, ...] | None = None
     names: tuple[str, ...] | None = None
     units: tuple[str, ...] | None = None
+    marked = False
     if isinstance(image, Array):
         arr = image._source_data
         if not isinstance(arr, zarr.Array):
@@ -122,6 +127,7 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
         scale = tuple(float(v) for v in image.voxel_size)[-spatial_ndim:]
         translation = tuple(float(v) for v in image.offset)[-spatial_ndim:]
         names = tuple(image.axis_names)[sp]
+        marked = image.channel_dims > 0
         units = tuple(image.units)[-spatial_ndim:] if image.units else None
     elif isinstance(image, zarr.Array):
         store, path = _store_root(image, param)
@@ -144,6 +150,7 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
             level = ms["datasets"][0]
             path = level["path"]
             arr = node[path]
+            marked = any(a.get("type") == "channel" for a in ms.get("axes", []))
             axes = ms.get("axes", [])[-spatial_ndim:]
             names = tuple(a["name"] for a in axes) or None
             units = tuple(a.get("unit", "") for a in axes) or None
@@ -160,6 +167,7 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
             if "offset" in attrs:
                 translation = tuple(float(v) for v in attrs["offset"])[-spatial_ndim:]
             if "axis_names" in attrs:
+                marked = any(str(n).endswith("^") for n in attrs["axis_names"])
                 names = tuple(attrs["axis_names"])[-spatial_ndim:]
             if "units" in attrs:
                 units = tuple(attrs["units"])[-spatial_ndim:]
@@ -168,10 +176,22 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
             f"{param} must be a zarr array path, a zarr.Array or a funlib.persistence.Array, "
             f"not {type(image).__name__}"
         )
-    if arr.ndim < spatial_ndim:
+    extra = arr.ndim - spatial_ndim
+    if extra < 0 or extra > 1:
         raise ValueError(
-            f"{param} has {arr.ndim} axes (shape {arr.shape}) but tile_shape asks for "
-            f"{spatial_ndim} spatial axes"
+            f"{param} has {arr.ndim} axes (shape {arr.shape}) but tile_shape has {spatial_ndim}; "
+            "give one tile size per spatial axis (an image may add one leading channel axis)"
+        )
+    if extra == 1 and (channels is False or (channels is None and not marked)):
+        raise ValueError(
+            f"{param} has {arr.ndim} axes (shape {arr.shape}) but tile_shape has {spatial_ndim}: "
+            f"give a {arr.ndim}-D tile_shape (e.g. (1, Y, X) to go plane by plane), or pass "
+            "channels=True if the first axis holds channels"
+        )
+    if extra == 0 and channels:
+        raise ValueError(
+            f"channels=True but {param} has only {arr.ndim} axes for a {spatial_ndim}-D "
+            "tile_shape; there is no channel axis"
         )
     default_names = (
         ("z", "y", "x")[-spatial_ndim:]
@@ -183,7 +203,7 @@ def describe_source(image: Any, spatial_ndim: int, param: str = "image") -> Imag
         path=path,
         shape=tuple(int(s) for s in arr.shape),
         dtype=str(arr.dtype),
-        channel_axes=arr.ndim - spatial_ndim,
+        channel_axes=extra,
         scale=scale or (1.0,) * spatial_ndim,
         translation=translation or (0.0,) * spatial_ndim,
         axis_names=tuple(n.rstrip("^") for n in (names or default_names)),

@@ -7,7 +7,7 @@ Tables
     labels ``1..n_core``), how many it holds in all (``n_labels``; labels seen only in the halo
     are ``n_core+1..n_labels``), plus where and how long it ran.
 ``fn_calls``
-    How often ``fn`` ran per tile (counted when ``fn`` returns, before staging).
+    How often ``fn`` was called per tile (counted as it is called, whether it returns or not).
 ``edges``
     Label equivalences ``(tile_a, label_a) == (tile_b, label_b)`` found by stitching, in local
     labels. The stitch block of ``tile_a`` owns its rows and replaces them when it reruns.

@@ -34,7 +34,12 @@ def test_scalar_overlap_skips_axes_with_single_voxel_tiles() -> None:
 
 @pytest.mark.parametrize(
     ("overlap", "message"),
-    [(-1, "overlap=-1"), ((1, 2), "overlap=(1, 2)"), ((1, -1, 0), "overlap=(1, -1, 0)"), ("x", "overlap")],
+    [
+        (-1, "overlap=-1"),
+        ((1, 2), "overlap=(1, 2)"),
+        ((1, -1, 0), "overlap=(1, -1, 0)"),
+        ("x", "overlap"),
+    ],
 )
 def test_bad_overlap_names_the_parameter(overlap: object, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -64,7 +69,7 @@ def test_cores_partition_the_image_and_reads_are_clipped_halos(plan: TilePlan) -
             assert r0 == max(c0 - o, 0) and r1 == min(c1 + o, s)
         origin = plan.stage_origin(index)
         for (r0, r1), o0, n in zip(read, origin, plan.stage_tile_shape):
-            assert 0 <= r0 - o0 and r1 - o0 <= n
+            assert r0 - o0 >= 0 and r1 - o0 <= n
     assert (cover == 1).all()
 
 
@@ -93,8 +98,13 @@ def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
     def task(name: str, context: tuple[int, ...]) -> daisy.Task:
         total, read, write = plan.task_rois(context)
         return daisy.Task(
-            name, total, read, write, process_function=lambda b: None,
-            read_write_conflict=False, fit="shrink",
+            name,
+            total,
+            read,
+            write,
+            process_function=lambda b: None,
+            read_write_conflict=False,
+            fit="shrink",
         )
 
     pipeline = task("segment", plan.overlap) + task("stitch", plan.tile)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,7 +57,9 @@ def tables(draw: st.DrawFn):
     return n_core, n_labels, edges, draw(st.booleans())
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(tables())
 def test_resolve_and_lookup_match_reference_union_find(tmp_path: Path, case) -> None:
     n_core, n_labels, edges, sequential = case

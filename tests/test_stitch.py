@@ -45,8 +45,14 @@ def test_face_views_without_halo_are_the_touching_planes() -> None:
 def _tiled(tmp_path: Path, img: np.ndarray, tile, overlap, seq: bool, threshold: float = 0.0):
     src = write_zarr(tmp_path / "img.zarr", img)
     run, _, _ = prepare_run(
-        src, cc_label, tile, overlap, write_to=tmp_path / "out.zarr",
-        sequential_labels=seq, merge_threshold=threshold, overwrite=True,
+        src,
+        cc_label,
+        tile,
+        overlap,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=seq,
+        merge_threshold=threshold,
+        overwrite=True,
     )
     return run_in_process(run)
 
@@ -62,14 +68,18 @@ def cases(draw: st.DrawFn):
     return shape, tile, overlap, sigma, seed, draw(st.booleans())
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cases())
 def test_tiled_equals_whole_for_connected_components(tmp_path: Path, case) -> None:
     """Random shapes, tiles and halos: threshold + label stitched == labelled whole."""
     shape, tile, overlap, sigma, seed, seq = case
-    img = blobs(shape, sigma=sigma, seed=seed) if sigma else np.random.default_rng(seed).random(
-        shape
-    ).astype(np.float32)
+    img = (
+        blobs(shape, sigma=sigma, seed=seed)
+        if sigma
+        else np.random.default_rng(seed).random(shape).astype(np.float32)
+    )
     out, num = _tiled(tmp_path, img, tile, overlap, seq)
     whole, n_whole = ndi.label(img > 0.5)
     assert_one_to_one(whole, out)
@@ -97,8 +107,14 @@ def test_touching_objects_across_a_face_stay_two(tmp_path: Path) -> None:
     img = touching_pair()
     src = write_zarr(tmp_path / "img.zarr", img)
     run, _, _ = prepare_run(
-        src, value_label, (40, 20), 6, write_to=tmp_path / "out.zarr",
-        sequential_labels=True, merge_threshold=0.5, overwrite=True,
+        src,
+        value_label,
+        (40, 20),
+        6,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=True,
+        merge_threshold=0.5,
+        overwrite=True,
     )
     out, num = run_in_process(run)
     assert num == 2
