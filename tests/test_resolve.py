@@ -34,7 +34,7 @@ def reference(n_core, n_labels, edges, sequential):
     for node in gid:
         groups.setdefault(find(node), []).append(gid[node])
     final = {}
-    for node, g in gid.items():
+    for node in gid:
         final[node] = min(groups[find(node)])
     if sequential:
         ranks = {v: i + 1 for i, v in enumerate(sorted(set(final.values())))}
