@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 
@@ -21,7 +21,7 @@ class WatershedFn:
 
     sigma: float = 1.0
     threshold: float | None = None
-    min_distance: int = 3
+    h: float = 1.0
     sampling: tuple[float, ...] | None = None
     channel: int | None = None
 
@@ -42,12 +42,9 @@ class WatershedFn:
         if not mask.any():
             return np.zeros(img.shape, dtype=np.uint32)
         dist = ndi.distance_transform_edt(mask, sampling=self.sampling)
-        components, _ = ndi.label(mask)
-        peaks = peak_local_max(
-            dist, min_distance=self.min_distance, labels=components, exclude_border=False
-        )
-        markers = np.zeros(img.shape, dtype=np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        # one seed per distance maximum that rises at least h above its surroundings; a plateau
+        # (e.g. the ridge of an elongated nucleus) is one connected maximum, hence one seed
+        markers, _ = ndi.label(h_maxima(dist, self.h))
         labels = watershed(-dist, markers, mask=mask)
         return labels.astype(np.uint32)
 
@@ -55,7 +52,7 @@ class WatershedFn:
 def watershed_fn(
     sigma: float = 1.0,
     threshold: float | None = None,
-    min_distance: int = 3,
+    h: float = 1.0,
     sampling: Sequence[float] | None = None,
     channel: int | None = None,
 ) -> WatershedFn:
@@ -68,8 +65,9 @@ def watershed_fn(
     threshold
         Foreground intensity threshold after smoothing. ``None`` picks Otsu's threshold per
         block, which varies between tiles; give a fixed value for reproducible stitching.
-    min_distance
-        Minimum voxel distance between two nuclei centres (seeds).
+    h
+        Seeds are maxima of the distance transform at least ``h`` (in ``sampling`` units) above
+        the saddle that joins them to a neighbour: larger values merge touching nuclei more.
     sampling
         Voxel spacing per axis for the distance transform (anisotropic stacks).
     channel
@@ -83,7 +81,7 @@ def watershed_fn(
     return WatershedFn(
         sigma=float(sigma),
         threshold=None if threshold is None else float(threshold),
-        min_distance=int(min_distance),
+        h=float(h),
         sampling=None if sampling is None else tuple(float(s) for s in sampling),
         channel=channel,
     )
