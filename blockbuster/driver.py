@@ -99,13 +99,13 @@ class RunResult:
 
     def summary(self) -> str:
         lines = [
-            f"output      {self.output}",
-            f"labels      {self.num_labels}",
-            f"tiles       {self.tiles_completed}/{self.tiles_total} completed, "
+            f"output          {self.output}",
+            f"labels          {self.num_labels}",
+            f"tiles           {self.tiles_completed}/{self.tiles_total} completed, "
             f"{self.tiles_failed} failed",
-            f"fn calls    {self.fn_calls}",
+            f"fn calls        {self.fn_calls}",
         ]
-        lines += [f"{k:<12}{v:.2f} s" for k, v in self.seconds.items()]
+        lines += [f"{k:<16}{v:.2f} s" for k, v in self.seconds.items()]
         for name, t in self.tasks.items():
             if not t.ok:
                 lines.append(

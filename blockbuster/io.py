@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import zarr
 from funlib.geometry import Coordinate
-from funlib.persistence import Array, prepare_ds
 
 from blockbuster.geometry import Box, TilePlan, box_slices
 
@@ -113,6 +112,8 @@ def describe_source(
     param
         Parameter name used in error messages.
     """
+    from funlib.persistence import Array  # heavy (dask); only the driver needs it
+
     scale: tuple[float, ...] | None = None
     translation: tuple[float, ...] | None = None
     names: tuple[str, ...] | None = None
@@ -289,6 +290,8 @@ def create_output(
             "image-label": {"source": {"image": str(source.store)}},
         }
         return str(path), "0"
+    from funlib.persistence import prepare_ds  # heavy (dask); only the driver needs it
+
     integral = all(float(v).is_integer() for v in source.scale + source.translation)
     prepare_ds(
         str(path),

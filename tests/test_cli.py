@@ -31,7 +31,7 @@ def test_segment_with_a_module_fn(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     whole, n = ndi.label(img > 0.5)
-    assert f"labels      {n}" in done.stdout
+    assert f"labels          {n}" in done.stdout
     assert_one_to_one(whole, zarr.open_array(str(tmp_path / "out.zarr"))[:])
 
 

@@ -1,0 +1,155 @@
+"""What blockbuster costs on top of the work itself.
+
+1. End to end with a no-op fn (returns zeros) against a plain zarr copy of the same volume
+   (read every tile, write it to a new array) with the same number of processes, in this run.
+2. Stitch, resolve and relabel seconds at growing tile counts (fixed tile size, growing volume),
+   with a real connected-component fn so that there are labels to merge.
+
+    python scripts/bench_overhead.py [--workers 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_fns import cc_label, noop  # noqa: E402
+
+from blockbuster.driver import _run_pipeline, _task, prepare_run, tile_process  # noqa: E402
+from blockbuster.resolve import resolve  # noqa: E402
+from blockbuster.synthetic import make_nuclei_volume  # noqa: E402
+from blockbuster.table import EquivalenceTable  # noqa: E402
+from blockbuster.io import create_output  # noqa: E402
+
+
+def _copy_boxes(args: tuple[str, str, list[tuple[tuple[int, int], ...]]]) -> None:
+    src, dst, boxes = args
+    a = zarr.open_array(src, mode="r")
+    b = zarr.open_array(dst, mode="r+")
+    for box in boxes:
+        sl = tuple(slice(s, e) for s, e in box)
+        b[sl] = a[sl]
+
+
+def plain_copy(src: str, dst: str, tile: tuple[int, ...], workers: int) -> float:
+    """Copy ``src`` to a new array tile by tile with ``workers`` processes."""
+    a = zarr.open_array(src, mode="r")
+    start = time.perf_counter()
+    zarr.create_array(dst, shape=a.shape, chunks=tile, dtype=a.dtype, overwrite=True)
+    grid = [range(0, s, t) for s, t in zip(a.shape, tile)]
+    boxes = [
+        tuple((int(s), int(min(s + t, n))) for s, t, n in zip(starts, tile, a.shape))
+        for starts in np.array(np.meshgrid(*grid, indexing="ij")).reshape(len(tile), -1).T
+    ]
+    parts = [(src, dst, boxes[i::workers]) for i in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_copy_boxes, parts))
+    return time.perf_counter() - start
+
+
+def bench_noop(tmp: Path, workers: int, shape: tuple[int, ...], tile: tuple[int, ...]) -> dict:
+    image = tmp / "nuclei.zarr"
+    make_nuclei_volume(image, shape=shape, count=int(30_000 * np.prod(shape) / 2**28), chunks=tile)
+    copy_s = plain_copy(str(image), str(tmp / "copy.zarr"), tile, workers)
+    rows = {"volume": list(shape), "tile": list(tile), "copy_s": round(copy_s, 2)}
+    for overlap in (0, 8):
+        start = time.perf_counter()
+        r = tile_process(
+            str(image), noop, tile, overlap, write_to=tmp / f"noop{overlap}.zarr",
+            num_workers=workers, overwrite=True,
+        )
+        wall = time.perf_counter() - start
+        rows[f"noop_overlap{overlap}_s"] = round(wall, 2)
+        rows[f"noop_overlap{overlap}_ratio"] = round(wall / copy_s, 2)
+        assert r.fn_calls == r.tiles_total
+    return rows
+
+
+def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) -> dict:
+    """Stitch, resolve, relabel seconds for a volume of about ``n_tiles`` tiles."""
+    # a grid close to n_tiles
+    g0 = max(1, round(n_tiles ** (1 / 3)))
+    g1 = max(1, round((n_tiles / g0) ** 0.5))
+    g2 = max(1, round(n_tiles / (g0 * g1)))
+    shape = (g0 * tile[0], g1 * tile[1], g2 * tile[2])
+    rng = np.random.default_rng(0)
+    img = zarr.create_array(str(tmp / f"blobs{n_tiles}.zarr"), shape=shape, chunks=tile,
+                            dtype="float32", overwrite=True)
+    # blobs written slab by slab (smooth noise thresholded at 0.5 -> many cut objects)
+    for z in range(0, shape[0], tile[0]):
+        slab = ndi.gaussian_filter(rng.random((tile[0], *shape[1:])), 2).astype(np.float32)
+        img[z : z + tile[0]] = (slab - slab.min()) / (slab.max() - slab.min())
+    out = tmp / f"merge{n_tiles}.zarr"
+    run, spec, _ = prepare_run(
+        str(tmp / f"blobs{n_tiles}.zarr"), cc_label, tile, 2, write_to=out,
+        sequential_labels=True, merge_threshold=0.0, overwrite=True,
+    )
+    plan = spec.plan
+    seg = _task("segment", plan, plan.overlap, run, workers, 600, 0)
+    reps, seg_s = _run_pipeline(seg, ["segment"], workers, False)
+    st = _task("stitch", plan, plan.tile, run, workers, 600, 0)
+    reps2, stitch_s = _run_pipeline(st, ["stitch"], workers, False)
+    t = time.perf_counter()
+    with EquivalenceTable(run.table) as table:
+        res = resolve(table, plan.num_tiles, True)
+        n_edges = len(table.all_edges())
+    resolve_s = time.perf_counter() - t
+    create_output(out, spec.source, plan, "uint64")
+    rl = _task("relabel", plan, (0,) * plan.ndim, run, workers, 600, 0)
+    reps3, relabel_s = _run_pipeline(rl, ["relabel"], workers, False)
+    assert all(r.ok for r in [*reps.values(), *reps2.values(), *reps3.values()])
+    shutil.rmtree(run.root)
+    return {
+        "tiles": plan.num_tiles, "volume": list(shape), "labels": res.num_labels,
+        "edges": n_edges, "segment_s": round(seg_s, 2), "stitch_s": round(stitch_s, 2),
+        "resolve_s": round(resolve_s, 3), "relabel_s": round(relabel_s, 2),
+        "stitch_resolve_relabel_s": round(stitch_s + resolve_s + relabel_s, 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--tmp", default=None)
+    args = p.parse_args()
+    tmp = Path(args.tmp or tempfile.mkdtemp(prefix="bb-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    shape = (64, 512, 512) if args.quick else (128, 1024, 1024)
+    noop_rows = bench_noop(tmp, args.workers, shape, (64, 256, 256))
+    print(json.dumps({"noop_vs_copy": noop_rows}))
+    sizes = [64, 512] if args.quick else [64, 512, 2200]
+    merge_rows = []
+    for n in sizes:
+        row = bench_merge(tmp, args.workers, n, (8, 32, 32))
+        merge_rows.append(row)
+        print(json.dumps({"merge": row}))
+    base = merge_rows[0]
+    for row in merge_rows:
+        per_tile = row["stitch_resolve_relabel_s"] / row["tiles"]
+        base_per_tile = base["stitch_resolve_relabel_s"] / base["tiles"]
+        print(
+            f"{row['tiles']:>6} tiles: stitch+resolve+relabel {row['stitch_resolve_relabel_s']:.2f} s"
+            f" ({per_tile * 1000:.1f} ms/tile, {per_tile / base_per_tile:.2f}x the per-tile cost"
+            f" at {base['tiles']} tiles)"
+        )
+    print(
+        f"no-op end to end / plain copy: overlap 0 {noop_rows['noop_overlap0_ratio']:.2f}x, "
+        f"overlap 8 {noop_rows['noop_overlap8_ratio']:.2f}x (copy {noop_rows['copy_s']:.2f} s)"
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
