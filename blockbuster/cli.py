@@ -39,7 +39,9 @@ def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ints") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ints") from (
+            None
+        )
 
 
 def _overlap(text: str) -> int | tuple[int, ...]:

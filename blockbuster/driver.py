@@ -295,7 +295,8 @@ def tile_process(
         voxel (``(1, 2048, 2048)`` with ``20`` means ``(0, 20, 20)``); a tuple sets each axis.
     write_to
         Output path: a zarr array, or an OME-Zarr image group when it ends in ``.ome.zarr``.
-        Output labels are uint64, chunked by tile.
+        Output labels are uint32, or uint64 when there are 2**32 labels or more; chunked by
+        tile.
     num_workers
         Worker processes the driver starts on this machine.
     progress
@@ -371,8 +372,9 @@ def tile_process(
         start = time.perf_counter()
         resolution = resolve(table, plan.num_tiles, sequential_labels)
         result.num_labels = resolution.num_labels
+        out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
         result.seconds["resolve"] = time.perf_counter() - start
-    create_output(out, source, plan, "uint64")
+    create_output(out, source, plan, out_dtype)
     relabel = _task("relabel", plan, (0,) * plan.ndim, run, workers, tout, max_retries)
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     shutil.rmtree(run.tracking("relabel"), ignore_errors=True)

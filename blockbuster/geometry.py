@@ -134,6 +134,11 @@ class TilePlan:
         """Shape of one tile's staged labels: the core plus the halo on both sides."""
         return tuple(t + 2 * o for t, o in zip(self.tile, self.overlap, strict=True))
 
+    @property
+    def stage_dtype(self) -> str:
+        """dtype of staged labels: local labels never exceed a stage tile's voxel count."""
+        return "uint32" if math.prod(self.stage_tile_shape) < 2**32 else "uint64"
+
     # -- tiles -------------------------------------------------------------------------------
 
     def tile_id(self, index: Sequence[int]) -> int:

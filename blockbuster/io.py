@@ -232,7 +232,7 @@ def create_stage(path: Path, plan: TilePlan) -> zarr.Array:
         store=str(path),
         shape=plan.grid + rshape,
         chunks=(1,) * plan.ndim + rshape,
-        dtype="uint64",
+        dtype=plan.stage_dtype,
         fill_value=0,
         overwrite=True,
     )

@@ -37,10 +37,13 @@ class Resolution:
         Number of distinct objects in the final output.
     merged_labels
         Labels that took part in a merge.
+    max_id
+        An upper bound on the IDs the output will hold.
     """
 
     num_labels: int
     merged_labels: int
+    max_id: int
 
 
 def resolve(table: EquivalenceTable, num_tiles: int, sequential: bool) -> Resolution:
@@ -99,4 +102,8 @@ def resolve(table: EquivalenceTable, num_tiles: int, sequential: bool) -> Resolu
     tiles_rows = np.stack([np.arange(num_tiles), base, shift, n_core], axis=1)
     label_rows = np.stack([node_tile, node_label, final, absorbed.astype(np.int64)], axis=1)
     table.write_resolution(tiles_rows, label_rows)
-    return Resolution(num_labels=num_labels, merged_labels=len(core_nodes))
+    return Resolution(
+        num_labels=num_labels,
+        merged_labels=len(core_nodes),
+        max_id=num_labels if sequential else total_core,
+    )

@@ -47,13 +47,15 @@ def check_labels(labels: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def renumber_core_first(labels: np.ndarray, core: tuple[slice, ...]) -> tuple[np.ndarray, int, int]:
+def renumber_core_first(
+    labels: np.ndarray, core: tuple[slice, ...], dtype: str = "uint64"
+) -> tuple[np.ndarray, int, int]:
     """Renumber labels so those present in ``core`` are ``1..n_core`` and the rest follow.
 
     Returns
     -------
     labels : np.ndarray
-        uint64 labels.
+        Renumbered labels of ``dtype``.
     n_core, n_labels : int
         Number of labels present in the core, and in all.
     """
@@ -65,7 +67,7 @@ def renumber_core_first(labels: np.ndarray, core: tuple[slice, ...]) -> tuple[np
     mapping = {int(old): new for new, old in enumerate(order.tolist(), start=1)}
     mapping[0] = 0
     out = fastremap.remap(labels, mapping, preserve_missing_labels=False)
-    return out.astype(np.uint64, copy=False), len(in_core), len(order)
+    return out.astype(dtype, copy=False), len(in_core), len(order)
 
 
 class Segmenter:
@@ -98,8 +100,11 @@ class Segmenter:
         labels = self.fn(data)
         labels = check_labels(labels, data.shape[self.channel_axes :])
         core = box_slices(plan.core(index), origin=[a for a, _ in read])
-        labels, n_core, n_labels = renumber_core_first(labels, core)
-        chunk = np.zeros(plan.stage_tile_shape, dtype=np.uint64)
-        chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
+        labels, n_core, n_labels = renumber_core_first(labels, core, plan.stage_dtype)
+        if labels.shape == plan.stage_tile_shape:
+            chunk = labels  # an interior tile fills its whole stage chunk
+        else:
+            chunk = np.zeros(plan.stage_tile_shape, dtype=labels.dtype)
+            chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
         self.stage[index] = chunk
         self.table.record_tile(tile, n_core, n_labels, time.perf_counter() - start, self.host)

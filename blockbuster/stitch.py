@@ -52,7 +52,7 @@ def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
     both = (a != 0) & (b != 0)
     if not both.any():
         return np.empty((0, 2), dtype=np.uint64)
-    pa, pb = a[both], b[both]
+    pa, pb = a[both].astype(np.uint64), b[both].astype(np.uint64)
     width = np.uint64(int(pb.max()) + 1)
     pairs, n = np.unique(pa * width + pb, return_counts=True)
     la, lb = pairs // width, pairs % width

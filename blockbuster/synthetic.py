@@ -84,5 +84,5 @@ def make_nuclei_volume(
     for start in np.array(np.meshgrid(*grid, indexing="ij")).reshape(len(shape), -1).T:
         stop = np.minimum(start + np.asarray(chunks), shape)
         box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-        arr[box] = render_box(start, stop, centres, radii, seed)
+        arr[box] = render_box(start.tolist(), stop.tolist(), centres, radii, seed)
     return arr

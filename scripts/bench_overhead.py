@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_fns import cc_label, noop  # noqa: E402
 
 from blockbuster.driver import _run_pipeline, _task, prepare_run, tile_process  # noqa: E402
+from blockbuster.io import create_output  # noqa: E402
 from blockbuster.resolve import resolve  # noqa: E402
 from blockbuster.synthetic import make_nuclei_volume  # noqa: E402
 from blockbuster.table import EquivalenceTable  # noqa: E402
-from blockbuster.io import create_output  # noqa: E402
 
 
 def _copy_boxes(args: tuple[str, str, list[tuple[tuple[int, int], ...]]]) -> None:
@@ -66,8 +66,13 @@ def bench_noop(tmp: Path, workers: int, shape: tuple[int, ...], tile: tuple[int,
     for overlap in (0, 8):
         start = time.perf_counter()
         r = tile_process(
-            str(image), noop, tile, overlap, write_to=tmp / f"noop{overlap}.zarr",
-            num_workers=workers, overwrite=True,
+            str(image),
+            noop,
+            tile,
+            overlap,
+            write_to=tmp / f"noop{overlap}.zarr",
+            num_workers=workers,
+            overwrite=True,
         )
         wall = time.perf_counter() - start
         rows[f"noop_overlap{overlap}_s"] = round(wall, 2)
@@ -84,16 +89,23 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
     g2 = max(1, round(n_tiles / (g0 * g1)))
     shape = (g0 * tile[0], g1 * tile[1], g2 * tile[2])
     rng = np.random.default_rng(0)
-    img = zarr.create_array(str(tmp / f"blobs{n_tiles}.zarr"), shape=shape, chunks=tile,
-                            dtype="float32", overwrite=True)
+    img = zarr.create_array(
+        str(tmp / f"blobs{n_tiles}.zarr"), shape=shape, chunks=tile, dtype="float32", overwrite=True
+    )
     # blobs written slab by slab (smooth noise thresholded at 0.5 -> many cut objects)
     for z in range(0, shape[0], tile[0]):
         slab = ndi.gaussian_filter(rng.random((tile[0], *shape[1:])), 2).astype(np.float32)
         img[z : z + tile[0]] = (slab - slab.min()) / (slab.max() - slab.min())
     out = tmp / f"merge{n_tiles}.zarr"
     run, spec, _ = prepare_run(
-        str(tmp / f"blobs{n_tiles}.zarr"), cc_label, tile, 2, write_to=out,
-        sequential_labels=True, merge_threshold=0.0, overwrite=True,
+        str(tmp / f"blobs{n_tiles}.zarr"),
+        cc_label,
+        tile,
+        2,
+        write_to=out,
+        sequential_labels=True,
+        merge_threshold=0.0,
+        overwrite=True,
     )
     plan = spec.plan
     seg = _task("segment", plan, plan.overlap, run, workers, 600, 0)
@@ -111,9 +123,14 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
     assert all(r.ok for r in [*reps.values(), *reps2.values(), *reps3.values()])
     shutil.rmtree(run.root)
     return {
-        "tiles": plan.num_tiles, "volume": list(shape), "labels": res.num_labels,
-        "edges": n_edges, "segment_s": round(seg_s, 2), "stitch_s": round(stitch_s, 2),
-        "resolve_s": round(resolve_s, 3), "relabel_s": round(relabel_s, 2),
+        "tiles": plan.num_tiles,
+        "volume": list(shape),
+        "labels": res.num_labels,
+        "edges": n_edges,
+        "segment_s": round(seg_s, 2),
+        "stitch_s": round(stitch_s, 2),
+        "resolve_s": round(resolve_s, 3),
+        "relabel_s": round(relabel_s, 2),
         "stitch_resolve_relabel_s": round(stitch_s + resolve_s + relabel_s, 2),
     }
 
@@ -140,7 +157,8 @@ def main() -> None:
         per_tile = row["stitch_resolve_relabel_s"] / row["tiles"]
         base_per_tile = base["stitch_resolve_relabel_s"] / base["tiles"]
         print(
-            f"{row['tiles']:>6} tiles: stitch+resolve+relabel {row['stitch_resolve_relabel_s']:.2f} s"
+            f"{row['tiles']:>6} tiles: stitch+resolve+relabel "
+            f"{row['stitch_resolve_relabel_s']:.2f} s"
             f" ({per_tile * 1000:.1f} ms/tile, {per_tile / base_per_tile:.2f}x the per-tile cost"
             f" at {base['tiles']} tiles)"
         )

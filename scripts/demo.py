@@ -1,6 +1,6 @@
 """End-to-end demo: synthesize a nuclei volume, segment it tile by tile, check the result.
 
-    python scripts/demo.py [--shape 256,1024,1024] [--workers 2] [--out data/]
+python scripts/demo.py [--shape 256,1024,1024] [--workers 2] [--out data/]
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def run_in_process(run: RunDir) -> tuple[np.ndarray, int]:
     spec = run.read_spec()
     with EquivalenceTable(run.table) as table:
         resolution = resolve(table, spec.plan.num_tiles, spec.sequential_labels)
-    create_output(Path(spec.output_store), spec.source, spec.plan, "uint64")
+    create_output(Path(spec.output_store), spec.source, spec.plan, "uint32")
     plan, handle = make_handler(run, "relabel")
     for index in plan.tiles():
         handle(index)

@@ -17,7 +17,11 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {"PYTHONPATH": TESTS, "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [sys.executable, "-m", "blockbuster.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env=env,
     )
 
 
@@ -25,9 +29,22 @@ def test_segment_with_a_module_fn(tmp_path: Path) -> None:
     img = blobs((40, 50), seed=1)
     src = write_zarr(tmp_path / "img.zarr", img)
     done = cli(
-        "segment", src, str(tmp_path / "out.zarr"), "--fn", "fns:cc_label", "--tile", "16,16",
-        "--overlap", "2", "--workers", "2", "--merge-threshold", "0", "--sequential",
-        "--no-progress", cwd=tmp_path,
+        "segment",
+        src,
+        str(tmp_path / "out.zarr"),
+        "--fn",
+        "fns:cc_label",
+        "--tile",
+        "16,16",
+        "--overlap",
+        "2",
+        "--workers",
+        "2",
+        "--merge-threshold",
+        "0",
+        "--sequential",
+        "--no-progress",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     whole, n = ndi.label(img > 0.5)
@@ -41,8 +58,17 @@ def test_default_watershed_with_kwargs(tmp_path: Path) -> None:
     img[20:28, 30:40] = 1
     src = write_zarr(tmp_path / "img.zarr", img)
     done = cli(
-        "segment", src, str(tmp_path / "out.zarr"), "--tile", "16,24", "--overlap", "4",
-        "--fn-kwargs", json.dumps({"threshold": 0.5, "sigma": 0}), "--no-progress", cwd=tmp_path,
+        "segment",
+        src,
+        str(tmp_path / "out.zarr"),
+        "--tile",
+        "16,24",
+        "--overlap",
+        "4",
+        "--fn-kwargs",
+        json.dumps({"threshold": 0.5, "sigma": 0}),
+        "--no-progress",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     out = zarr.open_array(str(tmp_path / "out.zarr"))[:]
@@ -54,9 +80,19 @@ def test_failed_tiles_exit_nonzero(tmp_path: Path) -> None:
     img[3, 3] = 7.0
     src = write_zarr(tmp_path / "img.zarr", img)
     done = cli(
-        "segment", src, str(tmp_path / "out.zarr"), "--fn", "fns:fail_on_value",
-        "--fn-kwargs", '{"bad_value": 7.0}', "--tile", "10,10", "--max-retries", "0",
-        "--no-progress", cwd=tmp_path,
+        "segment",
+        src,
+        str(tmp_path / "out.zarr"),
+        "--fn",
+        "fns:fail_on_value",
+        "--fn-kwargs",
+        '{"bad_value": 7.0}',
+        "--tile",
+        "10,10",
+        "--max-retries",
+        "0",
+        "--no-progress",
+        cwd=tmp_path,
     )
     assert done.returncode == 1
     assert "FAILED segment: 1 failed" in done.stderr
@@ -65,7 +101,8 @@ def test_failed_tiles_exit_nonzero(tmp_path: Path) -> None:
 
 def test_bad_fn_is_a_one_line_error(tmp_path: Path) -> None:
     src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
-    done = cli("segment", src, str(tmp_path / "o.zarr"), "--fn", "nosuch", "--tile", "8,8",
-               cwd=tmp_path)
+    done = cli(
+        "segment", src, str(tmp_path / "o.zarr"), "--fn", "nosuch", "--tile", "8,8", cwd=tmp_path
+    )
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --fn 'nosuch' must look like package.module:function"

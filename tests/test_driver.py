@@ -56,7 +56,7 @@ def test_tiled_equals_whole(
     )
     out = zarr.open_array(str(tmp_path / "out.zarr"))[:]
     whole, n_whole = ndi.label(img > 0.5)
-    assert out.shape == img.shape and out.dtype == np.uint64
+    assert out.shape == img.shape and out.dtype == np.uint32
     assert_one_to_one(whole, out)
     assert result.num_labels == n_whole
     n_tiles = int(np.prod([-(-s // t) for s, t in zip(shape, tile)]))

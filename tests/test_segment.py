@@ -9,8 +9,8 @@ from blockbuster.segment import check_labels, renumber_core_first
 def test_renumber_puts_core_labels_first() -> None:
     labels = np.array([[7, 7, 0, 3], [9, 9, 0, 3]])
     core = (slice(None), slice(2, 4))  # holds 0 and 3
-    out, n_core, n_labels = renumber_core_first(labels, core)
-    assert out.dtype == np.uint64
+    out, n_core, n_labels = renumber_core_first(labels, core, "uint32")
+    assert out.dtype == np.uint32
     assert (n_core, n_labels) == (1, 3)
     assert out[0, 3] == 1 and out[1, 3] == 1
     assert {out[0, 0], out[1, 0]} == {2, 3}
