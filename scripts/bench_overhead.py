@@ -63,6 +63,20 @@ def bench_noop(tmp: Path, workers: int, shape: tuple[int, ...], tile: tuple[int,
     make_nuclei_volume(image, shape=shape, count=int(30_000 * np.prod(shape) / 2**28), chunks=tile)
     copy_s = plain_copy(str(image), str(tmp / "copy.zarr"), tile, workers)
     rows = {"volume": list(shape), "tile": list(tile), "copy_s": round(copy_s, 2)}
+    # fixed cost of a run: one tile, so nearly all of it is starting workers and daisy
+    one = tmp / "one.zarr"
+    zarr.create_array(str(one), shape=(8, 8, 8), dtype="uint16", overwrite=True)[:] = 1
+    start = time.perf_counter()
+    tile_process(
+        str(one),
+        noop,
+        (8, 8, 8),
+        0,
+        write_to=tmp / "one_out.zarr",
+        num_workers=workers,
+        overwrite=True,
+    )
+    rows["fixed_s"] = round(time.perf_counter() - start, 2)
     for overlap in (0, 8):
         start = time.perf_counter()
         r = tile_process(
@@ -143,7 +157,7 @@ def main() -> None:
     args = p.parse_args()
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="bb-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    shape = (64, 512, 512) if args.quick else (128, 1024, 1024)
+    shape = (64, 512, 512) if args.quick else (256, 1024, 1024)
     noop_rows = bench_noop(tmp, args.workers, shape, (64, 256, 256))
     print(json.dumps({"noop_vs_copy": noop_rows}))
     sizes = [64, 512] if args.quick else [64, 512, 2200]
@@ -164,7 +178,8 @@ def main() -> None:
         )
     print(
         f"no-op end to end / plain copy: overlap 0 {noop_rows['noop_overlap0_ratio']:.2f}x, "
-        f"overlap 8 {noop_rows['noop_overlap8_ratio']:.2f}x (copy {noop_rows['copy_s']:.2f} s)"
+        f"overlap 8 {noop_rows['noop_overlap8_ratio']:.2f}x (copy {noop_rows['copy_s']:.2f} s; "
+        f"fixed cost of any run, 1 tile: {noop_rows['fixed_s']:.2f} s)"
     )
     shutil.rmtree(tmp, ignore_errors=True)
 
