@@ -24,6 +24,7 @@ from daisy import logging as daisy_logging
 from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
 from blockbuster.io import ImageSource, create_output, create_stage, describe_source, is_ome_path
 from blockbuster.launch import WorkerLauncher
+from blockbuster.records import TaskRecords, TileError
 from blockbuster.resolve import resolve
 from blockbuster.rundir import RunDir, RunSpec
 from blockbuster.segment import SegmentFn
@@ -81,6 +82,8 @@ class RunResult:
         Per daisy task: block counts and the first worker error.
     run_dir
         The run directory (removed after success unless ``keep_stage``).
+    failed
+        Per task, the tiles that failed, each with the errors of its attempts (tracebacks).
     """
 
     output: str
@@ -92,6 +95,7 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
     tasks: dict[str, TaskReport] = field(default_factory=dict)
     run_dir: str = ""
+    failed: dict[str, dict[int, list[TileError]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -111,7 +115,12 @@ class RunResult:
                 lines.append(
                     f"FAILED {name}: {t.failed} failed, {t.orphaned} orphaned of {t.total}"
                 )
-                if t.error:
+                for tile, errors in sorted(self.failed.get(name, {}).items()):
+                    err = errors[-1]
+                    lines.append(
+                        f"  tile {tile} on {err.host}, {len(errors)} attempt(s): {err.message}"
+                    )
+                if t.error and not self.failed.get(name):
                     lines.append("  first error: " + t.error.strip().splitlines()[-1])
         return "\n".join(lines)
 
@@ -330,12 +339,8 @@ def tile_process(
         If any tile failed; nothing is written to ``write_to`` and the run directory is kept so
         that running the same call again resumes.
     """
-    t0 = time.perf_counter()
-    _check_positive("num_workers", num_workers, integer=True)
-    _check_positive("timeout", timeout if timeout is not None else DEFAULT_TIMEOUT)
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
-    run, spec, _ = prepare_run(
+    _check_run_options(num_workers, timeout, max_retries)
+    run, _, _ = prepare_run(
         image,
         fn,
         tile_shape,
@@ -346,40 +351,91 @@ def tile_process(
         overwrite=overwrite,
         channels=channels,
     )
+    return execute_run(
+        run,
+        num_workers=num_workers,
+        progress=progress,
+        keep_stage=keep_stage,
+        timeout=timeout,
+        max_retries=max_retries,
+    )
+
+
+def _check_run_options(num_workers: int, timeout: float | None, max_retries: int) -> None:
+    _check_positive("num_workers", num_workers, integer=True)
+    _check_positive("timeout", timeout if timeout is not None else DEFAULT_TIMEOUT)
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
+
+
+def failed_tiles(run: RunDir, task: str) -> dict[int, list[TileError]]:
+    """Tiles of ``task`` that have error records and no success record, with their errors."""
+    records = TaskRecords(run.records(task), task)
+    done = records.done_records()
+    out: dict[int, list[TileError]] = {}
+    for err in records.errors():
+        if err.tile not in done:
+            out.setdefault(err.tile, []).append(err)
+    return out
+
+
+def execute_run(
+    run: RunDir,
+    *,
+    num_workers: int = 1,
+    progress: bool = False,
+    keep_stage: bool = False,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    max_retries: int = 2,
+) -> RunResult:
+    """Run (or resume) the three tasks of a prepared run directory.
+
+    Blocks that daisy's done markers record as finished are skipped, so calling this again
+    after a failure or a crash redoes only what is missing. Parameters are those of
+    :func:`tile_process`.
+    """
+    _check_run_options(num_workers, timeout, max_retries)
+    t0 = time.perf_counter()
+    spec = run.read_spec()
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))
-
     workers = int(num_workers)
     tout = float(timeout if timeout is not None else DEFAULT_TIMEOUT)
     segment = _task("segment", plan, plan.overlap, run, workers, tout, max_retries)
     stitch = _task("stitch", plan, plan.tile, run, workers, tout, max_retries)
     reports, seconds = _run_pipeline(segment + stitch, ["segment", "stitch"], workers, progress)
+    seg_records = TaskRecords(run.records("segment"), "segment")
     result = RunResult(
         output=str(out),
         num_labels=0,
         tiles_total=plan.num_tiles,
         tiles_completed=reports["segment"].completed,
         tiles_failed=reports["segment"].failed + reports["segment"].orphaned,
-        fn_calls=0,
+        fn_calls=sum(seg_records.call_counts().values()),
         seconds={"segment+stitch": seconds},
         tasks=reports,
         run_dir=str(run.root),
     )
+    result.failed = {task: failed_tiles(run, task) for task in ("segment", "stitch")}
+    if not all(r.ok for r in reports.values()):
+        _fail(result)
+    start = time.perf_counter()
     with EquivalenceTable(run.table) as table:
-        result.fn_calls = table.total_fn_calls()
-        if not all(r.ok for r in reports.values()):
-            _fail(result)
-        start = time.perf_counter()
-        resolution = resolve(table, plan.num_tiles, sequential_labels)
-        result.num_labels = resolution.num_labels
-        out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
-        result.seconds["resolve"] = time.perf_counter() - start
+        done = seg_records.done_records()
+        table.replace_tiles((t, r["n_core"], r["n_labels"]) for t, r in sorted(done.items()))
+        table.replace_edges(TaskRecords(run.records("stitch"), "stitch").edges())
+        resolution = resolve(table, plan.num_tiles, spec.sequential_labels)
+    result.num_labels = resolution.num_labels
+    result.seconds["resolve"] = time.perf_counter() - start
+    out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
     create_output(out, source, plan, out_dtype)
     relabel = _task("relabel", plan, (0,) * plan.ndim, run, workers, tout, max_retries)
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     shutil.rmtree(run.tracking("relabel"), ignore_errors=True)
+    shutil.rmtree(run.records("relabel"), ignore_errors=True)
     rep, seconds = _run_pipeline(relabel, ["relabel"], workers, progress)
     result.tasks.update(rep)
+    result.failed["relabel"] = failed_tiles(run, "relabel")
     result.seconds["relabel"] = seconds
     result.seconds["total"] = time.perf_counter() - t0
     if not result.ok:
@@ -394,7 +450,10 @@ def _fail(result: RunResult) -> None:
     detail = "; ".join(
         f"{n}: {t.failed} failed, {t.orphaned} orphaned of {t.total}" for n, t in bad.items()
     )
-    first = next((t.error for t in bad.values() if t.error), None)
+    first_record = next(
+        (errs[-1].traceback for tiles in result.failed.values() for errs in tiles.values()), None
+    )
+    first = first_record or next((t.error for t in bad.values() if t.error), None)
     msg = (
         f"blockbuster run incomplete ({detail}); the output was not finished. "
         f"The run directory {result.run_dir} is kept: fix the cause and run the same call again "

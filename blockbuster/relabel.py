@@ -6,10 +6,13 @@ builds a lookup table of ``n_core + 1`` entries and applies it to the tile's cor
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import zarr
 
 from blockbuster.geometry import TilePlan, box_slices
+from blockbuster.records import TaskRecords
 from blockbuster.table import EquivalenceTable
 
 
@@ -50,17 +53,21 @@ class Relabeler:
         table: EquivalenceTable,
         output: zarr.Array,
         sequential: bool,
+        records: TaskRecords,
     ) -> None:
         self.plan = plan
         self.stage = stage
         self.table = table
         self.output = output
         self.sequential = sequential
+        self.records = records
 
     def __call__(self, index: tuple[int, ...]) -> None:
+        started, start = time.time(), time.perf_counter()
         plan = self.plan
         core_box = plan.core(index)
         core = np.asarray(self.stage[index + box_slices(core_box, plan.stage_origin(index))])
         base, shift, n_core, rows = self.table.tile_resolution(plan.tile_id(index))
         lut = tile_lookup(base, shift, n_core, rows, self.sequential)
         self.output[box_slices(core_box)] = lut[core].astype(self.output.dtype, copy=False)
+        self.records.done(plan.tile_id(index), started, time.perf_counter() - start)

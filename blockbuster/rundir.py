@@ -6,7 +6,8 @@ Layout::
         spec.json             parameters, input description, tile plan, the driver's sys.path
         fn.pkl                the user's fn, cloudpickled (by reference when importable)
         stage.zarr            staged per-tile labels (core + halo), one chunk per tile
-        equivalences.sqlite   the equivalence table
+        equivalences.sqlite   the equivalence table (written by the driver only)
+        records/<task>/       per-block record files written by workers (see records.py)
         tracking/<task>/      daisy done markers (resume)
         logs/                 per-worker logs written by daisy
 """
@@ -105,6 +106,9 @@ class RunDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    def records(self, task: str) -> Path:
+        return self.root / "records" / task
 
     def tracking(self, task: str) -> Path:
         return self.root / "tracking" / task

@@ -8,7 +8,6 @@ or labels per tile.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ import zarr
 
 from blockbuster.geometry import TilePlan, box_slices
 from blockbuster.io import read_box
-from blockbuster.table import EquivalenceTable
+from blockbuster.records import TaskRecords
 
 SegmentFn = Callable[[np.ndarray], Any]
 
@@ -79,24 +78,25 @@ class Segmenter:
         image: zarr.Array,
         channel_axes: int,
         stage: zarr.Array,
-        table: EquivalenceTable,
+        records: TaskRecords,
         fn: SegmentFn,
     ) -> None:
         self.plan = plan
         self.image = image
         self.channel_axes = channel_axes
         self.stage = stage
-        self.table = table
+        self.records = records
         self.fn = fn
-        self.host = socket.gethostname()
 
     def __call__(self, index: tuple[int, ...]) -> None:
-        start = time.perf_counter()
+        started, start = time.time(), time.perf_counter()
         plan = self.plan
         tile = plan.tile_id(index)
+        if self.records.is_done(tile):
+            return  # staged by an attempt whose completion never reached the server
         read = plan.read(index)
         data = read_box(self.image, read, self.channel_axes)
-        self.table.count_fn_call(tile)
+        self.records.call_started(tile)
         labels = self.fn(data)
         labels = check_labels(labels, data.shape[self.channel_axes :])
         core = box_slices(plan.core(index), origin=[a for a, _ in read])
@@ -107,4 +107,5 @@ class Segmenter:
             chunk = np.zeros(plan.stage_tile_shape, dtype=labels.dtype)
             chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
         self.stage[index] = chunk
-        self.table.record_tile(tile, n_core, n_labels, time.perf_counter() - start, self.host)
+        seconds = time.perf_counter() - start
+        self.records.done(tile, started, seconds, n_core=n_core, n_labels=n_labels)

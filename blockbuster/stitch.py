@@ -24,11 +24,13 @@ be told apart by that rule, so they merge.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import zarr
 
 from blockbuster.geometry import Box, TilePlan, box_slices, intersect
-from blockbuster.table import EquivalenceTable
+from blockbuster.records import TaskRecords
 
 
 def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
@@ -90,11 +92,11 @@ class Stitcher:
     """Stitches tiles inside one worker process."""
 
     def __init__(
-        self, plan: TilePlan, stage: zarr.Array, table: EquivalenceTable, threshold: float
+        self, plan: TilePlan, stage: zarr.Array, records: TaskRecords, threshold: float
     ) -> None:
         self.plan = plan
         self.stage = stage
-        self.table = table
+        self.records = records
         self.threshold = threshold
 
     def edges(self, index: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
@@ -114,4 +116,8 @@ class Stitcher:
         return rows
 
     def __call__(self, index: tuple[int, ...]) -> None:
-        self.table.replace_edges(self.plan.tile_id(index), self.edges(index))
+        started, start = time.time(), time.perf_counter()
+        tile = self.plan.tile_id(index)
+        edges = self.edges(index)
+        self.records.write_edges(tile, np.array(edges, dtype=np.int64).reshape(-1, 4))
+        self.records.done(tile, started, time.perf_counter() - start, edges=len(edges))

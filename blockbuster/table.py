@@ -1,19 +1,22 @@
-"""The persistent equivalence table (SQLite, next to the stage).
+"""The persistent equivalence table (SQLite, in the run directory).
+
+Only the driver writes it: workers leave per-block record files (:mod:`blockbuster.records`),
+which the driver gathers here after stitching; relabel workers then open the table read-only
+and immutable, which is safe on network filesystems too.
 
 Tables
 ------
 ``tiles``
     One row per segmented tile: how many labels its core holds (``n_core``; they are local
-    labels ``1..n_core``), how many it holds in all (``n_labels``; labels seen only in the halo
-    are ``n_core+1..n_labels``), plus where and how long it ran.
-``fn_calls``
-    How often ``fn`` was called per tile (counted as it is called, whether it returns or not).
+    labels ``1..n_core``) and how many it holds in all (``n_labels``; labels seen only in the
+    halo are ``n_core+1..n_labels``).
 ``edges``
     Label equivalences ``(tile_a, label_a) == (tile_b, label_b)`` found by stitching, in local
-    labels. The stitch block of ``tile_a`` owns its rows and replaces them when it reruns.
+    labels.
 ``resolved_tiles`` / ``resolved_labels``
-    What relabel needs per tile after the equivalences are resolved: the tile's base ID and
-    sequential shift, and the final ID of each of its labels that was merged.
+    What relabel needs per tile after the equivalences are resolved: the tile's base ID,
+    sequential shift and core label count, and the final ID of each of its labels that was
+    merged.
 
 Local labels keep rows small and let the base IDs be assigned once every tile is counted, so
 there is no cap on labels per tile or on tiles. The schema uses plain integer columns only so
@@ -32,13 +35,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS tiles (
     tile INTEGER PRIMARY KEY,
     n_core INTEGER NOT NULL,
-    n_labels INTEGER NOT NULL,
-    seconds REAL,
-    host TEXT
-);
-CREATE TABLE IF NOT EXISTS fn_calls (
-    tile INTEGER PRIMARY KEY,
-    calls INTEGER NOT NULL
+    n_labels INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS edges (
     tile_a INTEGER NOT NULL,
@@ -72,12 +69,19 @@ class EquivalenceTable:
         SQLite database file; created with the schema if missing.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.conn = sqlite3.connect(str(self.path), timeout=120.0, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
+        if readonly:
+            # immutable: no locks, no journal; the driver does not write while workers read
+            uri = f"{self.path.absolute().as_uri()}?mode=ro&immutable=1"
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        else:
+            self.conn = sqlite3.connect(str(self.path), timeout=120.0, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=DELETE")
+            # everything here is rebuilt from the workers' record files on every run, so a
+            # power loss costs nothing that fsync would save
+            self.conn.execute("PRAGMA synchronous=OFF")
+            self.conn.executescript(SCHEMA)
 
     def close(self) -> None:
         self.conn.close()
@@ -88,30 +92,23 @@ class EquivalenceTable:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- segment ------------------------------------------------------------------------------
+    # -- gathered from the workers' records ----------------------------------------------
 
-    def count_fn_call(self, tile: int) -> None:
-        self.conn.execute(
-            "INSERT INTO fn_calls (tile, calls) VALUES (?, 1) "
-            "ON CONFLICT (tile) DO UPDATE SET calls = calls + 1",
-            (tile,),
-        )
-
-    def record_tile(self, tile: int, n_core: int, n_labels: int, seconds: float, host: str) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO tiles (tile, n_core, n_labels, seconds, host) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (tile, n_core, n_labels, seconds, host),
-        )
-
-    # -- stitch -------------------------------------------------------------------------------
-
-    def replace_edges(self, tile_a: int, rows: Iterable[tuple[int, int, int, int]]) -> None:
-        """Atomically replace every edge owned by ``tile_a``."""
+    def replace_tiles(self, rows: Iterable[tuple[int, int, int]]) -> None:
+        """Replace every tile row ``(tile, n_core, n_labels)``."""
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("DELETE FROM edges WHERE tile_a = ?", (tile_a,))
-            self.conn.executemany("INSERT INTO edges VALUES (?, ?, ?, ?)", rows)
+            self.conn.execute("DELETE FROM tiles")
+            self.conn.executemany("INSERT INTO tiles VALUES (?, ?, ?)", rows)
+
+    def replace_edges(self, edges: np.ndarray) -> None:
+        """Replace every equivalence with the ``(n, 4)`` rows of ``edges``."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("DELETE FROM edges")
+            self.conn.executemany(
+                "INSERT INTO edges VALUES (?, ?, ?, ?)", np.asarray(edges).reshape(-1, 4).tolist()
+            )
 
     # -- resolve ------------------------------------------------------------------------------
 
@@ -128,9 +125,6 @@ class EquivalenceTable:
         cur = self.conn.execute("SELECT tile_a, label_a, tile_b, label_b FROM edges")
         rows = cur.fetchall()
         return np.array(rows, dtype=np.int64).reshape(-1, 4)
-
-    def total_fn_calls(self) -> int:
-        return int(self.conn.execute("SELECT COALESCE(SUM(calls), 0) FROM fn_calls").fetchone()[0])
 
     def write_resolution(self, tiles: np.ndarray, label_rows: np.ndarray) -> None:
         """Replace the resolution.

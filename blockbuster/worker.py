@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
 import daisy
 
 from blockbuster.geometry import TilePlan
 from blockbuster.io import open_array, open_stage
+from blockbuster.records import TaskRecords
 from blockbuster.relabel import Relabeler
 from blockbuster.rundir import RunDir, restore_sys_path
 from blockbuster.segment import Segmenter
@@ -28,40 +30,56 @@ TASKS = ("segment", "stitch", "relabel")
 
 logger = logging.getLogger("blockbuster.worker")
 
+Handler = Callable[[tuple[int, ...]], None]
 
-def make_handler(run: RunDir, task: str) -> tuple[TilePlan, Callable[[tuple[int, ...]], None]]:
+
+def make_handler(run: RunDir, task: str) -> tuple[TilePlan, TaskRecords, Handler]:
     """Open what ``task`` needs from the run directory and return its per-tile handler."""
     spec = run.read_spec()
     restore_sys_path(spec)
-    table = EquivalenceTable(run.table)
     plan = spec.plan
+    records = TaskRecords(run.records(task), task)
     if task == "segment":
         stage = open_stage(run.stage, mode="r+")
         fn = run.load_fn()
         image = spec.source.open()
-        return plan, Segmenter(plan, image, spec.source.channel_axes, stage, table, fn)
+        return plan, records, Segmenter(plan, image, spec.source.channel_axes, stage, records, fn)
     if task == "stitch":
-        return plan, Stitcher(plan, open_stage(run.stage), table, spec.merge_threshold)
+        return plan, records, Stitcher(plan, open_stage(run.stage), records, spec.merge_threshold)
     if task == "relabel":
         output = open_array(spec.output_store, spec.output_path, mode="r+")
-        return plan, Relabeler(plan, open_stage(run.stage), table, output, spec.sequential_labels)
+        table = EquivalenceTable(run.table, readonly=True)
+        return (
+            plan,
+            records,
+            Relabeler(plan, open_stage(run.stage), table, output, spec.sequential_labels, records),
+        )
     raise ValueError(f"task={task!r} is not one of {TASKS}")
 
 
 def serve(run: RunDir, task: str) -> int:
     """Process blocks from the daisy server until none are left; return how many failed."""
-    plan, handle = make_handler(run, task)
+    plan, records, handle = make_handler(run, task)
     client = daisy.Client()
     failed = 0
     while True:
+        block_failed = False
         try:
             with client.acquire_block() as block:
                 if block is None:
                     break
-                handle(plan.index_of_write_roi(block.write_roi))
+                index = plan.index_of_write_roi(block.write_roi)
+                try:
+                    handle(index)
+                except Exception:
+                    block_failed = True
+                    records.failed(plan.tile_id(index), traceback.format_exc())
+                    raise
         except Exception:
+            if not block_failed:
+                raise  # the server is gone or daisy failed: this worker's run is over
             # daisy's acquire_block already logged the traceback and reported the block as
-            # failed (so the server retries it or counts it failed); keep serving.
+            # failed (the server retries it or counts it failed); keep serving.
             failed += 1
     return failed
 

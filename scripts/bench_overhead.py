@@ -28,6 +28,7 @@ from bench_fns import cc_label, noop  # noqa: E402
 
 from blockbuster.driver import _run_pipeline, _task, prepare_run, tile_process  # noqa: E402
 from blockbuster.io import create_output  # noqa: E402
+from blockbuster.records import TaskRecords  # noqa: E402
 from blockbuster.resolve import resolve  # noqa: E402
 from blockbuster.synthetic import make_nuclei_volume  # noqa: E402
 from blockbuster.table import EquivalenceTable  # noqa: E402
@@ -128,6 +129,9 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
     reps2, stitch_s = _run_pipeline(st, ["stitch"], workers, False)
     t = time.perf_counter()
     with EquivalenceTable(run.table) as table:
+        done = TaskRecords(run.records("segment"), "segment").done_records()
+        table.replace_tiles((k, r["n_core"], r["n_labels"]) for k, r in sorted(done.items()))
+        table.replace_edges(TaskRecords(run.records("stitch"), "stitch").edges())
         res = resolve(table, plan.num_tiles, True)
         n_edges = len(table.all_edges())
     resolve_s = time.perf_counter() - t

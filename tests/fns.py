@@ -63,3 +63,42 @@ def first_channel_cc(block: np.ndarray) -> np.ndarray:
     if block.ndim < 3 or not np.allclose(block[1], 2 * block[0]):
         raise AssertionError("fn did not receive the channel axis intact")
     return cc_label(block[0])
+
+
+def _first_time(marker_dir: str, name: str) -> bool:
+    """True exactly once per (marker_dir, name), across processes."""
+    try:
+        fd = os.open(Path(marker_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def sigkill_once(block: np.ndarray, marker_dir: str, trigger: float) -> np.ndarray:
+    """SIGKILL this worker the first time a block holding ``trigger`` arrives."""
+    import signal
+
+    if (block == np.float32(trigger)).any() and _first_time(marker_dir, "killed"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return cc_label(block)
+
+
+def hang_once(block: np.ndarray, marker_dir: str, trigger: float) -> np.ndarray:
+    """Hang (far past any timeout) the first time a block holding ``trigger`` arrives."""
+    import time
+
+    if (block == np.float32(trigger)).any() and _first_time(marker_dir, "hung"):
+        time.sleep(3600)
+    return cc_label(block)
+
+
+def slow_logged(block: np.ndarray, calls_dir: str, delay: float) -> np.ndarray:
+    """Log each call under the block's content hash, then label after ``delay`` seconds."""
+    import hashlib
+    import time
+
+    key = hashlib.sha1(np.ascontiguousarray(block).tobytes()).hexdigest()
+    Path(calls_dir, f"{key}.{uuid.uuid4().hex}").touch()
+    time.sleep(delay)
+    return cc_label(block)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from blockbuster.io import create_output, open_array
+from blockbuster.records import TaskRecords
 from blockbuster.resolve import resolve
 from blockbuster.rundir import RunDir
 from blockbuster.table import EquivalenceTable
@@ -19,14 +20,17 @@ from blockbuster.worker import make_handler
 
 def run_in_process(run: RunDir) -> tuple[np.ndarray, int]:
     for task in ("segment", "stitch"):
-        plan, handle = make_handler(run, task)
+        plan, _, handle = make_handler(run, task)
         for index in plan.tiles():
             handle(index)
     spec = run.read_spec()
+    seg = TaskRecords(run.records("segment"), "segment").done_records()
     with EquivalenceTable(run.table) as table:
+        table.replace_tiles((t, r["n_core"], r["n_labels"]) for t, r in sorted(seg.items()))
+        table.replace_edges(TaskRecords(run.records("stitch"), "stitch").edges())
         resolution = resolve(table, spec.plan.num_tiles, spec.sequential_labels)
     create_output(Path(spec.output_store), spec.source, spec.plan, "uint32")
-    plan, handle = make_handler(run, "relabel")
+    plan, _, handle = make_handler(run, "relabel")
     for index in plan.tiles():
         handle(index)
     return open_array(spec.output_store, spec.output_path)[:], resolution.num_labels

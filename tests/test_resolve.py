@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -65,9 +66,8 @@ def test_resolve_and_lookup_match_reference_union_find(tmp_path: Path, case) -> 
     n_core, n_labels, edges, sequential = case
     db = tmp_path / f"{uuid.uuid4().hex}.sqlite"
     with EquivalenceTable(db) as table:
-        for t, (k, n) in enumerate(zip(n_core, n_labels)):
-            table.record_tile(t, k, n, 0.0, "h")
-        table.replace_edges(0, edges)
+        table.replace_tiles((t, k, n) for t, (k, n) in enumerate(zip(n_core, n_labels)))
+        table.replace_edges(np.array(edges, dtype=np.int64).reshape(-1, 4))
         res = resolve(table, len(n_core), sequential)
         expected = reference(n_core, n_labels, edges, sequential)
         got = {}
@@ -87,7 +87,7 @@ def test_resolve_and_lookup_match_reference_union_find(tmp_path: Path, case) -> 
 
 def test_resolve_refuses_missing_tiles(tmp_path: Path) -> None:
     with EquivalenceTable(tmp_path / "t.sqlite") as table:
-        table.record_tile(0, 1, 1, 0.0, "h")
+        table.replace_tiles([(0, 1, 1)])
         try:
             resolve(table, 2, False)
         except RuntimeError as e:
