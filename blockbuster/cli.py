@@ -1,7 +1,9 @@
 """The ``blockbuster`` command line.
 
 ``blockbuster segment SRC DST`` segments a zarr image with the built-in watershed or with any
-importable ``module:function``; it exits 1 when any tile failed, after printing which.
+importable ``module:function``; ``blockbuster status RUN_DIR`` shows what a run has done and
+what failed; ``blockbuster resubmit RUN_DIR`` redoes only failed or missing tiles, then stitches
+and relabels. Exit codes: 0 done, 1 tiles failed, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -67,8 +69,60 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--sequential", action="store_true", help="final labels 1..N, no gaps")
     seg.add_argument("--keep-stage", action="store_true")
     seg.add_argument("--overwrite", action="store_true")
+    seg.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the task servers give workers; 'auto' lets daisy choose "
+        "(needed for workers on other nodes)",
+    )
+    seg.add_argument(
+        "--launcher", default="local", help="'local' or a launch script such as workers/slurm.sh"
+    )
     seg.add_argument("--no-progress", action="store_true")
+
+    st = sub.add_parser("status", help="tiles done/failed/pending per task of a run directory")
+    st.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
+    st.add_argument("--tracebacks", action="store_true", help="print failed tiles' tracebacks")
+
+    rs = sub.add_parser("resubmit", help="redo failed or missing tiles, then stitch and relabel")
+    rs.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
+    rs.add_argument("--workers", type=int, help="override the run's number of workers")
+    rs.add_argument("--timeout", type=float, help="override the run's block timeout")
+    rs.add_argument("--max-retries", type=int, help="override the run's retries")
+    rs.add_argument("--launcher", help="override the run's launcher")
+    rs.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from blockbuster.rundir import RunDir
+    from blockbuster.status import run_status
+
+    status = run_status(RunDir(args.run_dir))
+    print(status.tracebacks() if args.tracebacks else status.format())
+    return 1 if any(t.failed for t in status.tasks.values()) else 0
+
+
+def _resubmit(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from blockbuster.driver import execute_run
+    from blockbuster.rundir import RunDir
+
+    run = RunDir(args.run_dir)
+    if not run.spec_file.exists():
+        raise FileNotFoundError(f"{run.root} is not a blockbuster run directory (no spec.json)")
+    options = run.read_options()
+    overrides = {
+        "num_workers": args.workers,
+        "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "launcher": args.launcher,
+    }
+    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    result = execute_run(run, options, progress=not args.no_progress)
+    print(result.summary())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from blockbuster.driver import TileFailureError, tile_process
 
     try:
+        if args.command == "status":
+            return _status(args)
+        if args.command == "resubmit":
+            return _resubmit(args)
         kwargs = json.loads(args.fn_kwargs)
         if not isinstance(kwargs, dict):
             raise ValueError("--fn-kwargs must be a JSON object")
@@ -95,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             max_retries=args.max_retries,
             overwrite=args.overwrite,
             channels=True if args.channels else None,
+            host=None if args.host == "auto" else args.host,
+            launcher=args.launcher,
         )
     except TileFailureError as e:
         print(e.result.summary(), file=sys.stderr)

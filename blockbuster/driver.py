@@ -8,9 +8,11 @@ watches: a worker that dies or hangs past ``timeout`` costs one block, which dai
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +25,10 @@ from daisy import logging as daisy_logging
 
 from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
 from blockbuster.io import ImageSource, create_output, create_stage, describe_source, is_ome_path
-from blockbuster.launch import WorkerLauncher
+from blockbuster.launch import LOCAL, WorkerLauncher, server_dir
 from blockbuster.records import TaskRecords, TileError
 from blockbuster.resolve import resolve
-from blockbuster.rundir import RunDir, RunSpec
+from blockbuster.rundir import RunDir, RunOptions, RunSpec
 from blockbuster.segment import SegmentFn
 from blockbuster.table import EquivalenceTable
 
@@ -145,13 +147,6 @@ def _validate_fn(fn: Any) -> bytes:
         ) from None
 
 
-def _check_positive(name: str, value: float, integer: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive number")
-    if integer and int(value) != value:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-
-
 def plan_run(
     image: Any,
     tile_shape: tuple[int, ...],
@@ -190,6 +185,7 @@ def _task(
     num_workers: int,
     timeout: float,
     max_retries: int,
+    launcher: str = LOCAL,
 ) -> daisy.Task:
     total, read, write = plan.task_rois(context)
     return daisy.Task(
@@ -197,7 +193,7 @@ def _task(
         total,
         read,
         write,
-        process_function=WorkerLauncher(run.root, name),
+        process_function=WorkerLauncher(run.root, name, launcher),
         read_write_conflict=False,
         fit="shrink",
         max_workers=num_workers,
@@ -208,17 +204,47 @@ def _task(
     )
 
 
+class _AddressAnnouncer(threading.Thread):
+    """Prints each task's server address once it is known (for workers on other machines)."""
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(daemon=True)
+        self.folder = server_dir(run.root)
+        self.stop = threading.Event()
+        self.seen: set[str] = set()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            for path in sorted(self.folder.glob("*.json")):
+                if path.name not in self.seen:
+                    self.seen.add(path.name)
+                    info = json.loads(path.read_text())
+                    print(
+                        f"blockbuster: {info['task']} workers connect to "
+                        f"{info['host']}:{info['port']} (recorded in {path})",
+                        flush=True,
+                    )
+
+
 def _run_pipeline(
-    pipeline: Any, names: list[str], num_workers: int, progress: bool
+    pipeline: Any, names: list[str], run: RunDir, options: RunOptions, progress: bool
 ) -> tuple[dict[str, TaskReport], float]:
     start = time.perf_counter()
-    states = daisy.Server().run_blockwise(
-        pipeline,
-        resources={"worker": num_workers},
-        progress=progress,
-        host="127.0.0.1",
-        summary=False,
-    )
+    shutil.rmtree(server_dir(run.root), ignore_errors=True)
+    announcer = _AddressAnnouncer(run) if options.host not in ("127.0.0.1", "localhost") else None
+    if announcer is not None:
+        announcer.start()
+    try:
+        states = daisy.Server().run_blockwise(
+            pipeline,
+            resources={"worker": options.num_workers},
+            progress=progress,
+            host=options.host,
+            summary=False,
+        )
+    finally:
+        if announcer is not None:
+            announcer.stop.set()
     seconds = time.perf_counter() - start
     return {n: TaskReport.from_state(states[n], seconds) for n in names}, seconds
 
@@ -284,6 +310,8 @@ def tile_process(
     max_retries: int = 2,
     overwrite: bool = False,
     channels: bool | None = None,
+    host: str | None = "127.0.0.1",
+    launcher: str = LOCAL,
 ) -> RunResult:
     """Segment an image tile by tile and stitch the labels into one consistent label array.
 
@@ -323,6 +351,16 @@ def tile_process(
         Times a failed block is retried before it counts as failed.
     overwrite
         Replace an existing output and run directory instead of refusing.
+    host
+        Address the task servers listen on and give to workers. ``"127.0.0.1"`` (default)
+        keeps them private to this machine; for workers on other nodes give this node's name
+        or address on the cluster network, or ``None`` to let daisy detect one (it then
+        listens on every interface). The addresses are printed and written to
+        ``<run_dir>/server/<task>.json``.
+    launcher
+        ``"local"`` (default) starts each worker here as ``python -m blockbuster.worker``;
+        the path of an executable launch script (templates in ``workers/``: ``slurm.sh``,
+        ``lsf.sh``, ``local.sh``) starts each through it, e.g. as a SLURM job.
     channels
         Whether ``image`` has one leading channel axis (passed to ``fn`` whole). ``None``
         accepts one only where the metadata marks it (funlib axis name ending in ``^``, OME axis
@@ -339,7 +377,14 @@ def tile_process(
         If any tile failed; nothing is written to ``write_to`` and the run directory is kept so
         that running the same call again resumes.
     """
-    _check_run_options(num_workers, timeout, max_retries)
+    options = RunOptions(
+        num_workers=num_workers,
+        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        max_retries=max_retries,
+        keep_stage=keep_stage,
+        host=host,
+        launcher=launcher,
+    ).validate()
     run, _, _ = prepare_run(
         image,
         fn,
@@ -351,59 +396,31 @@ def tile_process(
         overwrite=overwrite,
         channels=channels,
     )
-    return execute_run(
-        run,
-        num_workers=num_workers,
-        progress=progress,
-        keep_stage=keep_stage,
-        timeout=timeout,
-        max_retries=max_retries,
-    )
+    run.write_options(options)
+    return execute_run(run, options, progress=progress)
 
 
-def _check_run_options(num_workers: int, timeout: float | None, max_retries: int) -> None:
-    _check_positive("num_workers", num_workers, integer=True)
-    _check_positive("timeout", timeout if timeout is not None else DEFAULT_TIMEOUT)
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
-
-
-def failed_tiles(run: RunDir, task: str) -> dict[int, list[TileError]]:
-    """Tiles of ``task`` that have error records and no success record, with their errors."""
-    records = TaskRecords(run.records(task), task)
-    done = records.done_records()
-    out: dict[int, list[TileError]] = {}
-    for err in records.errors():
-        if err.tile not in done:
-            out.setdefault(err.tile, []).append(err)
-    return out
-
-
-def execute_run(
-    run: RunDir,
-    *,
-    num_workers: int = 1,
-    progress: bool = False,
-    keep_stage: bool = False,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    max_retries: int = 2,
-) -> RunResult:
+def execute_run(run: RunDir, options: RunOptions, progress: bool = False) -> RunResult:
     """Run (or resume) the three tasks of a prepared run directory.
 
-    Blocks that daisy's done markers record as finished are skipped, so calling this again
-    after a failure or a crash redoes only what is missing. Parameters are those of
-    :func:`tile_process`.
+    Tiles already staged are not segmented again (daisy's done markers and the workers'
+    records), so calling this again after failures or a crash redoes only what is missing.
     """
-    _check_run_options(num_workers, timeout, max_retries)
+    options = options.validate()
     t0 = time.perf_counter()
     spec = run.read_spec()
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))
-    workers = int(num_workers)
-    tout = float(timeout if timeout is not None else DEFAULT_TIMEOUT)
-    segment = _task("segment", plan, plan.overlap, run, workers, tout, max_retries)
-    stitch = _task("stitch", plan, plan.tile, run, workers, tout, max_retries)
-    reports, seconds = _run_pipeline(segment + stitch, ["segment", "stitch"], workers, progress)
+    workers, tout, retries = options.num_workers, options.timeout, options.max_retries
+    launcher = options.launcher
+
+    def task(name: str, context: tuple[int, ...]) -> daisy.Task:
+        return _task(name, plan, context, run, workers, tout, retries, launcher)
+
+    segment, stitch = task("segment", plan.overlap), task("stitch", plan.tile)
+    reports, seconds = _run_pipeline(
+        segment + stitch, ["segment", "stitch"], run, options, progress
+    )
     seg_records = TaskRecords(run.records("segment"), "segment")
     result = RunResult(
         output=str(out),
@@ -416,7 +433,9 @@ def execute_run(
         tasks=reports,
         run_dir=str(run.root),
     )
-    result.failed = {task: failed_tiles(run, task) for task in ("segment", "stitch")}
+    result.failed = {
+        task: TaskRecords(run.records(task), task).failed_tiles() for task in ("segment", "stitch")
+    }
     if not all(r.ok for r in reports.values()):
         _fail(result)
     start = time.perf_counter()
@@ -429,18 +448,18 @@ def execute_run(
     result.seconds["resolve"] = time.perf_counter() - start
     out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
     create_output(out, source, plan, out_dtype)
-    relabel = _task("relabel", plan, (0,) * plan.ndim, run, workers, tout, max_retries)
+    relabel = task("relabel", (0,) * plan.ndim)
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     shutil.rmtree(run.tracking("relabel"), ignore_errors=True)
     shutil.rmtree(run.records("relabel"), ignore_errors=True)
-    rep, seconds = _run_pipeline(relabel, ["relabel"], workers, progress)
+    rep, seconds = _run_pipeline(relabel, ["relabel"], run, options, progress)
     result.tasks.update(rep)
-    result.failed["relabel"] = failed_tiles(run, "relabel")
+    result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
     result.seconds["relabel"] = seconds
     result.seconds["total"] = time.perf_counter() - t0
     if not result.ok:
         _fail(result)
-    if not keep_stage:
+    if not options.keep_stage:
         shutil.rmtree(run.root, ignore_errors=True)
     return result
 

@@ -143,6 +143,15 @@ class TaskRecords:
             out.append(TileError(d["task"], d["tile"], d["host"], d["time"], d["traceback"]))
         return sorted(out, key=lambda e: (e.tile, e.time))
 
+    def failed_tiles(self) -> dict[int, list[TileError]]:
+        """Tiles with failed attempts and no success, each with its errors (oldest first)."""
+        done = self.done_records()
+        out: dict[int, list[TileError]] = {}
+        for err in self.errors():
+            if err.tile not in done:
+                out.setdefault(err.tile, []).append(err)
+        return out
+
     def forget(self, tile: int) -> None:
         """Remove a tile's success record and edges (before it is redone)."""
         for name in (f"{tile}.json", f"{tile}.edges.npy"):

@@ -4,6 +4,8 @@ Layout::
 
     <write_to>.blockbuster/
         spec.json             parameters, input description, tile plan, the driver's sys.path
+        options.json          how to run: workers, timeout, retries, server host, launcher
+        server/<task>.json    the address of each task's daisy server (for workers elsewhere)
         fn.pkl                the user's fn, cloudpickled (by reference when importable)
         stage.zarr            staged per-tile labels (core + halo), one chunk per tile
         equivalences.sqlite   the equivalence table (written by the driver only)
@@ -15,8 +17,9 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,43 @@ class RunSpec:
         return a == b
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed (not what it computes): may change between resumes.
+
+    Parameters are those of :func:`blockbuster.tile_process`.
+    """
+
+    num_workers: int = 1
+    timeout: float = 3600.0
+    max_retries: int = 2
+    keep_stage: bool = False
+    host: str | None = "127.0.0.1"
+    launcher: str = "local"
+
+    def validate(self) -> RunOptions:
+        """Check every field; return ``self`` with the launcher as an absolute path."""
+        for name in ("num_workers", "timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive number")
+        if int(self.num_workers) != self.num_workers:
+            raise ValueError(f"num_workers={self.num_workers!r} must be a positive integer")
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries={retries!r} must be an integer >= 0")
+        launcher = self.launcher
+        if launcher != "local":
+            path = Path(launcher).absolute()
+            if not path.is_file() or not os.access(path, os.X_OK):
+                raise ValueError(
+                    f"launcher={launcher!r} must be 'local' or an executable launch script "
+                    "(see workers/: local.sh, slurm.sh, lsf.sh)"
+                )
+            launcher = str(path)
+        return replace(self, num_workers=int(self.num_workers), launcher=launcher)
+
+
 class RunDir:
     """Paths inside one run directory."""
 
@@ -118,6 +158,20 @@ class RunDir:
         tmp = self.spec_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(spec.to_json(), indent=2))
         tmp.replace(self.spec_file)
+
+    @property
+    def options_file(self) -> Path:
+        return self.root / "options.json"
+
+    def write_options(self, options: RunOptions) -> None:
+        tmp = self.options_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(options), indent=2))
+        tmp.replace(self.options_file)
+
+    def read_options(self) -> RunOptions:
+        if not self.options_file.exists():
+            return RunOptions()
+        return RunOptions(**json.loads(self.options_file.read_text()))
 
     def read_spec(self) -> RunSpec:
         return RunSpec.from_json(json.loads(self.spec_file.read_text()))

@@ -10,7 +10,9 @@ block's failure (with its traceback) and the worker goes on to the next block.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,6 +21,7 @@ import daisy
 
 from blockbuster.geometry import TilePlan
 from blockbuster.io import open_array, open_stage
+from blockbuster.launch import server_dir
 from blockbuster.records import TaskRecords
 from blockbuster.relabel import Relabeler
 from blockbuster.rundir import RunDir, restore_sys_path
@@ -91,9 +94,39 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", help="the run directory (<write_to>.blockbuster)")
     parser.add_argument("task", choices=TASKS)
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="the task's daisy server when DAISY_CONTEXT is not set (default: the address the "
+        "driver recorded in RUN_DIR/server/TASK.json)",
+    )
     args = parser.parse_args(argv)
-    serve(RunDir(args.run_dir), args.task)
+    run = RunDir(args.run_dir)
+    if args.server or "DAISY_CONTEXT" not in os.environ:
+        os.environ["DAISY_CONTEXT"] = server_context(run, args.task, args.server)
+    serve(run, args.task)
     return 0
+
+
+def server_context(run: RunDir, task: str, server: str | None) -> str:
+    """A ``DAISY_CONTEXT`` for a worker started by hand: ``server`` or the recorded address."""
+    if server:
+        host, sep, port = server.rpartition(":")
+        if not sep or not port.isdigit():
+            raise SystemExit(f"--server {server!r} must look like HOST:PORT")
+    else:
+        path = server_dir(run.root) / f"{task}.json"
+        if not path.exists():
+            raise SystemExit(
+                f"no DAISY_CONTEXT, no --server, and {path} does not exist: is the driver "
+                "running this task?"
+            )
+        info = json.loads(path.read_text())
+        host, port = info["host"], str(info["port"])
+    context = daisy.Context(
+        hostname=host, port=int(port), task_id=task, worker_id=-1, logdir=str(run.logs)
+    )
+    return context.to_env()
 
 
 if __name__ == "__main__":

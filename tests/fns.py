@@ -102,3 +102,11 @@ def slow_logged(block: np.ndarray, calls_dir: str, delay: float) -> np.ndarray:
     Path(calls_dir, f"{key}.{uuid.uuid4().hex}").touch()
     time.sleep(delay)
     return cc_label(block)
+
+
+def fail_while_flag(block: np.ndarray, flag: str, bad_value: float, calls_dir: str) -> np.ndarray:
+    """Fail for blocks holding ``bad_value`` while the file ``flag`` exists; log every call."""
+    Path(calls_dir, uuid.uuid4().hex).write_text(str(float(block.max())))
+    if Path(flag).exists() and (block == np.float32(bad_value)).any():
+        raise RuntimeError("deliberate failure until the flag is removed")
+    return cc_label(block)

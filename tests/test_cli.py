@@ -106,3 +106,81 @@ def test_bad_fn_is_a_one_line_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --fn 'nosuch' must look like package.module:function"
+
+
+def test_status_then_resubmit_redoes_only_the_failed_tile(tmp_path: Path) -> None:
+    img = blobs((30, 40), seed=6)
+    img[25, 35] = 1.5  # tile (2, 3) only, with overlap 0
+    src = write_zarr(tmp_path / "img.zarr", img)
+    flag = tmp_path / "broken"
+    flag.touch()
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    kwargs = json.dumps({"flag": str(flag), "bad_value": 1.5, "calls_dir": str(calls)})
+    out = tmp_path / "out.zarr"
+    run_dir = tmp_path / "out.zarr.blockbuster"
+    done = cli(
+        "segment",
+        src,
+        str(out),
+        "--fn",
+        "fns:fail_while_flag",
+        "--fn-kwargs",
+        kwargs,
+        "--tile",
+        "10,10",
+        "--merge-threshold",
+        "0",
+        "--max-retries",
+        "1",
+        "--workers",
+        "2",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert len(list(calls.iterdir())) == 12 + 1  # 12 tiles, the bad one retried once
+
+    status = cli("status", str(run_dir), cwd=tmp_path)
+    assert status.returncode == 1
+    rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[5:8]}
+    assert rows["segment"][:3] == ["11", "1", "0"]  # done, failed, pending
+    assert rows["segment"][-1] == "13"  # fn calls
+    # stitch blocks next to the failed tile wait for it; the others ran
+    assert rows["stitch"][:3] == ["8", "0", "4"] and rows["relabel"][:3] == ["0", "0", "12"]
+    assert "segment tile 11 on" in status.stdout
+    assert "2 attempt(s): RuntimeError: deliberate failure" in status.stdout
+    tracebacks = cli("status", "--tracebacks", str(run_dir), cwd=tmp_path)
+    assert "fns.py" in tracebacks.stdout and "=== segment tile 11" in tracebacks.stdout
+
+    flag.unlink()
+    again = cli("resubmit", str(run_dir), "--no-progress", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(list(calls.iterdir())) == 13 + 1  # only the failed tile ran again
+    whole = ndi.label(img > 0.5)[0]
+    assert_one_to_one(whole, zarr.open_array(str(out))[:])
+    assert not run_dir.exists()
+
+
+def test_status_of_a_kept_finished_run(tmp_path: Path) -> None:
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20), seed=2))
+    done = cli(
+        "segment",
+        src,
+        str(tmp_path / "o.zarr"),
+        "--fn",
+        "fns:cc_label",
+        "--tile",
+        "10,10",
+        "--keep-stage",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    status = cli("status", str(tmp_path / "o.zarr.blockbuster"), cwd=tmp_path)
+    assert status.returncode == 0
+    assert "(finished)" in status.stdout
+    for line in status.stdout.splitlines()[5:8]:
+        assert line.split()[1:4] == ["4", "0", "0"]
+    missing = cli("status", str(tmp_path), cwd=tmp_path)
+    assert missing.returncode == 2 and "not a blockbuster run directory" in missing.stderr
