@@ -28,7 +28,7 @@ from blockbuster.io import ImageSource, create_output, create_stage, describe_so
 from blockbuster.launch import LOCAL, WorkerLauncher, server_dir
 from blockbuster.records import TaskRecords, TileError
 from blockbuster.resolve import resolve
-from blockbuster.rundir import RunDir, RunOptions, RunSpec
+from blockbuster.rundir import RunDir, RunOptions, RunSpec, describe_fn
 from blockbuster.segment import SegmentFn
 from blockbuster.table import EquivalenceTable
 
@@ -287,7 +287,7 @@ def prepare_run(
     )
     resume = _prepare_run_dir(run, out, spec, overwrite)
     run.write_spec(spec)
-    run.write_fn(payload)
+    run.write_fn(payload, describe_fn(fn))
     if not resume:
         create_stage(run.stage, plan)
     EquivalenceTable(run.table).close()

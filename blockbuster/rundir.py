@@ -6,7 +6,8 @@ Layout::
         spec.json             parameters, input description, tile plan, the driver's sys.path
         options.json          how to run: workers, timeout, retries, server host, launcher
         server/<task>.json    the address of each task's daisy server (for workers elsewhere)
-        fn.pkl                the user's fn, cloudpickled (by reference when importable)
+        fn.json               the fn's import path and keyword arguments, where it has one
+        fn.pkl                the fn, cloudpickled (by value for __main__/notebook functions)
         stage.zarr            staged per-tile labels (core + halo), one chunk per tile
         equivalences.sqlite   the equivalence table (written by the driver only)
         records/<task>/       per-block record files written by workers (see records.py)
@@ -16,6 +17,8 @@ Layout::
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
 import sys
@@ -176,13 +179,61 @@ class RunDir:
     def read_spec(self) -> RunSpec:
         return RunSpec.from_json(json.loads(self.spec_file.read_text()))
 
-    def write_fn(self, payload: bytes) -> None:
+    @property
+    def fn_ref_file(self) -> Path:
+        return self.root / "fn.json"
+
+    def write_fn(self, payload: bytes, ref: dict[str, Any] | None) -> None:
+        """Store the fn: always cloudpickled, plus its import path where it has one."""
         tmp = self.fn_file.with_suffix(".tmp")
         tmp.write_bytes(payload)
         tmp.replace(self.fn_file)
+        if ref is None:
+            self.fn_ref_file.unlink(missing_ok=True)
+        else:
+            tmp = self.fn_ref_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ref, indent=2))
+            tmp.replace(self.fn_ref_file)
 
     def load_fn(self) -> Any:
+        """Load the fn by import path when it has one, else unpickle it."""
+        if self.fn_ref_file.exists():
+            return load_fn_ref(json.loads(self.fn_ref_file.read_text()))
         return cloudpickle.loads(self.fn_file.read_bytes())
+
+
+def describe_fn(fn: Any) -> dict[str, Any] | None:
+    """``{"ref": "package.module:function", "kwargs": {...}}`` for an importable fn.
+
+    A plain module-level function, or a ``functools.partial`` of one with JSON-serialisable
+    keyword arguments and no positional ones, gets a reference. Anything else (lambdas,
+    closures, ``__main__`` functions, callable objects) returns None and is loaded from the
+    cloudpickle alone.
+    """
+    kwargs: dict[str, Any] = {}
+    target = fn
+    if isinstance(fn, functools.partial):
+        if fn.args:
+            return None
+        kwargs, target = dict(fn.keywords), fn.func
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname or "." in qualname:
+        return None
+    try:
+        if getattr(importlib.import_module(module), qualname, None) is not target:
+            return None
+        json.dumps(kwargs)
+    except (ImportError, TypeError, ValueError):
+        return None
+    return {"ref": f"{module}:{qualname}", "kwargs": kwargs}
+
+
+def load_fn_ref(ref: dict[str, Any]) -> Any:
+    """The fn a :func:`describe_fn` reference names."""
+    module, _, name = ref["ref"].partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    return functools.partial(fn, **ref["kwargs"]) if ref["kwargs"] else fn
 
 
 def restore_sys_path(spec: RunSpec) -> None:

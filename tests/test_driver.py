@@ -246,3 +246,19 @@ def test_fn_defined_in_main_and_in_a_module_added_at_run_time(tmp_path: Path) ->
     whole = ndi.label(img > 0.5)[0]
     for name in ("a.zarr", "b.zarr"):
         assert_one_to_one(whole, zarr.open_array(str(tmp_path / name))[:])
+
+
+def test_importable_fns_are_stored_by_import_path(tmp_path: Path) -> None:
+    from blockbuster.rundir import describe_fn, load_fn_ref
+
+    ref = describe_fn(functools.partial(fail_on_value, bad_value=7.0))
+    assert ref == {"ref": "fns:fail_on_value", "kwargs": {"bad_value": 7.0}}
+    assert load_fn_ref(ref).keywords == {"bad_value": 7.0}
+    assert describe_fn(cc_label) == {"ref": "fns:cc_label", "kwargs": {}}
+    assert describe_fn(lambda b: b) is None
+    assert describe_fn(functools.partial(cc_label, np.zeros(3))) is None
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
+    tile_process(src, cc_label, (10, 10), write_to=tmp_path / "o.zarr", keep_stage=True)
+    run = RunDir.for_output(tmp_path / "o.zarr")
+    assert run.fn_ref_file.exists() and run.fn_file.exists()
+    assert run.load_fn() is cc_label
