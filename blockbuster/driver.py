@@ -230,7 +230,8 @@ def _run_pipeline(
     pipeline: Any, names: list[str], run: RunDir, options: RunOptions, progress: bool
 ) -> tuple[dict[str, TaskReport], float]:
     start = time.perf_counter()
-    shutil.rmtree(server_dir(run.root), ignore_errors=True)
+    for name in names:  # a stale address from an earlier run would mislead
+        (server_dir(run.root) / f"{name}.json").unlink(missing_ok=True)
     announcer = _AddressAnnouncer(run) if options.host not in ("127.0.0.1", "localhost") else None
     if announcer is not None:
         announcer.start()

@@ -122,7 +122,11 @@ def test_workers_started_by_hand_find_the_recorded_server(tmp_path: Path) -> Non
     )
     assert result.fn_calls == 9
     server = tmp_path / "out.zarr.blockbuster" / "server"
-    assert sorted(p.name for p in server.iterdir()) == ["relabel.json"]
+    assert sorted(p.name for p in server.iterdir()) == [
+        "relabel.json",
+        "segment.json",
+        "stitch.json",
+    ]
     assert_one_to_one(ndi.label(img > 0.5)[0], zarr.open_array(str(tmp_path / "out.zarr"))[:])
 
 
@@ -131,3 +135,19 @@ def test_bad_launcher_is_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="launcher="):
         tile_process(src, cc_label, (4, 4), write_to=tmp_path / "o.zarr", launcher="nope.sh")
     assert not (tmp_path / "o.zarr.blockbuster").exists()
+
+
+def test_host_option_announces_and_records_the_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import socket
+
+    host = socket.gethostname()
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20), seed=4))
+    tile_process(src, cc_label, (10, 10), write_to=tmp_path / "o.zarr", host=host, keep_stage=True)
+    printed = capsys.readouterr().out
+    for task in ("segment", "relabel"):
+        info = json.loads((tmp_path / "o.zarr.blockbuster" / "server" / f"{task}.json").read_text())
+        assert info["host"] == host
+        assert f"{task} workers connect to {host}:{info['port']}" in printed
