@@ -10,14 +10,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["RunResult", "TileFailureError", "tile_process"]
+__all__ = ["RunResult", "TileFailureError", "make_local_cluster", "tile_process"]
 
 if TYPE_CHECKING:
+    from blockbuster.dask_backend import make_local_cluster
     from blockbuster.driver import RunResult, TileFailureError, tile_process
 
 
 def __getattr__(name: str) -> Any:
     # imported lazily so that worker processes importing blockbuster.launch stay light
+    if name == "make_local_cluster":
+        from blockbuster.dask_backend import make_local_cluster
+
+        return make_local_cluster
     if name in __all__:
         from blockbuster import driver
 

@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ import daisy
 import numpy as np
 from daisy import logging as daisy_logging
 
+from blockbuster.dask_backend import active_client, check_client, run_task
 from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
+from blockbuster.gpu import bytes_per_voxel, gpu_memory, size_tile
 from blockbuster.io import ImageSource, create_output, create_stage, describe_source, is_ome_path
 from blockbuster.launch import LOCAL, WorkerLauncher, server_dir
 from blockbuster.records import TaskRecords, TileError
@@ -152,8 +154,12 @@ def plan_run(
     tile_shape: tuple[int, ...],
     overlap: int | tuple[int, ...],
     channels: bool | None = None,
+    gpu_budget: tuple[int, int] | None = None,
 ) -> tuple[ImageSource, TilePlan]:
-    """Describe the input and cut it into tiles (no data is read)."""
+    """Describe the input and cut it into tiles (no data is read).
+
+    ``gpu_budget`` is ``(free_bytes, bytes_per_voxel)``: shrink the tile to fit it.
+    """
     if isinstance(tile_shape, (int, np.integer)):
         raise ValueError(
             f"tile_shape={tile_shape} must give one size per spatial axis, e.g. (64, 256, 256)"
@@ -166,6 +172,10 @@ def plan_run(
     source = describe_source(image, spatial_ndim, channels, param="image")
     tile = normalize_tile_shape(tile_shape, source.spatial_shape)
     halo = normalize_overlap(overlap, tile)
+    if gpu_budget is not None:
+        tile = size_tile(tile, halo, gpu_budget[1], gpu_budget[0])
+        halo = normalize_overlap(overlap, tile)
+        logger.info("tile shape %s sized for the GPU", tile)
     integral = all(float(v).is_integer() for v in source.scale + source.translation)
     plan = TilePlan(
         shape=source.spatial_shape,
@@ -186,6 +196,7 @@ def _task(
     timeout: float,
     max_retries: int,
     launcher: str = LOCAL,
+    gpus: tuple[int, ...] | None = None,
 ) -> daisy.Task:
     total, read, write = plan.task_rois(context)
     return daisy.Task(
@@ -193,7 +204,7 @@ def _task(
         total,
         read,
         write,
-        process_function=WorkerLauncher(run.root, name, launcher),
+        process_function=WorkerLauncher(run.root, name, launcher, gpus),
         read_write_conflict=False,
         fit="shrink",
         max_workers=num_workers,
@@ -215,15 +226,19 @@ class _AddressAnnouncer(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            for path in sorted(self.folder.glob("*.json")):
-                if path.name not in self.seen:
-                    self.seen.add(path.name)
-                    info = json.loads(path.read_text())
-                    print(
-                        f"blockbuster: {info['task']} workers connect to "
-                        f"{info['host']}:{info['port']} (recorded in {path})",
-                        flush=True,
-                    )
+            self.announce()
+        self.announce()  # the last ones, if the run ended within a poll
+
+    def announce(self) -> None:
+        for path in sorted(self.folder.glob("*.json")):
+            if path.name not in self.seen:
+                self.seen.add(path.name)
+                info = json.loads(path.read_text())
+                print(
+                    f"blockbuster: {info['task']} workers connect to "
+                    f"{info['host']}:{info['port']} (recorded in {path})",
+                    flush=True,
+                )
 
 
 def _run_pipeline(
@@ -246,6 +261,7 @@ def _run_pipeline(
     finally:
         if announcer is not None:
             announcer.stop.set()
+            announcer.join()
     seconds = time.perf_counter() - start
     return {n: TaskReport.from_state(states[n], seconds) for n in names}, seconds
 
@@ -261,6 +277,7 @@ def prepare_run(
     merge_threshold: float,
     overwrite: bool,
     channels: bool | None = None,
+    gpu_budget: tuple[int, int] | None = None,
 ) -> tuple[RunDir, RunSpec, bool]:
     """Validate every parameter, then write the run directory (spec, fn, stage, table).
 
@@ -271,7 +288,7 @@ def prepare_run(
     payload = _validate_fn(fn)
     if not (0 <= merge_threshold < 1):
         raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
-    source, plan = plan_run(image, tuple(tile_shape), overlap, channels)
+    source, plan = plan_run(image, tuple(tile_shape), overlap, channels, gpu_budget)
     out = Path(write_to).absolute()
     src = Path(source.store).resolve()
     if out.resolve() in (src, src / source.path):
@@ -313,6 +330,8 @@ def tile_process(
     channels: bool | None = None,
     host: str | None = "127.0.0.1",
     launcher: str = LOCAL,
+    use_gpu: bool = False,
+    backend: str = "auto",
 ) -> RunResult:
     """Segment an image tile by tile and stitch the labels into one consistent label array.
 
@@ -358,6 +377,16 @@ def tile_process(
         or address on the cluster network, or ``None`` to let daisy detect one (it then
         listens on every interface). The addresses are printed and written to
         ``<run_dir>/server/<task>.json``.
+    use_gpu
+        Size tiles to the GPU: ``tile_shape`` becomes the largest tile no bigger than asked
+        whose working set (tile plus halo times ``fn.bytes_per_voxel``, 400 if the fn does not
+        say) fits in half the free memory of the smallest GPU (read with ``nvidia-ml-py``;
+        8 GiB assumed, with a warning, without it). Each worker then uses one thread and one
+        GPU (``CUDA_VISIBLE_DEVICES`` cycles over the GPUs); give ``num_workers`` = GPUs.
+    backend
+        ``"auto"`` (default): run on the active Dask distributed client if there is one, else
+        on daisy's workers; ``"daisy"`` or ``"dask"`` to choose. A Dask client whose workers
+        are threads (``processes=False``) is refused with ``RuntimeError``.
     launcher
         ``"local"`` (default) starts each worker here as ``python -m blockbuster.worker``;
         the path of an executable launch script (templates in ``workers/``: ``slurm.sh``,
@@ -386,6 +415,23 @@ def tile_process(
         host=host,
         launcher=launcher,
     ).validate()
+    client = None
+    if backend not in ("auto", "daisy", "dask"):
+        raise ValueError(f"backend={backend!r} must be 'auto', 'daisy' or 'dask'")
+    if backend != "daisy":
+        client = active_client()
+        if client is None and backend == "dask":
+            raise ValueError(
+                "backend='dask' needs an active dask.distributed Client; start one with "
+                "client, cluster = blockbuster.make_local_cluster()"
+            )
+        if client is not None:
+            check_client(client)
+    gpu_budget = None
+    if use_gpu:
+        free, measured = gpu_memory()
+        gpu_budget = (min(free), bytes_per_voxel(fn))
+        options = replace(options, gpus=tuple(range(len(free))) if measured else ())
     run, _, _ = prepare_run(
         image,
         fn,
@@ -396,16 +442,37 @@ def tile_process(
         merge_threshold=merge_threshold,
         overwrite=overwrite,
         channels=channels,
+        gpu_budget=gpu_budget,
     )
     run.write_options(options)
-    return execute_run(run, options, progress=progress)
+    return execute_run(run, options, progress=progress, client=client)
 
 
-def execute_run(run: RunDir, options: RunOptions, progress: bool = False) -> RunResult:
+def _run_on_dask(
+    client: Any, run: RunDir, names: list[str], options: RunOptions
+) -> tuple[dict[str, TaskReport], float]:
+    """Run tasks one after the other on a Dask client; a task with failures stops the rest."""
+    total = run.read_spec().plan.num_tiles
+    start = time.perf_counter()
+    reports: dict[str, TaskReport] = {}
+    for name in names:
+        if reports and not all(r.ok for r in reports.values()):
+            reports[name] = TaskReport(total, 0, 0, total, 0.0)
+            continue
+        t = time.perf_counter()
+        completed, failed, error = run_task(client, run, name, options.max_retries)
+        reports[name] = TaskReport(total, completed, failed, 0, time.perf_counter() - t, error)
+    return reports, time.perf_counter() - start
+
+
+def execute_run(
+    run: RunDir, options: RunOptions, progress: bool = False, client: Any | None = None
+) -> RunResult:
     """Run (or resume) the three tasks of a prepared run directory.
 
     Tiles already staged are not segmented again (daisy's done markers and the workers'
     records), so calling this again after failures or a crash redoes only what is missing.
+    With a Dask ``client`` the tasks run on its workers instead of daisy's.
     """
     options = options.validate()
     t0 = time.perf_counter()
@@ -416,12 +483,16 @@ def execute_run(run: RunDir, options: RunOptions, progress: bool = False) -> Run
     launcher = options.launcher
 
     def task(name: str, context: tuple[int, ...]) -> daisy.Task:
-        return _task(name, plan, context, run, workers, tout, retries, launcher)
+        gpus = options.gpus if name == "segment" else None
+        return _task(name, plan, context, run, workers, tout, retries, launcher, gpus)
 
-    segment, stitch = task("segment", plan.overlap), task("stitch", plan.tile)
-    reports, seconds = _run_pipeline(
-        segment + stitch, ["segment", "stitch"], run, options, progress
-    )
+    if client is not None:
+        reports, seconds = _run_on_dask(client, run, ["segment", "stitch"], options)
+    else:
+        segment, stitch = task("segment", plan.overlap), task("stitch", plan.tile)
+        reports, seconds = _run_pipeline(
+            segment + stitch, ["segment", "stitch"], run, options, progress
+        )
     seg_records = TaskRecords(run.records("segment"), "segment")
     result = RunResult(
         output=str(out),
@@ -449,11 +520,16 @@ def execute_run(run: RunDir, options: RunOptions, progress: bool = False) -> Run
     result.seconds["resolve"] = time.perf_counter() - start
     out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
     create_output(out, source, plan, out_dtype)
-    relabel = task("relabel", (0,) * plan.ndim)
+
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     shutil.rmtree(run.tracking("relabel"), ignore_errors=True)
     shutil.rmtree(run.records("relabel"), ignore_errors=True)
-    rep, seconds = _run_pipeline(relabel, ["relabel"], run, options, progress)
+    if client is not None:
+        rep, seconds = _run_on_dask(client, run, ["relabel"], options)
+    else:
+        rep, seconds = _run_pipeline(
+            task("relabel", (0,) * plan.ndim), ["relabel"], run, options, progress
+        )
     result.tasks.update(rep)
     result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
     result.seconds["relabel"] = seconds

@@ -46,17 +46,34 @@ class WorkerLauncher:
         ``"local"`` to run the worker in this process's place, or the path of an executable
         launch script called as ``SCRIPT RUN_DIR TASK`` with ``DAISY_CONTEXT`` and
         ``BLOCKBUSTER_PYTHON`` (this interpreter) in its environment.
+    gpus
+        For GPU workers: pin to one thread, and to ``gpus[worker_id % len(gpus)]`` through
+        ``CUDA_VISIBLE_DEVICES`` when the list is not empty.
     """
 
-    def __init__(self, run_dir: Path | str, task: str, launcher: str = LOCAL) -> None:
+    def __init__(
+        self,
+        run_dir: Path | str,
+        task: str,
+        launcher: str = LOCAL,
+        gpus: tuple[int, ...] | None = None,
+    ) -> None:
         self.run_dir = str(run_dir)
         self.task = task
         self.launcher = launcher
+        self.gpus = gpus
 
     def __call__(self, *, context: Any = None) -> None:
         if context is not None:
             os.environ["DAISY_CONTEXT"] = context.to_env()
             record_server(self.run_dir, self.task, dict(context.items()))
+        if self.gpus is not None:
+            # one fn evaluation per GPU at a time: one device and one thread per worker
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                os.environ[var] = "1"
+            if self.gpus and context is not None:
+                slot = max(int(context.get("worker_id", 0)), 0)
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot % len(self.gpus)])
         os.environ["BLOCKBUSTER_PYTHON"] = sys.executable
         sys.stdout.flush()
         sys.stderr.flush()

@@ -95,6 +95,9 @@ class RunOptions:
     keep_stage: bool = False
     host: str | None = "127.0.0.1"
     launcher: str = "local"
+    #: GPU workers: None for CPU runs; the device indices to spread segment workers over
+    #: (empty when they could not be counted: one thread per worker, devices left as they are)
+    gpus: tuple[int, ...] | None = None
 
     def validate(self) -> RunOptions:
         """Check every field; return ``self`` with the launcher as an absolute path."""
@@ -174,7 +177,10 @@ class RunDir:
     def read_options(self) -> RunOptions:
         if not self.options_file.exists():
             return RunOptions()
-        return RunOptions(**json.loads(self.options_file.read_text()))
+        data = json.loads(self.options_file.read_text())
+        if data.get("gpus") is not None:
+            data["gpus"] = tuple(data["gpus"])
+        return RunOptions(**data)
 
     def read_spec(self) -> RunSpec:
         return RunSpec.from_json(json.loads(self.spec_file.read_text()))

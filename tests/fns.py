@@ -110,3 +110,26 @@ def fail_while_flag(block: np.ndarray, flag: str, bad_value: float, calls_dir: s
     if Path(flag).exists() and (block == np.float32(bad_value)).any():
         raise RuntimeError("deliberate failure until the flag is removed")
     return cc_label(block)
+
+
+def logged_loads(block: np.ndarray, fn, log_dir: str) -> np.ndarray:
+    """Run a Cellpose fn and log this process's model-load count after the call."""
+    import blockbuster.plugins.cellpose as plugin
+
+    labels = fn(block)
+    Path(log_dir, uuid.uuid4().hex).write_text(f"{os.getpid()} {plugin.LOADS}")
+    return labels
+
+
+class GpuEnvLogger:
+    """A fn that declares its GPU working set and logs the worker's GPU environment."""
+
+    bytes_per_voxel = 1000
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        env = [os.environ.get(v, "-") for v in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")]
+        Path(self.log_dir, uuid.uuid4().hex).write_text(" ".join([*env, str(block.shape)]))
+        return cc_label(block)

@@ -1,0 +1,99 @@
+"""GPU tile sizing from free VRAM (``nvidia-ml-py``, extra ``blockbuster[gpu]``).
+
+With ``tile_process(use_gpu=True)`` the tile shape is the largest one, no bigger than the one
+asked for, whose working set (tile plus halo, times the fn's bytes per voxel) fits in half the
+free memory of the smallest visible GPU. Without ``nvidia-ml-py`` (or without a driver), 8 GiB
+free is assumed and a warning is given once.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+#: assumed free VRAM when it cannot be read
+DEFAULT_FREE_BYTES = 8 * 1024**3
+#: working-set estimate per voxel for fns that do not declare ``bytes_per_voxel``
+DEFAULT_BYTES_PER_VOXEL = 400
+
+_warned = False
+
+
+def _warn_once(reason: str) -> None:
+    global _warned
+    if not _warned:
+        warnings.warn(
+            f"cannot read free GPU memory ({reason}); assuming 8 GiB. Install it with "
+            'pip install "blockbuster[gpu]" for sizing to your card',
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _warned = True
+
+
+def gpu_memory() -> tuple[list[int], bool]:
+    """Free bytes of each visible GPU, and whether they were measured.
+
+    Returns ``([DEFAULT_FREE_BYTES], False)`` when NVML is unavailable.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        _warn_once("nvidia-ml-py is not installed")
+        return [DEFAULT_FREE_BYTES], False
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        _warn_once(f"NVML: {e}")
+        return [DEFAULT_FREE_BYTES], False
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        free = [
+            int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free)
+            for i in range(count)
+        ]
+    finally:
+        pynvml.nvmlShutdown()
+    if not free:
+        _warn_once("NVML sees no GPU")
+        return [DEFAULT_FREE_BYTES], False
+    return free, True
+
+
+def bytes_per_voxel(fn: Any) -> int:
+    """The fn's declared working set per voxel (``fn.bytes_per_voxel``) or the default."""
+    value = getattr(fn, "bytes_per_voxel", None)
+    return int(value) if value else DEFAULT_BYTES_PER_VOXEL
+
+
+def size_tile(
+    tile_shape: Sequence[int], overlap: Sequence[int], per_voxel: int, free_bytes: int
+) -> tuple[int, ...]:
+    """Shrink ``tile_shape`` until ``(tile + 2*overlap) * per_voxel <= free_bytes / 2``.
+
+    The longest axis is shrunk by 10% at a time, so tiles stay as cubic (or square in-plane)
+    as the request allows and end within 10% of the largest that fits.
+
+    Raises
+    ------
+    ValueError
+        If even a one-voxel tile with its halo does not fit.
+    """
+    budget = free_bytes // 2
+    tile = [int(t) for t in tile_shape]
+
+    def need(t: list[int]) -> int:
+        return math.prod(a + 2 * o for a, o in zip(t, overlap, strict=True)) * per_voxel
+
+    while need(tile) > budget:
+        axis = max(range(len(tile)), key=lambda i: tile[i])
+        if tile[axis] == 1:
+            raise ValueError(
+                f"overlap={tuple(overlap)} alone needs {need(tile) / 2**30:.1f} GiB at "
+                f"{per_voxel} bytes/voxel, more than half the free GPU memory "
+                f"({free_bytes / 2**30:.1f} GiB); reduce overlap"
+            )
+        tile[axis] = max(1, min(int(tile[axis] * 0.9), tile[axis] - 1))
+    return tuple(tile)

@@ -1,0 +1,105 @@
+"""The Dask path: same stage/stitch/relabel code on a process-based LocalCluster."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import assert_one_to_one, blobs, write_zarr
+from fns import cc_label, counting_cc_label, fail_on_value
+from scipy import ndimage as ndi
+
+from blockbuster import TileFailureError, make_local_cluster, tile_process
+from blockbuster.rundir import RunDir
+
+
+def test_dask_backend_needs_a_client(tmp_path: Path) -> None:
+    src = write_zarr(tmp_path / "img.zarr", np.zeros((8, 8), np.float32))
+    with pytest.raises(ValueError, match="backend='dask' needs an active"):
+        tile_process(src, cc_label, (4, 4), write_to=tmp_path / "o.zarr", backend="dask")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple]:
+    client, cluster = make_local_cluster(n_workers=2, dashboard_address=":0")
+    try:
+        yield client, cluster
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_tiled_equals_whole_on_a_two_process_cluster(
+    tmp_path: Path, cluster: tuple, sequential: bool
+) -> None:
+    client, _ = cluster
+    assert len(client.scheduler_info()["workers"]) == 2
+    img = blobs((24, 40, 36), sigma=1.5, seed=5)
+    src = write_zarr(tmp_path / "img.zarr", img)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    fn = functools.partial(counting_cc_label, calls_dir=str(calls))
+    result = tile_process(
+        src,
+        fn,
+        (10, 16, 16),
+        2,
+        write_to=tmp_path / "out.zarr",
+        merge_threshold=0.0,
+        sequential_labels=sequential,
+    )
+    whole, n = ndi.label(img > 0.5)
+    out = zarr.open_array(str(tmp_path / "out.zarr"))[:]
+    assert_one_to_one(whole, out)
+    assert result.num_labels == n
+    assert len(list(calls.iterdir())) == result.fn_calls == result.tiles_total == 27
+    # the work ran in the cluster's worker processes, not in daisy workers
+    assert set(result.tasks) == {"segment", "stitch", "relabel"}
+    assert not (tmp_path / "out.zarr.blockbuster" / "server").exists()
+
+
+def test_failed_tile_on_dask_is_reported(tmp_path: Path, cluster: tuple) -> None:
+    img = blobs((20, 20), seed=2)
+    img[15, 15] = 1.5
+    src = write_zarr(tmp_path / "img.zarr", img)
+    fn = functools.partial(fail_on_value, bad_value=1.5)
+    with pytest.raises(TileFailureError, match="deliberate failure") as err:
+        tile_process(src, fn, (10, 10), write_to=tmp_path / "o.zarr", max_retries=1)
+    result = err.value.result
+    assert list(result.failed["segment"]) == [3]
+    assert len(result.failed["segment"][3]) == 2  # first try and one retry
+    assert RunDir.for_output(tmp_path / "o.zarr").stage.exists()
+
+
+def test_in_process_client_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from distributed import Client
+
+    src = write_zarr(tmp_path / "img.zarr", blobs((16, 16)))
+    with Client(processes=False, dashboard_address=":0") as client:
+        assert client is not None
+        with pytest.raises(RuntimeError, match=r"in-process worker \(processes=False\)") as err:
+            tile_process(src, cc_label, (8, 8), write_to=tmp_path / "o.zarr")
+        assert "make_local_cluster" in str(err.value)
+    assert not (tmp_path / "o.zarr").exists()
+    assert not (tmp_path / "o.zarr.blockbuster").exists()
+
+
+def test_make_local_cluster_uses_processes_and_prints_the_dashboard(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client, cluster = make_local_cluster(use_gpu=True, dashboard_address=":0")
+    try:
+        assert len(cluster.workers) == 1  # one GPU evaluation at a time
+        assert all(not a.startswith("inproc://") for a in client.scheduler_info()["workers"])
+        assert client.dashboard_link.startswith("http")
+        assert f"Dask dashboard: {client.dashboard_link}" in capsys.readouterr().out
+    finally:
+        client.close()
+        cluster.close()
+    with pytest.raises(ValueError, match="fixes processes"):
+        make_local_cluster(processes=False)
