@@ -17,10 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 
-def load_fn(spec: str | None, kwargs: dict[str, Any]) -> Callable[..., Any]:
-    """Resolve ``--fn module:function`` (kwargs bound by keyword), or the default watershed
-    (kwargs passed to :func:`blockbuster.plugins.watershed_fn`)."""
+def load_fn(
+    spec: str | None, kwargs: dict[str, Any], plugin: str = "watershed"
+) -> Callable[..., Any]:
+    """Resolve ``--fn module:function`` (kwargs bound by keyword), or build a plugin (kwargs
+    passed to :func:`blockbuster.plugins.watershed_fn` or
+    :func:`blockbuster.plugins.cellpose.cellpose_fn`)."""
     if spec is None:
+        if plugin == "cellpose":
+            from blockbuster.plugins.cellpose import cellpose_fn
+
+            return cellpose_fn(**kwargs)
         from blockbuster.plugins import watershed_fn
 
         return watershed_fn(**kwargs)
@@ -57,8 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment SRC tile by tile into DST")
     seg.add_argument("src", help="input zarr array or OME-Zarr image group")
     seg.add_argument("dst", help="output label array (.ome.zarr for an OME-Zarr group)")
-    seg.add_argument("--fn", help="package.module:function (default: built-in watershed)")
+    seg.add_argument("--fn", help="package.module:function (default: the --plugin)")
+    seg.add_argument(
+        "--plugin",
+        choices=("watershed", "cellpose"),
+        default="watershed",
+        help="built-in fn when --fn is not given; --fn-kwargs configure it, e.g. "
+        '\'{"model": "cyto3", "gpu": true, "diameter": 30}\' for cellpose',
+    )
     seg.add_argument("--fn-kwargs", default="{}", help="JSON object of keyword arguments")
+    seg.add_argument("--gpu", action="store_true", help="size tiles to the free GPU memory")
     seg.add_argument("--tile", type=_ints, required=True, help="tile shape, e.g. 64,256,256")
     seg.add_argument("--overlap", type=_overlap, default=0, help="halo voxels: int or per axis")
     seg.add_argument("--workers", type=int, default=1)
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = json.loads(args.fn_kwargs)
         if not isinstance(kwargs, dict):
             raise ValueError("--fn-kwargs must be a JSON object")
-        fn = load_fn(args.fn, kwargs)
+        fn = load_fn(args.fn, kwargs, args.plugin)
         result = tile_process(
             args.src,
             fn,
@@ -155,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             channels=True if args.channels else None,
             host=None if args.host == "auto" else args.host,
             launcher=args.launcher,
+            use_gpu=args.gpu,
         )
     except TileFailureError as e:
         print(e.result.summary(), file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.summary())

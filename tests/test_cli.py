@@ -184,3 +184,38 @@ def test_status_of_a_kept_finished_run(tmp_path: Path) -> None:
         assert line.split()[1:4] == ["4", "0", "0"]
     missing = cli("status", str(tmp_path), cwd=tmp_path)
     assert missing.returncode == 2 and "not a blockbuster run directory" in missing.stderr
+
+
+def test_cellpose_plugin_missing_model_is_a_one_line_error(tmp_path: Path) -> None:
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
+    env_models = tmp_path / "models"
+    env_models.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blockbuster.cli",
+            "segment",
+            src,
+            str(tmp_path / "o.zarr"),
+            "--plugin",
+            "cellpose",
+            "--fn-kwargs",
+            '{"model": "nuclei"}',
+            "--tile",
+            "10,10",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CELLPOSE_LOCAL_MODELS_PATH": str(env_models),
+            "HOME": str(tmp_path),
+        },
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cellpose_fn(model='nuclei'):")
+    assert str(env_models / "nucleitorch_0") in done.stderr
+    assert not (tmp_path / "o.zarr.blockbuster").exists()
