@@ -187,29 +187,28 @@ def plan_run(
     return source, plan
 
 
-def _task(
-    name: str,
-    plan: TilePlan,
-    context: tuple[int, ...],
-    run: RunDir,
-    num_workers: int,
-    timeout: float,
-    max_retries: int,
-    launcher: str = LOCAL,
-    gpus: tuple[int, ...] | None = None,
-) -> daisy.Task:
-    total, read, write = plan.task_rois(context)
+def _context(name: str, plan: TilePlan) -> tuple[int, ...]:
+    """The context (halo) each task's blocks read around their tile."""
+    # stitch reads the neighbouring tiles; daisy v2 needs the context symmetric to compute the
+    # dependencies right, so it is one tile on both sides
+    return {"segment": plan.overlap, "stitch": plan.tile}.get(name, (0,) * plan.ndim)
+
+
+def make_task(name: str, plan: TilePlan, run: RunDir, options: RunOptions) -> daisy.Task:
+    """The daisy task ``name`` (segment, stitch or relabel): one block per tile."""
+    total, read, write = plan.task_rois(_context(name, plan))
+    gpus = options.gpus if name == "segment" else None
     return daisy.Task(
         name,
         total,
         read,
         write,
-        process_function=WorkerLauncher(run.root, name, launcher, gpus),
+        process_function=WorkerLauncher(run.root, name, options.launcher, gpus),
         read_write_conflict=False,
         fit="shrink",
-        max_workers=num_workers,
-        max_retries=max_retries,
-        timeout=timeout,
+        max_workers=options.num_workers,
+        max_retries=options.max_retries,
+        timeout=options.timeout,
         tracking_path=str(run.tracking(name)),
         requires={"worker": 1},
     )
@@ -479,17 +478,14 @@ def execute_run(
     spec = run.read_spec()
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))
-    workers, tout, retries = options.num_workers, options.timeout, options.max_retries
-    launcher = options.launcher
 
-    def task(name: str, context: tuple[int, ...]) -> daisy.Task:
-        gpus = options.gpus if name == "segment" else None
-        return _task(name, plan, context, run, workers, tout, retries, launcher, gpus)
+    def task(name: str) -> daisy.Task:
+        return make_task(name, plan, run, options)
 
     if client is not None:
         reports, seconds = _run_on_dask(client, run, ["segment", "stitch"], options)
     else:
-        segment, stitch = task("segment", plan.overlap), task("stitch", plan.tile)
+        segment, stitch = task("segment"), task("stitch")
         reports, seconds = _run_pipeline(
             segment + stitch, ["segment", "stitch"], run, options, progress
         )
@@ -527,9 +523,7 @@ def execute_run(
     if client is not None:
         rep, seconds = _run_on_dask(client, run, ["relabel"], options)
     else:
-        rep, seconds = _run_pipeline(
-            task("relabel", (0,) * plan.ndim), ["relabel"], run, options, progress
-        )
+        rep, seconds = _run_pipeline(task("relabel"), ["relabel"], run, options, progress)
     result.tasks.update(rep)
     result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
     result.seconds["relabel"] = seconds

@@ -26,10 +26,11 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fns import cc_label, noop  # noqa: E402
 
-from blockbuster.driver import _run_pipeline, _task, prepare_run, tile_process  # noqa: E402
+from blockbuster.driver import _run_pipeline, make_task, prepare_run, tile_process  # noqa: E402
 from blockbuster.io import create_output  # noqa: E402
 from blockbuster.records import TaskRecords  # noqa: E402
 from blockbuster.resolve import resolve  # noqa: E402
+from blockbuster.rundir import RunOptions  # noqa: E402
 from blockbuster.synthetic import make_nuclei_volume  # noqa: E402
 from blockbuster.table import EquivalenceTable  # noqa: E402
 
@@ -123,10 +124,11 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
         overwrite=True,
     )
     plan = spec.plan
-    seg = _task("segment", plan, plan.overlap, run, workers, 600, 0)
-    reps, seg_s = _run_pipeline(seg, ["segment"], workers, False)
-    st = _task("stitch", plan, plan.tile, run, workers, 600, 0)
-    reps2, stitch_s = _run_pipeline(st, ["stitch"], workers, False)
+    options = RunOptions(num_workers=workers, timeout=600, max_retries=0)
+    seg = make_task("segment", plan, run, options)
+    reps, seg_s = _run_pipeline(seg, ["segment"], run, options, False)
+    st = make_task("stitch", plan, run, options)
+    reps2, stitch_s = _run_pipeline(st, ["stitch"], run, options, False)
     t = time.perf_counter()
     with EquivalenceTable(run.table) as table:
         done = TaskRecords(run.records("segment"), "segment").done_records()
@@ -136,8 +138,8 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
         n_edges = len(table.all_edges())
     resolve_s = time.perf_counter() - t
     create_output(out, spec.source, plan, "uint64")
-    rl = _task("relabel", plan, (0,) * plan.ndim, run, workers, 600, 0)
-    reps3, relabel_s = _run_pipeline(rl, ["relabel"], workers, False)
+    rl = make_task("relabel", plan, run, options)
+    reps3, relabel_s = _run_pipeline(rl, ["relabel"], run, options, False)
     assert all(r.ok for r in [*reps.values(), *reps2.values(), *reps3.values()])
     shutil.rmtree(run.root)
     return {
