@@ -242,10 +242,6 @@ def open_stage(path: Path, mode: str = "r") -> zarr.Array:
     return zarr.open_array(store=str(path), mode=mode)
 
 
-def read_stage_tile(stage: zarr.Array, index: tuple[int, ...]) -> np.ndarray:
-    return np.asarray(stage[index])
-
-
 # -- output ------------------------------------------------------------------------------------
 
 

@@ -151,8 +151,3 @@ class TaskRecords:
             if err.tile not in done:
                 out.setdefault(err.tile, []).append(err)
         return out
-
-    def forget(self, tile: int) -> None:
-        """Remove a tile's success record and edges (before it is redone)."""
-        for name in (f"{tile}.json", f"{tile}.edges.npy"):
-            (self.root / name).unlink(missing_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import traceback
@@ -31,7 +30,6 @@ from blockbuster.table import EquivalenceTable
 
 TASKS = ("segment", "stitch", "relabel")
 
-logger = logging.getLogger("blockbuster.worker")
 
 Handler = Callable[[tuple[int, ...]], None]
 
