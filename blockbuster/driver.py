@@ -210,7 +210,8 @@ def make_task(name: str, plan: TilePlan, run: RunDir, options: RunOptions) -> da
         max_retries=options.max_retries,
         timeout=options.timeout,
         tracking_path=str(run.tracking(name)),
-        requires={"worker": 1},
+        # no shared resource pool between tasks: idle stitch workers waiting for a block
+        # would hold the slots a retried segment block needs, and the run would deadlock
     )
 
 
@@ -252,7 +253,6 @@ def _run_pipeline(
     try:
         states = daisy.Server().run_blockwise(
             pipeline,
-            resources={"worker": options.num_workers},
             progress=progress,
             host=options.host,
             summary=False,
@@ -479,16 +479,16 @@ def execute_run(
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))
 
-    def task(name: str) -> daisy.Task:
-        return make_task(name, plan, run, options)
+    def run_tasks(names: list[str]) -> tuple[dict[str, TaskReport], float]:
+        """Run ``names`` in order (later tasks wait for the blocks they read)."""
+        if client is not None:
+            return _run_on_dask(client, run, names, options)
+        pipeline = daisy.Pipeline.from_task(make_task(names[0], plan, run, options))
+        for name in names[1:]:
+            pipeline = pipeline + make_task(name, plan, run, options)
+        return _run_pipeline(pipeline, names, run, options, progress)
 
-    if client is not None:
-        reports, seconds = _run_on_dask(client, run, ["segment", "stitch"], options)
-    else:
-        segment, stitch = task("segment"), task("stitch")
-        reports, seconds = _run_pipeline(
-            segment + stitch, ["segment", "stitch"], run, options, progress
-        )
+    reports, seconds = run_tasks(["segment", "stitch"])
     seg_records = TaskRecords(run.records("segment"), "segment")
     result = RunResult(
         output=str(out),
@@ -520,10 +520,7 @@ def execute_run(
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     shutil.rmtree(run.tracking("relabel"), ignore_errors=True)
     shutil.rmtree(run.records("relabel"), ignore_errors=True)
-    if client is not None:
-        rep, seconds = _run_on_dask(client, run, ["relabel"], options)
-    else:
-        rep, seconds = _run_pipeline(task("relabel"), ["relabel"], run, options, progress)
+    rep, seconds = run_tasks(["relabel"])
     result.tasks.update(rep)
     result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
     result.seconds["relabel"] = seconds
