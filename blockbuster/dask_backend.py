@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+from blockbuster.geometry import Box
 from blockbuster.rundir import RunDir
 
 IN_PROCESS_ERROR = (
@@ -101,12 +102,12 @@ def check_client(client: Any) -> None:
 _HANDLERS: dict[tuple[str, str], Any] = {}
 
 
-def run_tile(run_dir: str, task: str, index: tuple[int, ...]) -> float:
-    """Dask task: run one tile of ``task`` in this worker process; returns seconds.
+def run_block(run_dir: str, task: str, group: Box) -> float:
+    """Dask task: run one block of ``task`` in this worker process; returns seconds.
 
     Handlers (and so ``fn``) are built once per worker process and reused.
     """
-    from blockbuster.worker import make_handler
+    from blockbuster.worker import make_handler, record_failure
 
     key = (run_dir, task)
     if key not in _HANDLERS:
@@ -114,27 +115,31 @@ def run_tile(run_dir: str, task: str, index: tuple[int, ...]) -> float:
     plan, records, handle = _HANDLERS[key]
     start = time.perf_counter()
     try:
-        handle(index)
+        handle(group)
     except Exception:
-        records.failed(plan.tile_id(index), traceback.format_exc())
+        record_failure(plan, records, group, traceback.format_exc())
         raise
     return time.perf_counter() - start
 
 
 def run_task(client: Any, run: RunDir, task: str, retries: int) -> tuple[int, int, str | None]:
-    """Run every tile of ``task`` on ``client``; return ``(completed, failed, first_error)``."""
+    """Run every block of ``task`` on ``client``.
+
+    Returns ``(completed, failed, first_error)`` counted in blocks.
+    """
     from distributed import wait
 
     plan = run.read_spec().plan
-    tiles = list(plan.tiles())
+    tiles = list(plan.groups(task))
+    stamp = time.time_ns()
     futures = client.map(
-        run_tile,
+        run_block,
         [str(run.root)] * len(tiles),
         [task] * len(tiles),
         tiles,
         pure=False,
         retries=retries,
-        key=[f"blockbuster-{task}-{plan.tile_id(t)}-{time.time_ns()}" for t in tiles],
+        key=[f"blockbuster-{task}-{plan.tile_id([a for a, _ in g])}-{stamp}" for g in tiles],
     )
     wait(futures)
     failed = [f for f in futures if f.status != "finished"]

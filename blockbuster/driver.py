@@ -195,8 +195,12 @@ def _context(name: str, plan: TilePlan) -> tuple[int, ...]:
 
 
 def make_task(name: str, plan: TilePlan, run: RunDir, options: RunOptions) -> daisy.Task:
-    """The daisy task ``name`` (segment, stitch or relabel): one block per tile."""
-    total, read, write = plan.task_rois(_context(name, plan))
+    """The daisy task ``name`` (segment, stitch or relabel).
+
+    segment has one block per tile; stitch and relabel blocks are groups of tiles
+    (:meth:`TilePlan.group_shape`).
+    """
+    total, read, write = plan.task_rois(_context(name, plan), plan.group_shape(name))
     gpus = options.gpus if name == "segment" else None
     return daisy.Task(
         name,
@@ -451,10 +455,11 @@ def _run_on_dask(
     client: Any, run: RunDir, names: list[str], options: RunOptions
 ) -> tuple[dict[str, TaskReport], float]:
     """Run tasks one after the other on a Dask client; a task with failures stops the rest."""
-    total = run.read_spec().plan.num_tiles
+    plan = run.read_spec().plan
     start = time.perf_counter()
     reports: dict[str, TaskReport] = {}
     for name in names:
+        total = sum(1 for _ in plan.groups(name))
         if reports and not all(r.ok for r in reports.values()):
             reports[name] = TaskReport(total, 0, 0, total, 0.0)
             continue

@@ -20,6 +20,13 @@ from funlib.geometry import Coordinate, Roi
 Box = tuple[tuple[int, int], ...]
 """Per-axis half-open voxel ranges ``((start, stop), ...)``."""
 
+GROUP_STAGE_VOXELS = 2**24
+"""Most staged voxels one stitch or relabel block reads (64 MiB of uint32 labels)."""
+GROUP_MAX_TILES = 512
+"""Most tiles in one stitch or relabel block."""
+GROUP_MIN_BLOCKS = 16
+"""Fewest blocks a stitch or relabel task is cut into (so workers share the work)."""
+
 
 def normalize_tile_shape(
     tile_shape: Sequence[int], spatial_shape: Sequence[int]
@@ -178,6 +185,64 @@ class TilePlan:
                 nb[axis] += 1
                 yield axis, tuple(nb)
 
+    def tiles_in(self, group: Box) -> Iterator[tuple[int, ...]]:
+        """Grid indices of the tiles in ``group`` (a box of grid indices), in tile-id order."""
+        for rel in np.ndindex(*(b - a for a, b in group)):
+            yield tuple(int(a + r) for (a, _), r in zip(group, rel, strict=True))
+
+    def group_shape(self, task: str) -> tuple[int, ...]:
+        """Tiles per block along each axis for ``task``.
+
+        segment blocks are single tiles (``fn`` runs once per tile, and a failure costs one
+        tile). stitch and relabel blocks group tiles, so that small tiles do not pay a daisy
+        round trip, a record file and a zarr call each: a group grows (doubling the axis with
+        the most groups left) while it reads at most ``GROUP_STAGE_VOXELS`` staged voxels
+        (with the upper neighbours stitch compares against), holds at most
+        ``GROUP_MAX_TILES`` tiles, and the task keeps at least ``GROUP_MIN_BLOCKS`` blocks.
+        It depends on the plan only, so a resumed run cuts the same blocks.
+        """
+        one = (1,) * self.ndim
+        if task == "segment":
+            return one
+        grid, stage = self.grid, self.stage_tile_shape
+        group = list(one)
+
+        def fits(g: list[int]) -> bool:
+            voxels = math.prod(min(n + 1, m) * s for n, m, s in zip(g, grid, stage, strict=True))
+            blocks = math.prod(math.ceil(m / n) for n, m in zip(g, grid, strict=True))
+            return (
+                voxels <= GROUP_STAGE_VOXELS
+                and math.prod(g) <= GROUP_MAX_TILES
+                and blocks >= GROUP_MIN_BLOCKS
+            )
+
+        while True:
+            order = sorted(range(self.ndim), key=lambda a: -math.ceil(grid[a] / group[a]))
+            for axis in order:
+                if group[axis] >= grid[axis]:
+                    continue
+                trial = list(group)
+                trial[axis] = min(2 * group[axis], grid[axis])
+                if fits(trial):
+                    group = trial
+                    break
+            else:
+                return tuple(group)
+
+    def groups(self, task: str) -> Iterator[Box]:
+        """The blocks of ``task`` as boxes of grid indices."""
+        g = self.group_shape(task)
+        for start in np.ndindex(*(math.ceil(m / n) for m, n in zip(self.grid, g, strict=True))):
+            yield tuple(
+                (s * n, min((s + 1) * n, m)) for s, n, m in zip(start, g, self.grid, strict=True)
+            )
+
+    def group_core(self, group: Box) -> Box:
+        """Voxel box written by the tiles of ``group``."""
+        lo = self.core(tuple(a for a, _ in group))
+        hi = self.core(tuple(b - 1 for _, b in group))
+        return tuple((a, b) for (a, _), (_, b) in zip(lo, hi, strict=True))
+
     # -- world units for daisy ---------------------------------------------------------------
 
     @property
@@ -188,15 +253,28 @@ class TilePlan:
         return Coordinate(voxels) * Coordinate(self.voxel_size)
 
     def index_of_write_roi(self, write_roi: Roi) -> tuple[int, ...]:
-        """Grid index of the tile whose core a daisy block's write ROI is."""
-        rel = (write_roi.begin - Coordinate(self.offset)) / Coordinate(self.voxel_size)
-        return tuple(int(r) // t for r, t in zip(rel, self.tile, strict=True))
+        """Grid index of the first tile of a daisy block's write ROI."""
+        return tuple(a for a, _ in self.group_of_write_roi(write_roi))
 
-    def task_rois(self, context_voxels: Sequence[int]) -> tuple[Roi, Roi, Roi]:
-        """``(total_roi, read_roi, write_roi)`` for a daisy task whose blocks are the tiles and
-        whose read ROI is the tile grown by ``context_voxels`` on both sides."""
+    def group_of_write_roi(self, write_roi: Roi) -> Box:
+        """Grid indices (a box) of the tiles whose cores a daisy block's write ROI covers."""
+        vs, off = Coordinate(self.voxel_size), Coordinate(self.offset)
+        begin = (write_roi.begin - off) / vs
+        end = (write_roi.end - off) / vs
+        return tuple(
+            (int(b) // t, -(-int(e) // t)) for b, e, t in zip(begin, end, self.tile, strict=True)
+        )
+
+    def task_rois(
+        self, context_voxels: Sequence[int], group: Sequence[int] | None = None
+    ) -> tuple[Roi, Roi, Roi]:
+        """``(total_roi, read_roi, write_roi)`` for a daisy task whose blocks are ``group``
+        tiles (one tile by default) and whose read ROI is the block grown by
+        ``context_voxels`` on both sides."""
         ctx = self.world(context_voxels)
-        write = Roi(self.offset, self.world(self.tile))
+        g = tuple(group) if group is not None else (1,) * self.ndim
+        size = tuple(t * n for t, n in zip(self.tile, g, strict=True))
+        write = Roi(self.offset, self.world(size))
         return self.image_roi.grow(ctx, ctx), write.grow(ctx, ctx), write
 
 

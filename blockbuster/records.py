@@ -5,7 +5,8 @@ temporary name and renamed into place, which is safe on the network filesystems 
 multi-node runs share (SQLite is not). Layout under ``<run_dir>/records/<task>/``:
 
 ``<tile>.json``
-    The block succeeded: host, start time, seconds, and task-specific counts.
+    The block succeeded: host, start time, seconds, and task-specific counts. A block of
+    several tiles (stitch, relabel) is recorded under its first tile and lists its ``tiles``.
 ``<tile>.edges.npy``
     stitch only: the tile's equivalences, an ``(n, 4)`` int64 array
     ``(tile_a, label_a, tile_b, label_b)``.
@@ -51,6 +52,8 @@ class TileError:
     host: str
     time: float
     traceback: str
+    tiles: tuple[int, ...] = ()
+    """Every tile of the failed block (stitch and relabel blocks hold several)."""
 
     @property
     def message(self) -> str:
@@ -93,10 +96,11 @@ class TaskRecords:
         np.save(tmp, np.asarray(edges, dtype=np.int64).reshape(-1, 4))
         os.replace(tmp, path)
 
-    def failed(self, tile: int, traceback: str) -> None:
+    def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
         record = {
             "task": self.task,
             "tile": tile,
+            "tiles": tiles if tiles is not None else [tile],
             "host": self.host,
             "time": time.time(),
             "traceback": traceback,
@@ -125,6 +129,15 @@ class TaskRecords:
             if path.name == f"{tile}.json"
         }
 
+    def done_tiles(self) -> dict[int, float]:
+        """Seconds per finished tile; a block of several tiles splits its seconds evenly."""
+        out: dict[int, float] = {}
+        for tile, record in self.done_records().items():
+            tiles = record.get("tiles", [tile])
+            for t in tiles:
+                out[t] = float(record["seconds"]) / len(tiles)
+        return out
+
     def edges(self) -> np.ndarray:
         """Every staged equivalence, ``(n, 4)`` int64."""
         parts = [np.load(path) for _, path in self._tiles_with(".edges.npy")]
@@ -140,7 +153,10 @@ class TaskRecords:
         out = []
         for _, path in self._tiles_with(".error."):
             d = json.loads(path.read_text())
-            out.append(TileError(d["task"], d["tile"], d["host"], d["time"], d["traceback"]))
+            tiles = tuple(d.get("tiles", [d["tile"]]))
+            out.append(
+                TileError(d["task"], d["tile"], d["host"], d["time"], d["traceback"], tiles)
+            )
         return sorted(out, key=lambda e: (e.tile, e.time))
 
     def failed_tiles(self) -> dict[int, list[TileError]]:

@@ -1,7 +1,9 @@
 """Stage 3, relabel: write each tile's final labels into the output.
 
-A worker loads only its own tile's resolution (two integers and the tile's merged labels),
-builds a lookup table of ``n_core + 1`` entries and applies it to the tile's core.
+For each tile a worker loads only that tile's resolution (two integers and the tile's merged
+labels), builds a lookup table of ``n_core + 1`` entries and applies it to the tile's core. A
+block handles a group of tiles: one zarr read of their staged labels, one write of their cores
+(whole output chunks, since the output is chunked by tile).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 import numpy as np
 import zarr
 
-from blockbuster.geometry import TilePlan, box_slices
+from blockbuster.geometry import Box, TilePlan, box_slices
 from blockbuster.records import TaskRecords
 from blockbuster.table import EquivalenceTable
 
@@ -62,12 +64,23 @@ class Relabeler:
         self.sequential = sequential
         self.records = records
 
-    def __call__(self, index: tuple[int, ...]) -> None:
+    def __call__(self, group: Box) -> None:
         started, start = time.time(), time.perf_counter()
         plan = self.plan
-        core_box = plan.core(index)
-        core = np.asarray(self.stage[index + box_slices(core_box, plan.stage_origin(index))])
-        base, shift, n_core, rows = self.table.tile_resolution(plan.tile_id(index))
-        lut = tile_lookup(base, shift, n_core, rows, self.sequential)
-        self.output[box_slices(core_box)] = lut[core].astype(self.output.dtype, copy=False)
-        self.records.done(plan.tile_id(index), started, time.perf_counter() - start)
+        staged = np.asarray(self.stage[box_slices(group)])
+        out_box = plan.group_core(group)
+        out = np.empty(tuple(b - a for a, b in out_box), dtype=self.output.dtype)
+        first = tuple(a for a, _ in group)
+        tiles = []
+        for index in plan.tiles_in(group):
+            tile = plan.tile_id(index)
+            tiles.append(tile)
+            core_box = plan.core(index)
+            rel = tuple(i - a for i, a in zip(index, first, strict=True))
+            core = staged[rel][box_slices(core_box, plan.stage_origin(index))]
+            base, shift, n_core, rows = self.table.tile_resolution(tile)
+            lut = tile_lookup(base, shift, n_core, rows, self.sequential)
+            out[box_slices(core_box, [a for a, _ in out_box])] = lut[core]
+        self.output[box_slices(out_box)] = out
+        seconds = time.perf_counter() - start
+        self.records.done(plan.tile_id(first), started, seconds, tiles=tiles)

@@ -27,6 +27,11 @@ class TaskStatus:
     seconds: list[float] = field(default_factory=list)
     fn_calls: int = 0
 
+    @property
+    def failed_count(self) -> int:
+        """Tiles whose block failed (a stitch or relabel block holds several tiles)."""
+        return len({t for errors in self.failed.values() for t in errors[-1].tiles})
+
 
 @dataclass
 class RunStatus:
@@ -60,15 +65,18 @@ class RunStatus:
             peak = f"{np.max(t.seconds):.2f}" if t.seconds else "-"
             calls = str(t.fn_calls) if name == "segment" else ""
             lines.append(
-                f"{name:<9}{t.done:>7}{len(t.failed):>8}{t.pending:>9}{mean:>9}{peak:>8}{calls:>10}"
+                f"{name:<9}{t.done:>7}{t.failed_count:>8}{t.pending:>9}{mean:>9}{peak:>8}{calls:>10}"
             )
         failures = [(n, tile, e) for n, t in self.tasks.items() for tile, e in t.failed.items()]
         if failures:
             lines += ["", "failed tiles:"]
             for name, tile, errors in sorted(failures):
                 err = errors[-1]
+                where = f"tile {tile}" + (
+                    f" (block of {len(err.tiles)} tiles)" if len(err.tiles) > 1 else ""
+                )
                 lines.append(
-                    f"  {name} tile {tile} on {err.host}, {len(errors)} attempt(s): {err.message}"
+                    f"  {name} {where} on {err.host}, {len(errors)} attempt(s): {err.message}"
                 )
             lines.append("full tracebacks: blockbuster status --tracebacks RUN_DIR")
         return "\n".join(lines)
@@ -100,15 +108,17 @@ def run_status(run: RunDir) -> RunStatus:
     tasks = {}
     for name in TASKS:
         records = TaskRecords(run.records(name), name)
-        done = records.done_records()
+        done = records.done_tiles()
         failed = records.failed_tiles()
-        tasks[name] = TaskStatus(
+        status = TaskStatus(
             done=len(done),
             failed=failed,
-            pending=plan.num_tiles - len(done) - len(failed),
-            seconds=[float(r["seconds"]) for r in done.values()],
+            pending=0,
+            seconds=list(done.values()),
             fn_calls=sum(records.call_counts().values()) if name == "segment" else 0,
         )
+        status.pending = plan.num_tiles - status.done - status.failed_count
+        tasks[name] = status
     return RunStatus(
         run_dir=run.root.absolute(),
         output=spec.output_store,

@@ -1,7 +1,9 @@
 """Stage 2, stitch: find which labels of neighbouring tiles are the same object.
 
-Each stitch block owns one tile and compares it with its upper neighbour along every axis, so
-every face is compared exactly once; cost is O(face area) per face.
+Each tile is compared with its upper neighbour along every axis, so every face is compared
+exactly once; cost is O(face area) per face. A stitch block handles a group of tiles (see
+:meth:`TilePlan.group_shape`) and reads their staged labels, with the upper neighbours, in one
+zarr call.
 
 The merge rule
 --------------
@@ -89,7 +91,7 @@ def face_views(plan: TilePlan, lower: tuple[int, ...], axis: int) -> tuple[Box, 
 
 
 class Stitcher:
-    """Stitches tiles inside one worker process."""
+    """Stitches groups of tiles inside one worker process."""
 
     def __init__(
         self, plan: TilePlan, stage: zarr.Array, records: TaskRecords, threshold: float
@@ -99,25 +101,30 @@ class Stitcher:
         self.records = records
         self.threshold = threshold
 
-    def edges(self, index: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
-        """Equivalences between ``index`` and its upper neighbours, as table rows."""
+    def edges(self, group: Box) -> list[tuple[int, int, int, int]]:
+        """Equivalences between each tile of ``group`` and its upper neighbours (table rows)."""
         plan = self.plan
-        tile = plan.tile_id(index)
-        mine = np.asarray(self.stage[index])
+        # the group and one tile more along each axis (the upper neighbours), in one read
+        reach = tuple((a, min(b + 1, n)) for (a, b), n in zip(group, plan.grid, strict=True))
+        staged = np.asarray(self.stage[box_slices(reach)])
         rows: list[tuple[int, int, int, int]] = []
-        for axis, nb in plan.upper_neighbors(index):
-            theirs = np.asarray(self.stage[nb])
-            box_lo, box_hi = face_views(plan, index, axis)
-            a = mine[box_slices(box_lo, plan.stage_origin(index))]
-            b = theirs[box_slices(box_hi, plan.stage_origin(nb))]
-            pairs = match_labels(a, b, self.threshold)
-            other = plan.tile_id(nb)
-            rows.extend((tile, int(la), other, int(lb)) for la, lb in pairs.tolist())
+        for index in plan.tiles_in(group):
+            tile = plan.tile_id(index)
+            mine = staged[tuple(i - a for i, (a, _) in zip(index, reach, strict=True))]
+            for axis, nb in plan.upper_neighbors(index):
+                theirs = staged[tuple(i - a for i, (a, _) in zip(nb, reach, strict=True))]
+                box_lo, box_hi = face_views(plan, index, axis)
+                a = mine[box_slices(box_lo, plan.stage_origin(index))]
+                b = theirs[box_slices(box_hi, plan.stage_origin(nb))]
+                pairs = match_labels(a, b, self.threshold)
+                other = plan.tile_id(nb)
+                rows.extend((tile, int(la), other, int(lb)) for la, lb in pairs.tolist())
         return rows
 
-    def __call__(self, index: tuple[int, ...]) -> None:
+    def __call__(self, group: Box) -> None:
         started, start = time.time(), time.perf_counter()
-        tile = self.plan.tile_id(index)
-        edges = self.edges(index)
-        self.records.write_edges(tile, np.array(edges, dtype=np.int64).reshape(-1, 4))
-        self.records.done(tile, started, time.perf_counter() - start, edges=len(edges))
+        key = self.plan.tile_id(tuple(a for a, _ in group))
+        edges = self.edges(group)
+        self.records.write_edges(key, np.array(edges, dtype=np.int64).reshape(-1, 4))
+        tiles = [self.plan.tile_id(i) for i in self.plan.tiles_in(group)]
+        self.records.done(key, started, time.perf_counter() - start, edges=len(edges), tiles=tiles)

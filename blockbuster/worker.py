@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import daisy
 
-from blockbuster.geometry import TilePlan
+from blockbuster.geometry import Box, TilePlan
 from blockbuster.io import open_array, open_stage
 from blockbuster.launch import server_dir
 from blockbuster.records import TaskRecords
@@ -31,11 +31,12 @@ from blockbuster.table import EquivalenceTable
 TASKS = ("segment", "stitch", "relabel")
 
 
-Handler = Callable[[tuple[int, ...]], None]
+Handler = Callable[[Box], None]
+"""Processes one block: a box of grid indices (one tile for segment, a group otherwise)."""
 
 
 def make_handler(run: RunDir, task: str) -> tuple[TilePlan, TaskRecords, Handler]:
-    """Open what ``task`` needs from the run directory and return its per-tile handler."""
+    """Open what ``task`` needs from the run directory and return its per-block handler."""
     spec = run.read_spec()
     restore_sys_path(spec)
     plan = spec.plan
@@ -44,7 +45,13 @@ def make_handler(run: RunDir, task: str) -> tuple[TilePlan, TaskRecords, Handler
         stage = open_stage(run.stage, mode="r+")
         fn = run.load_fn()
         image = spec.source.open()
-        return plan, records, Segmenter(plan, image, spec.source.channel_axes, stage, records, fn)
+        segmenter = Segmenter(plan, image, spec.source.channel_axes, stage, records, fn)
+
+        def segment(group: Box) -> None:
+            for index in plan.tiles_in(group):
+                segmenter(index)
+
+        return plan, records, segment
     if task == "stitch":
         return plan, records, Stitcher(plan, open_stage(run.stage), records, spec.merge_threshold)
     if task == "relabel":
@@ -69,12 +76,12 @@ def serve(run: RunDir, task: str) -> int:
             with client.acquire_block() as block:
                 if block is None:
                     break
-                index = plan.index_of_write_roi(block.write_roi)
+                group = plan.group_of_write_roi(block.write_roi)
                 try:
-                    handle(index)
+                    handle(group)
                 except Exception:
                     block_failed = True
-                    records.failed(plan.tile_id(index), traceback.format_exc())
+                    record_failure(plan, records, group, traceback.format_exc())
                     raise
         except Exception:
             if not block_failed:
@@ -83,6 +90,12 @@ def serve(run: RunDir, task: str) -> int:
             # failed (the server retries it or counts it failed); keep serving.
             failed += 1
     return failed
+
+
+def record_failure(plan: TilePlan, records: TaskRecords, group: Box, tb: str) -> None:
+    """Record a failed attempt at the block ``group`` (under its first tile)."""
+    tiles = [plan.tile_id(i) for i in plan.tiles_in(group)]
+    records.failed(plan.tile_id(tuple(a for a, _ in group)), tb, tiles=tiles)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,8 @@ from blockbuster.worker import make_handler
 def run_in_process(run: RunDir) -> tuple[np.ndarray, int]:
     for task in ("segment", "stitch"):
         plan, _, handle = make_handler(run, task)
-        for index in plan.tiles():
-            handle(index)
+        for group in plan.groups(task):
+            handle(group)
     spec = run.read_spec()
     seg = TaskRecords(run.records("segment"), "segment").done_records()
     with EquivalenceTable(run.table) as table:
@@ -31,6 +31,6 @@ def run_in_process(run: RunDir) -> tuple[np.ndarray, int]:
         resolution = resolve(table, spec.plan.num_tiles, spec.sequential_labels)
     create_output(Path(spec.output_store), spec.source, spec.plan, "uint32")
     plan, _, handle = make_handler(run, "relabel")
-    for index in plan.tiles():
-        handle(index)
+    for group in plan.groups("relabel"):
+        handle(group)
     return open_array(spec.output_store, spec.output_path)[:], resolution.num_labels

@@ -93,10 +93,11 @@ def _drain(pipeline: object, order: list[str]) -> dict[str, list[daisy.Block]]:
 @settings(max_examples=40, deadline=None)
 @given(plans())
 def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
-    """Every task's blocks map one-to-one onto tiles, write ROI == core, in world units."""
+    """Each task's blocks partition the tiles as ``plan.groups`` says (segment: one tile per
+    block, write ROI == core), in world units."""
 
     def task(name: str, context: tuple[int, ...]) -> daisy.Task:
-        total, read, write = plan.task_rois(context)
+        total, read, write = plan.task_rois(context, plan.group_shape(name))
         return daisy.Task(
             name,
             total,
@@ -111,14 +112,33 @@ def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
     seen = _drain(pipeline, ["stitch", "segment"])
     vs = Coordinate(plan.voxel_size)
     for name in ("segment", "stitch"):
-        indices = [plan.index_of_write_roi(b.write_roi) for b in seen[name]]
-        assert sorted(indices) == sorted(plan.tiles()), name
-        for block, index in zip(seen[name], indices):
-            core = plan.core(index)
+        groups = [plan.group_of_write_roi(b.write_roi) for b in seen[name]]
+        assert sorted(groups) == sorted(plan.groups(name)), name
+        tiles = [i for g in groups for i in plan.tiles_in(g)]
+        assert sorted(tiles) == sorted(plan.tiles()), name
+        for block, group in zip(seen[name], groups):
+            core = plan.group_core(group)
             begin = Coordinate(a for a, _ in core) * vs + Coordinate(plan.offset)
             shape = Coordinate(b - a for a, b in core) * vs
             assert block.write_roi == Roi(begin, shape)
             if name == "segment":
+                assert plan.group_shape(name) == (1,) * plan.ndim
+                assert core == plan.core(plan.index_of_write_roi(block.write_roi))
                 # the read ROI covers the halo wherever it lies inside the image
                 grown = Roi(begin, shape).grow(plan.world(plan.overlap), plan.world(plan.overlap))
                 assert block.read_roi.intersect(plan.image_roi) == grown.intersect(plan.image_roi)
+
+
+@settings(max_examples=100, deadline=None)
+@given(plans())
+def test_groups_respect_their_limits(plan: TilePlan) -> None:
+    """stitch/relabel groups stay within the voxel and tile budgets and keep enough blocks."""
+    from blockbuster import geometry
+
+    g = plan.group_shape("stitch")
+    assert all(1 <= n <= m for n, m in zip(g, plan.grid))
+    if g != (1,) * plan.ndim:
+        reads = [min(n + 1, m) * s for n, m, s in zip(g, plan.grid, plan.stage_tile_shape)]
+        assert np.prod(reads) <= geometry.GROUP_STAGE_VOXELS
+        assert np.prod(g) <= geometry.GROUP_MAX_TILES
+        assert len(list(plan.groups("stitch"))) >= geometry.GROUP_MIN_BLOCKS

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import assert_one_to_one, blobs, write_zarr
 from fns import cc_label
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +13,7 @@ from serial import run_in_process
 
 from blockbuster.driver import prepare_run
 from blockbuster.geometry import TilePlan
+from blockbuster.records import TaskRecords
 from blockbuster.stitch import face_views, match_labels
 
 
@@ -86,6 +88,32 @@ def test_tiled_equals_whole_for_connected_components(tmp_path: Path, case) -> No
     assert num == n_whole
     if seq:
         assert set(np.unique(out).tolist()) == set(range(n_whole + 1))
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [((3, 4), 0), ((5, 3), 2), ((4, 4, 4), 1)])
+def test_grouped_blocks_equal_whole(tmp_path: Path, tile, overlap) -> None:
+    """Many small tiles: stitch and relabel blocks hold groups of tiles, result == whole."""
+    shape = (61, 59) if len(tile) == 2 else (22, 29, 31)
+    img = blobs(shape, sigma=1.5, seed=7)
+    src = write_zarr(tmp_path / "img.zarr", img)
+    run, spec, _ = prepare_run(
+        src,
+        cc_label,
+        tile,
+        overlap,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=True,
+        merge_threshold=0.0,
+        overwrite=True,
+    )
+    groups = list(spec.plan.groups("stitch"))
+    assert 1 < len(groups) < spec.plan.num_tiles  # grouping is in effect
+    out, num = run_in_process(run)
+    whole, n_whole = ndi.label(img > 0.5)
+    assert_one_to_one(whole, out)
+    assert num == n_whole
+    stitched = TaskRecords(run.records("stitch"), "stitch").done_tiles()
+    assert sorted(stitched) == list(range(spec.plan.num_tiles))
 
 
 def test_default_threshold_on_blobs_still_matches_whole(tmp_path: Path) -> None:
