@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -213,7 +214,10 @@ def make_task(name: str, plan: TilePlan, run: RunDir, options: RunOptions) -> da
         max_workers=options.num_workers,
         max_retries=options.max_retries,
         timeout=options.timeout,
-        tracking_path=str(run.tracking(name)),
+        # no daisy done markers: the workers' records already make a resumed run skip finished
+        # tiles, and daisy 2.0's tracking writer dies with SIGBUS (taking the driver with it)
+        # when its disk fills up, where a worker's write fails with a clear ENOSPC instead
+        tracking_path=None,
         # no shared resource pool between tasks: idle stitch workers waiting for a block
         # would hold the slots a retried segment block needs, and the run would deadlock
     )
@@ -260,6 +264,7 @@ def _run_pipeline(
             progress=progress,
             host=options.host,
             summary=False,
+            block_tracking=False,
         )
     finally:
         if announcer is not None:
@@ -291,11 +296,12 @@ def prepare_run(
     payload = _validate_fn(fn)
     if not (0 <= merge_threshold < 1):
         raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
-    source, plan = plan_run(image, tuple(tile_shape), overlap, channels, gpu_budget)
+    source, plan = plan_run(image, tile_shape, overlap, channels, gpu_budget)
     out = Path(write_to).absolute()
     src = Path(source.store).resolve()
     if out.resolve() in (src, src / source.path):
         raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
+    _check_writable(out)
     run = RunDir.for_output(out)
     spec = RunSpec(
         source=source,
@@ -523,7 +529,6 @@ def execute_run(
     create_output(out, source, plan, out_dtype)
 
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
-    shutil.rmtree(run.tracking("relabel"), ignore_errors=True)
     shutil.rmtree(run.records("relabel"), ignore_errors=True)
     rep, seconds = run_tasks(["relabel"])
     result.tasks.update(rep)
@@ -551,9 +556,33 @@ def _fail(result: RunResult) -> None:
         f"The run directory {result.run_dir} is kept: fix the cause and run the same call again "
         "to resume."
     )
+    texts = [e.traceback for tiles in result.failed.values() for es in tiles.values() for e in es]
+    texts += [t.error for t in result.tasks.values() if t.error]
+    if any("No space left on device" in t or "[Errno 28]" in t for t in texts):
+        msg += (
+            f"\nThe disk holding {result.run_dir} is full (No space left on device): free space "
+            "there, then run the same call again; tiles already staged are kept."
+        )
     if first:
         msg += "\nfirst error:\n" + first.strip()
     raise TileFailureError(msg, result)
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output path that cannot be created, before anything is written."""
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"write_to={str(out)!r} cannot be created: {parent} is a file, not a directory; "
+            "choose another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"write_to={str(out)!r} cannot be created: no write permission in {parent}; "
+            "choose a writable location"
+        )
 
 
 def _prepare_run_dir(run: RunDir, out: Path, spec: RunSpec, overwrite: bool) -> bool:

@@ -154,9 +154,7 @@ class TaskRecords:
         for _, path in self._tiles_with(".error."):
             d = json.loads(path.read_text())
             tiles = tuple(d.get("tiles", [d["tile"]]))
-            out.append(
-                TileError(d["task"], d["tile"], d["host"], d["time"], d["traceback"], tiles)
-            )
+            out.append(TileError(d["task"], d["tile"], d["host"], d["time"], d["traceback"], tiles))
         return sorted(out, key=lambda e: (e.tile, e.time))
 
     def failed_tiles(self) -> dict[int, list[TileError]]:

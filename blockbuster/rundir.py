@@ -11,7 +11,6 @@ Layout::
         stage.zarr            staged per-tile labels (core + halo), one chunk per tile
         equivalences.sqlite   the equivalence table (written by the driver only)
         records/<task>/       per-block record files written by workers (see records.py)
-        tracking/<task>/      daisy done markers (resume)
         logs/                 per-worker logs written by daisy
 """
 
@@ -156,8 +155,6 @@ class RunDir:
     def records(self, task: str) -> Path:
         return self.root / "records" / task
 
-    def tracking(self, task: str) -> Path:
-        return self.root / "tracking" / task
 
     def write_spec(self, spec: RunSpec) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -133,3 +133,37 @@ class GpuEnvLogger:
         env = [os.environ.get(v, "-") for v in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")]
         Path(self.log_dir, uuid.uuid4().hex).write_text(" ".join([*env, str(block.shape)]))
         return cc_label(block)
+
+
+def bad_result(block: np.ndarray, kind: str, bad_value: float) -> np.ndarray:
+    """Threshold + label, except on the tile holding ``bad_value``: a wrong result of ``kind``."""
+    labels = cc_label(block)
+    if not np.any(block == bad_value):
+        return labels
+    if kind == "shape":
+        return labels[..., :-1]
+    if kind == "float":
+        return labels.astype(np.float32)
+    if kind == "negative":
+        return labels.astype(np.int64) - 1
+    raise ValueError(kind)
+
+
+def huge_ids(block: np.ndarray) -> np.ndarray:
+    """Threshold + label with IDs near the top of uint64 (sparse, far beyond uint32)."""
+    labels = cc_label(block).astype(np.uint64)
+    return np.where(labels > 0, np.uint64(2**64 - 2**20) + labels * np.uint64(977), 0)
+
+
+def fill_disk_once(block: np.ndarray, armed: str, filler: str, trigger: float) -> np.ndarray:
+    """Threshold + label; while ``armed`` exists, the block holding ``trigger`` fills the disk
+    of ``filler`` (once)."""
+    if os.path.exists(armed) and not os.path.exists(filler) and np.any(block == trigger):
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+    return cc_label(block)

@@ -175,34 +175,6 @@ def test_ome_zarr_in_and_out(tmp_path: Path) -> None:
     assert_one_to_one(ndi.label(img > 0.5)[0], out["0"][:])
 
 
-def test_bad_input_fails_before_anything_is_written(tmp_path: Path, blob_volume) -> None:
-    src, _ = blob_volume
-    out = tmp_path / "out.zarr"
-    bad_calls = [
-        ({"tile_shape": (8, 8)}, "give a 3-D tile_shape"),
-        ({"tile_shape": (8, 8, 8), "channels": True}, "no channel axis"),
-        ({"overlap": -2}, "overlap"),
-        ({"num_workers": 0}, "num_workers"),
-        ({"merge_threshold": 1.5}, "merge_threshold"),
-        ({"timeout": -1}, "timeout"),
-        ({"fn": "not callable"}, "fn must be a callable"),
-        ({"image": str(tmp_path / "missing.zarr")}, "does not exist"),
-        ({"write_to": src}, "is the input image"),
-    ]
-    for override, match in bad_calls:
-        kwargs = dict(image=src, fn=cc_label, tile_shape=(8, 8, 8), overlap=1, write_to=out)
-        kwargs.update(override)
-        with pytest.raises((ValueError, TypeError, FileNotFoundError), match=match):
-            tile_process(**kwargs)
-        assert not out.exists() and not RunDir.for_output(out).root.exists()
-    # an existing output is never overwritten unless asked
-    out.mkdir()
-    (out / "precious").write_text("x")
-    with pytest.raises(ValueError, match="already exists; pass overwrite=True"):
-        tile_process(src, cc_label, (8, 8, 8), write_to=out)
-    assert (out / "precious").read_text() == "x"
-
-
 def test_fn_defined_in_main_and_in_a_module_added_at_run_time(tmp_path: Path) -> None:
     img = blobs((30, 30), seed=4)
     src = write_zarr(tmp_path / "img.zarr", img)

@@ -1,0 +1,5 @@
+import sys
+
+from blockbuster.cli import main
+
+sys.exit(main())
