@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def _refused(tmp_path: Path, src: str, match: str, **override: object) -> None:
         ({"merge_threshold": 1.5}, r"merge_threshold=1.5 must be in \[0, 1\)"),
         ({"timeout": -1}, r"timeout"),
         ({"fn": "not callable"}, r"fn must be a callable"),
-        ({"fn": lambda b, _lock=__import__("threading").Lock(): b}, r"fn cannot be sent"),
+        ({"fn": functools.partial(np.add, threading.Lock())}, r"fn cannot be sent"),
         ({"backend": "spark"}, r"backend='spark' must be"),
     ],
 )
