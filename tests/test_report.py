@@ -1,0 +1,172 @@
+"""The end-of-run summary table and the block map picture."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import blobs, write_zarr
+from fns import cc_label
+
+from blockbuster.driver import prepare_run
+from blockbuster.io import ImageSource
+from blockbuster.records import TaskRecords
+from blockbuster.report import STATE_COLORS, BlockMap, summary_table, write_block_map
+from blockbuster.rundir import RunDir
+from blockbuster.status import run_status
+
+
+def make_run(tmp_path: Path, img: np.ndarray, tile: tuple[int, ...]) -> RunDir:
+    src = write_zarr(tmp_path / "img.zarr", img)
+    run, _, _ = prepare_run(
+        src,
+        cc_label,
+        tile,
+        1,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=False,
+        merge_threshold=0.5,
+        overwrite=True,
+    )
+    return run
+
+
+def test_summary_table_from_counts() -> None:
+    table = summary_table(
+        {"segment": (4, 0), "stitch": (3, 1)},
+        {"segment": 2.0, "stitch": 4.0, "resolve": 0.25, "total": 8.0},
+        num_labels=12345,
+        total=4,
+        voxels=4000,
+    )
+    assert table.splitlines() == [
+        "stage                 tiles  failed   seconds      voxels/s",
+        "segment                 4/4       0      2.00        2.00 k",
+        "stitch                  3/4       1      4.00         750.0",
+        "resolve                                  0.25             -",
+        "total                                    8.00         500.0",
+        "labels          12,345",
+    ]
+
+
+def test_summary_table_from_a_run_dir_and_its_status(tmp_path: Path) -> None:
+    run = make_run(tmp_path, blobs((40, 60)), (10, 20))  # 4 x 3 tiles, 2400 voxels
+    seg = TaskRecords(run.records("segment"), "segment")
+    for tile in range(12):
+        seg.done(tile, time.time(), 0.1)
+    stitch = TaskRecords(run.records("stitch"), "stitch")
+    stitch.done(0, time.time(), 0.3, tiles=[0, 1, 2, 3, 4, 5])  # one block of six tiles
+    stitch.failed(6, "Traceback\nValueError: x", tiles=[6, 7])
+    seconds = {"segment+stitch": 2.4, "resolve": 0.1, "relabel": 1.2, "total": 4.8}
+    table = summary_table(run, seconds, num_labels=7)
+    assert table.splitlines() == [
+        "stage                 tiles  failed   seconds      voxels/s",
+        "segment               12/12       0         -             -",
+        "stitch                 6/12       2         -             -",
+        "relabel                0/12       0      1.20             -",
+        "segment+stitch                           2.40        1.00 k",
+        "resolve                                  0.10             -",
+        "total                                    4.80         500.0",
+        "labels          7",
+    ]
+    status = run_status(run)
+    assert summary_table(status, seconds, num_labels=7) == table
+
+
+def _rgb_at(png: np.ndarray, fig: Any, ax: Any, x: float, y: float) -> np.ndarray:
+    """The PNG's colour at data point ``(x, y)`` of ``ax`` (display origin is bottom left)."""
+    px, py = ax.transData.transform((x, y))
+    height = png.shape[0]
+    return png[int(round(height - py)), int(round(px)), :3]
+
+
+def _blend(color: tuple[float, float, float, float], grey: float) -> np.ndarray:
+    rgb, alpha = np.array(color[:3]), color[3]
+    return alpha * rgb + (1 - alpha) * grey
+
+
+def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
+    import matplotlib.image
+    from matplotlib import colormaps
+
+    # a flat mid-grey image (a ramp from 0 to 1 sets the contrast, in the first two columns)
+    img = np.full((40, 60), 0.5, dtype=np.float32)
+    img[:, :2] = np.linspace(0, 1, 80).reshape(40, 2)
+    run = make_run(tmp_path, img, (10, 20))  # grid 4 x 3
+    plan = run.read_spec().plan
+    seg = TaskRecords(run.records("segment"), "segment")
+    done, failed, running = plan.tile_id((1, 1)), plan.tile_id((2, 1)), plan.tile_id((3, 2))
+    pending = plan.tile_id((0, 1))
+    seg.done(done, time.time(), 3.0)
+    seg.done(plan.tile_id((0, 2)), time.time(), 1.0)
+    seg.failed(failed, "Traceback\nValueError: boom")
+    seg.call_started(running)
+    stitch_failed = plan.tile_id((2, 2))  # segmented, but its stitch block failed
+    seg.done(stitch_failed, time.time(), 1.0)
+    TaskRecords(run.records("stitch"), "stitch").failed(stitch_failed, "Traceback\nOSError: x")
+
+    path = write_block_map(run)
+    assert path == run.root / "block_map.png"
+    png = matplotlib.image.imread(path)
+    fig = BlockMap(run).figure()  # the same drawing: its axes give the pixel positions
+    assert png.shape[:2] == (fig.canvas.get_width_height()[1], fig.canvas.get_width_height()[0])
+    ax_state, ax_secs = fig.axes[:2]
+
+    def centre(tile: int) -> tuple[float, float]:
+        (y0, y1), (x0, x1) = plan.core(plan.tile_index(tile))
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+    grey = 0.5  # the flat part of the image, drawn mid-grey
+    expected = {
+        done: _blend(STATE_COLORS["done"], grey),
+        failed: _blend(STATE_COLORS["failed"], grey),
+        stitch_failed: _blend(STATE_COLORS["failed"], grey),
+        running: _blend(STATE_COLORS["running"], grey),
+        pending: np.array([grey] * 3),
+    }
+    for tile, rgb in expected.items():
+        got = _rgb_at(png, fig, ax_state, *centre(tile))
+        np.testing.assert_allclose(got, rgb, atol=0.03, err_msg=f"tile {tile}")
+    # the seconds panel: the slowest tile at the top of viridis, tiles not done in light grey
+    np.testing.assert_allclose(
+        _rgb_at(png, fig, ax_secs, *centre(done)), colormaps["viridis"](1.0)[:3], atol=0.03
+    )
+    np.testing.assert_allclose(_rgb_at(png, fig, ax_secs, *centre(pending)), [0.85] * 3, atol=0.03)
+
+
+def test_block_map_of_a_volume_reads_only_its_middle_plane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = blobs((20, 32, 48))
+    run = make_run(tmp_path, img, (5, 16, 16))
+    reads: list[Any] = []
+    real_open = ImageSource.open
+
+    class Spy:
+        def __init__(self, arr: Any) -> None:
+            self.arr = arr
+
+        def __getitem__(self, index: Any) -> Any:
+            reads.append(index)
+            return self.arr[index]
+
+    monkeypatch.setattr(ImageSource, "open", lambda self: Spy(real_open(self)))
+    labels = (img > 0.5).astype(np.uint32)
+    bm = BlockMap(run, labels=labels)
+    out = bm.write(tmp_path / "maps" / "map.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(reads) == 1 and reads[0][0] == 10  # one read, of plane z = 10
+    np.testing.assert_array_equal(bm.image_plane(), img[10])
+    assert bm.label_outlines() is not None and bm.label_outlines().any()
+    bm.png()  # drawn again: the plane is not read again
+    assert len(reads) == 1
+    assert bm.slab_tiles().tolist() == [[12, 13, 14], [15, 16, 17]]  # z slab 2 of 4
+
+
+def test_block_map_of_a_huge_plane_is_read_with_a_stride(tmp_path: Path) -> None:
+    run = make_run(tmp_path, blobs((300, 500)), (100, 100))
+    bm = BlockMap(run, max_pixels=128)
+    assert bm.step == 4 and bm.image_plane().shape == (75, 125)
