@@ -35,7 +35,11 @@ def test_scanner_counts_tiles_of_single_and_multi_tile_records(tmp_path: Path) -
     records.done(0, time.time(), 2.0)
     records.done(4, time.time(), 3.0, tiles=[4, 5, 6])  # one block, three tiles
     records.failed(9, "Traceback\nValueError: x")
-    records.failed(2, "Traceback\nValueError: y", tiles=[2, 3])
+    # a failed block of two tiles (written by hand: records.failed may not take tiles yet)
+    (records.root / "2.error.abc.json").write_text(
+        json.dumps({"task": "stitch", "tile": 2, "tiles": [2, 3], "host": "h", "time": 0.0,
+                    "traceback": "Traceback\nValueError: y"})
+    )  # fmt: skip
     records.failed(0, "Traceback\nValueError: retried, then done")
     records.write_edges(0, [[0, 1, 4, 1]])
     (records.root / ".7.json.abc.tmp").write_text("{}")  # a record being written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def test_summary_table_from_a_run_dir_and_its_status(tmp_path: Path) -> None:
         seg.done(tile, time.time(), 0.1)
     stitch = TaskRecords(run.records("stitch"), "stitch")
     stitch.done(0, time.time(), 0.3, tiles=[0, 1, 2, 3, 4, 5])  # one block of six tiles
-    stitch.failed(6, "Traceback\nValueError: x", tiles=[6, 7])
+    error = {"task": "stitch", "tile": 6, "tiles": [6, 7], "host": "h", "time": 0.0}
+    (stitch.root / "6.error.abc.json").write_text(json.dumps({**error, "traceback": "x"}))
     seconds = {"segment+stitch": 2.4, "resolve": 0.1, "relabel": 1.2, "total": 4.8}
     table = summary_table(run, seconds, num_labels=7)
     assert table.splitlines() == [
@@ -72,8 +74,18 @@ def test_summary_table_from_a_run_dir_and_its_status(tmp_path: Path) -> None:
         "total                                    4.80         500.0",
         "labels          7",
     ]
-    status = run_status(run)
-    assert summary_table(status, seconds, num_labels=7) == table
+
+
+def test_summary_table_from_a_status_matches_the_run_dir(tmp_path: Path) -> None:
+    run = make_run(tmp_path, blobs((40, 60)), (10, 20))
+    seg = TaskRecords(run.records("segment"), "segment")
+    for tile in range(9):
+        seg.done(tile, time.time(), 0.1)
+    seg.failed(10, "Traceback\nValueError: x")
+    seconds = {"segment": 1.0, "total": 2.0}
+    table = summary_table(run, seconds, num_labels=3)
+    assert table.splitlines()[1] == "segment                9/12       1      1.00        1.80 k"
+    assert summary_table(run_status(run), seconds, num_labels=3) == table
 
 
 def _rgb_at(png: np.ndarray, fig: Any, ax: Any, x: float, y: float) -> np.ndarray:
