@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--launcher", default="local", help="'local' or a launch script such as workers/slurm.sh"
     )
     seg.add_argument("--no-progress", action="store_true")
+    seg.add_argument(
+        "--status-page",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the live status page listens while the run goes (default 127.0.0.1:0, any "
+        "free port on this machine; its URL is printed); 'off' for none",
+    )
 
     st = sub.add_parser("status", help="tiles done/failed/pending per task of a run directory")
     st.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
@@ -106,7 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--max-retries", type=int, help="override the run's retries")
     rs.add_argument("--launcher", help="override the run's launcher")
     rs.add_argument("--no-progress", action="store_true")
+    rs.add_argument(
+        "--status-page",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the live status page listens while the run goes (default 127.0.0.1:0, any "
+        "free port on this machine; its URL is printed); 'off' for none",
+    )
     return parser
+
+
+def _page(value: str) -> str | None:
+    return None if value == "off" else value
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -134,6 +152,7 @@ def _resubmit(args: argparse.Namespace) -> int:
         "max_retries": args.max_retries,
         "launcher": args.launcher,
     }
+    options = replace(options, status_page=_page(args.status_page))
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
     result = execute_run(run, options, progress=not args.no_progress)
     print(result.summary())
@@ -171,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             host=None if args.host == "auto" else args.host,
             launcher=args.launcher,
             use_gpu=args.gpu,
+            status_page=_page(args.status_page),
         )
     except TileFailureError as e:
         print(e.result.summary(), file=sys.stderr)

@@ -15,6 +15,7 @@ import shutil
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,14 @@ from daisy import logging as daisy_logging
 from blockbuster.dask_backend import active_client, check_client, run_task
 from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
 from blockbuster.gpu import bytes_per_voxel, gpu_memory, size_tile
-from blockbuster.io import ImageSource, create_output, create_stage, describe_source, is_ome_path
+from blockbuster.io import (
+    ImageSource,
+    create_output,
+    create_stage,
+    describe_source,
+    is_ome_path,
+    open_array,
+)
 from blockbuster.launch import LOCAL, WorkerLauncher, server_dir
 from blockbuster.records import TaskRecords, TileError
 from blockbuster.resolve import resolve
@@ -89,6 +97,12 @@ class RunResult:
         The run directory (removed after success unless ``keep_stage``).
     failed
         Per task, the tiles that failed, each with the errors of its attempts (tracebacks).
+    table
+        Per stage: tiles done and failed, seconds and voxels per second; and the label count.
+    block_map
+        PNG of the volume's mid-plane with the tile grid coloured by state and seconds per
+        tile: ``<run_dir>/block_map.png`` while the run directory is kept, else
+        ``<write_to>.block_map.png``.
     """
 
     output: str
@@ -101,6 +115,8 @@ class RunResult:
     tasks: dict[str, TaskReport] = field(default_factory=dict)
     run_dir: str = ""
     failed: dict[str, dict[int, list[TileError]]] = field(default_factory=dict)
+    table: str = ""
+    block_map: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,7 +130,12 @@ class RunResult:
             f"{self.tiles_failed} failed",
             f"fn calls        {self.fn_calls}",
         ]
-        lines += [f"{k:<16}{v:.2f} s" for k, v in self.seconds.items()]
+        if self.block_map:
+            lines.append(f"block map       {self.block_map}")
+        if self.table:
+            lines += ["", self.table, ""]
+        else:
+            lines += [f"{k:<16}{v:.2f} s" for k, v in self.seconds.items()]
         for name, t in self.tasks.items():
             if not t.ok:
                 lines.append(
@@ -341,6 +362,7 @@ def tile_process(
     launcher: str = LOCAL,
     use_gpu: bool = False,
     backend: str = "auto",
+    status_page: str | None = "127.0.0.1:0",
 ) -> RunResult:
     """Segment an image tile by tile and stitch the labels into one consistent label array.
 
@@ -366,7 +388,13 @@ def tile_process(
     num_workers
         Worker processes the driver starts on this machine.
     progress
-        Show per-task progress bars.
+        Show progress per stage: tqdm bars (tiles done/total, rate, ETA) on a terminal, else
+        one plain line per stage every 10 s and a final line each; then the summary table.
+    status_page
+        ``HOST:PORT`` of a live status page the driver serves while it runs (counts per stage
+        and the block map, refreshed every few seconds); its URL is printed at the start.
+        ``"127.0.0.1:0"`` (default) is private to this machine on any free port; ``None``
+        serves no page.
     keep_stage
         Keep the run directory (staged tile labels, equivalence table, logs) after success.
     sequential_labels
@@ -423,6 +451,7 @@ def tile_process(
         keep_stage=keep_stage,
         host=host,
         launcher=launcher,
+        status_page=status_page,
     ).validate()
     client = None
     if backend not in ("auto", "daisy", "dask"):
@@ -480,24 +509,55 @@ def execute_run(
 ) -> RunResult:
     """Run (or resume) the three tasks of a prepared run directory.
 
-    Tiles already staged are not segmented again (daisy's done markers and the workers'
-    records), so calling this again after failures or a crash redoes only what is missing.
-    With a Dask ``client`` the tasks run on its workers instead of daisy's.
+    Tiles already staged are not segmented again (the workers' records), so calling this
+    again after failures or a crash redoes only what is missing. With a Dask ``client`` the
+    tasks run on its workers instead of daisy's. The live status page (``options.status_page``)
+    is served while this runs; the summary table and the block map are made at the end,
+    whether the run finished or not.
     """
     options = options.validate()
+    page = _start_status_page(run, options.status_page)
+    try:
+        return _execute(run, options, progress, client)
+    finally:
+        if page is not None:
+            page.close()
+
+
+def _start_status_page(run: RunDir, address: str | None) -> Any:
+    if address is None:
+        return None
+    from blockbuster.live import start_status_server
+
+    host, _, port = address.rpartition(":")
+    page = start_status_server(run, host=host, port=int(port))
+    print(f"blockbuster: live status page at {page.url}", file=sys.stderr, flush=True)
+    return page
+
+
+def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | None) -> RunResult:
     t0 = time.perf_counter()
     spec = run.read_spec()
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))
+    stage_seconds: dict[str, float] = {}
 
     def run_tasks(names: list[str]) -> tuple[dict[str, TaskReport], float]:
         """Run ``names`` in order (later tasks wait for the blocks they read)."""
-        if client is not None:
-            return _run_on_dask(client, run, names, options)
-        pipeline = daisy.Pipeline.from_task(make_task(names[0], plan, run, options))
-        for name in names[1:]:
-            pipeline = pipeline + make_task(name, plan, run, options)
-        return _run_pipeline(pipeline, names, run, options, progress)
+        from blockbuster.progress import ProgressMonitor
+
+        monitor = ProgressMonitor(run, names, plan.num_tiles) if progress else nullcontext()
+        with monitor:
+            if client is not None:
+                reports, seconds = _run_on_dask(client, run, names, options)
+            else:
+                pipeline = daisy.Pipeline.from_task(make_task(names[0], plan, run, options))
+                for name in names[1:]:
+                    pipeline = pipeline + make_task(name, plan, run, options)
+                reports, seconds = _run_pipeline(pipeline, names, run, options, False)
+        if isinstance(monitor, ProgressMonitor):
+            stage_seconds.update(monitor.seconds)
+        return reports, seconds
 
     reports, seconds = run_tasks(["segment", "stitch"])
     seg_records = TaskRecords(run.records("segment"), "segment")
@@ -516,6 +576,7 @@ def execute_run(
         task: TaskRecords(run.records(task), task).failed_tiles() for task in ("segment", "stitch")
     }
     if not all(r.ok for r in reports.values()):
+        _report(run, result, stage_seconds, None, progress, keep=True)
         _fail(result)
     start = time.perf_counter()
     with EquivalenceTable(run.table) as table:
@@ -535,11 +596,35 @@ def execute_run(
     result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
     result.seconds["relabel"] = seconds
     result.seconds["total"] = time.perf_counter() - t0
+    labels = open_array(spec.output_store, spec.output_path) if result.ok else None
+    _report(run, result, stage_seconds, labels, progress, keep=options.keep_stage)
     if not result.ok:
         _fail(result)
     if not options.keep_stage:
         shutil.rmtree(run.root, ignore_errors=True)
     return result
+
+
+def _report(
+    run: RunDir,
+    result: RunResult,
+    stage_seconds: dict[str, float],
+    labels: Any,
+    progress: bool,
+    keep: bool,
+) -> None:
+    """Fill the summary table and draw the block map (before the run directory goes)."""
+    from blockbuster.report import summary_table, write_block_map
+
+    seconds = {**stage_seconds, **result.seconds}
+    result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
+    path = run.root / "block_map.png" if keep else Path(result.output + ".block_map.png")
+    try:
+        result.block_map = str(write_block_map(run, path, labels=labels))
+    except Exception as e:  # a picture must never fail a run
+        logger.warning("could not draw the block map: %s", e)
+    if progress:
+        print(result.table, file=sys.stderr, flush=True)
 
 
 def _fail(result: RunResult) -> None:

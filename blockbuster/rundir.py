@@ -97,6 +97,8 @@ class RunOptions:
     #: GPU workers: None for CPU runs; the device indices to spread segment workers over
     #: (empty when they could not be counted: one thread per worker, devices left as they are)
     gpus: tuple[int, ...] | None = None
+    #: ``HOST:PORT`` of the live status page (port 0: any free one), or None for no page
+    status_page: str | None = "127.0.0.1:0"
 
     def validate(self) -> RunOptions:
         """Check every field; return ``self`` with the launcher as an absolute path."""
@@ -109,6 +111,13 @@ class RunOptions:
         retries = self.max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"max_retries={retries!r} must be an integer >= 0")
+        if self.status_page is not None:
+            host, sep, port = str(self.status_page).rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(
+                    f"status_page={self.status_page!r} must look like HOST:PORT, e.g. "
+                    "'127.0.0.1:8787' (port 0 takes any free port), or be None for no page"
+                )
         launcher = self.launcher
         if launcher != "local":
             path = Path(launcher).absolute()
@@ -154,7 +163,6 @@ class RunDir:
 
     def records(self, task: str) -> Path:
         return self.root / "records" / task
-
 
     def write_spec(self, spec: RunSpec) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
