@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment SRC tile by tile into DST")
     seg.add_argument("src", help="input zarr array or OME-Zarr image group")
     seg.add_argument("dst", help="output label array (.ome.zarr for an OME-Zarr group)")
+    seg.add_argument(
+        "--level", default="0", help="resolution level of an OME-Zarr input: index or path"
+    )
     seg.add_argument("--fn", help="package.module:function (default: the --plugin)")
     seg.add_argument(
         "--plugin",
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher=args.launcher,
             use_gpu=args.gpu,
             status_page=_page(args.status_page),
+            level=int(args.level) if args.level.lstrip("-").isdigit() else args.level,
         )
     except TileFailureError as e:
         print(e.result.summary(), file=sys.stderr)

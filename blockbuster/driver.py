@@ -30,6 +30,7 @@ from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_sha
 from blockbuster.gpu import bytes_per_voxel, gpu_memory, size_tile
 from blockbuster.io import (
     ImageSource,
+    check_output,
     create_output,
     create_stage,
     describe_source,
@@ -177,10 +178,13 @@ def plan_run(
     overlap: int | tuple[int, ...],
     channels: bool | None = None,
     gpu_budget: tuple[int, int] | None = None,
+    level: int | str = 0,
 ) -> tuple[ImageSource, TilePlan]:
     """Describe the input and cut it into tiles (no data is read).
 
-    ``gpu_budget`` is ``(free_bytes, bytes_per_voxel)``: shrink the tile to fit it.
+    ``gpu_budget`` is ``(free_bytes, bytes_per_voxel)``: shrink the tile to fit it. An image
+    with a time axis gets a plan whose first axis is time, one time point per tile, never
+    stitched across.
     """
     if isinstance(tile_shape, (int, np.integer)):
         raise ValueError(
@@ -191,7 +195,7 @@ def plan_run(
         raise ValueError(
             f"tile_shape={tuple(tile_shape)} must have 2 or 3 entries (y, x or z, y, x)"
         )
-    source = describe_source(image, spatial_ndim, channels, param="image")
+    source = describe_source(image, spatial_ndim, channels, param="image", level=level)
     tile = normalize_tile_shape(tile_shape, source.spatial_shape)
     halo = normalize_overlap(overlap, tile)
     if gpu_budget is not None:
@@ -199,12 +203,15 @@ def plan_run(
         halo = normalize_overlap(overlap, tile)
         logger.info("tile shape %s sized for the GPU", tile)
     integral = all(float(v).is_integer() for v in source.scale + source.translation)
+    t: tuple[int, ...] = (1,) if source.time_axis else ()
     plan = TilePlan(
-        shape=source.spatial_shape,
-        tile=tile,
-        overlap=halo,
-        voxel_size=tuple(int(v) for v in source.scale) if integral else (1,) * spatial_ndim,
-        offset=tuple(int(v) for v in source.translation) if integral else (0,) * spatial_ndim,
+        shape=(source.time_points,) * len(t) + source.spatial_shape,
+        tile=t + tile,
+        overlap=(0,) * len(t) + halo,
+        voxel_size=t + (tuple(int(v) for v in source.scale) if integral else (1,) * spatial_ndim),
+        offset=(0,) * len(t)
+        + (tuple(int(v) for v in source.translation) if integral else (0,) * spatial_ndim),
+        time_axis=source.time_axis,
     )
     return source, plan
 
@@ -213,7 +220,8 @@ def _context(name: str, plan: TilePlan) -> tuple[int, ...]:
     """The context (halo) each task's blocks read around their tile."""
     # stitch reads the neighbouring tiles; daisy v2 needs the context symmetric to compute the
     # dependencies right, so it is one tile on both sides
-    return {"segment": plan.overlap, "stitch": plan.tile}.get(name, (0,) * plan.ndim)
+    stitch = ((0,) + plan.tile[1:]) if plan.time_axis else plan.tile  # time is never stitched
+    return {"segment": plan.overlap, "stitch": stitch}.get(name, (0,) * plan.ndim)
 
 
 def make_task(name: str, plan: TilePlan, run: RunDir, options: RunOptions) -> daisy.Task:
@@ -307,6 +315,7 @@ def prepare_run(
     overwrite: bool,
     channels: bool | None = None,
     gpu_budget: tuple[int, int] | None = None,
+    level: int | str = 0,
 ) -> tuple[RunDir, RunSpec, bool]:
     """Validate every parameter, then write the run directory (spec, fn, stage, table).
 
@@ -317,8 +326,9 @@ def prepare_run(
     payload = _validate_fn(fn)
     if not (0 <= merge_threshold < 1):
         raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
-    source, plan = plan_run(image, tile_shape, overlap, channels, gpu_budget)
+    source, plan = plan_run(image, tile_shape, overlap, channels, gpu_budget, level)
     out = Path(write_to).absolute()
+    check_output(out, source)
     src = Path(source.store).resolve()
     if out.resolve() in (src, src / source.path):
         raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
@@ -363,6 +373,7 @@ def tile_process(
     use_gpu: bool = False,
     backend: str = "auto",
     status_page: str | None = "127.0.0.1:0",
+    level: int | str = 0,
 ) -> RunResult:
     """Segment an image tile by tile and stitch the labels into one consistent label array.
 
@@ -390,6 +401,9 @@ def tile_process(
     progress
         Show progress per stage: tqdm bars (tiles done/total, rate, ETA) on a terminal, else
         one plain line per stage every 10 s and a final line each; then the summary table.
+    level
+        Resolution level of an OME-Zarr input: an index into its multiscale datasets
+        (negative counts from the coarsest) or a dataset path. Default 0, full resolution.
     status_page
         ``HOST:PORT`` of a live status page the driver serves while it runs (counts per stage
         and the block map, refreshed every few seconds); its URL is printed at the start.
@@ -481,6 +495,7 @@ def tile_process(
         overwrite=overwrite,
         channels=channels,
         gpu_budget=gpu_budget,
+        level=level,
     )
     run.write_options(options)
     return execute_run(run, options, progress=progress, client=client)
@@ -587,7 +602,7 @@ def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | Non
     result.num_labels = resolution.num_labels
     result.seconds["resolve"] = time.perf_counter() - start
     out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
-    create_output(out, source, plan, out_dtype)
+    create_output(out, source, plan, out_dtype, keep_time=plan.time_axis)
 
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     shutil.rmtree(run.records("relabel"), ignore_errors=True)
@@ -595,6 +610,18 @@ def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | Non
     result.tasks.update(rep)
     result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
     result.seconds["relabel"] = seconds
+    if result.ok and spec.output_path:  # an OME-Zarr label image: fill its lower levels
+        from blockbuster.pyramid import build_pyramid
+
+        start = time.perf_counter()
+        build_pyramid(
+            out,
+            num_workers=options.num_workers,
+            progress=False,
+            timeout=options.timeout,
+            max_retries=options.max_retries,
+        )
+        result.seconds["pyramid"] = time.perf_counter() - start
     result.seconds["total"] = time.perf_counter() - t0
     labels = open_array(spec.output_store, spec.output_path) if result.ok else None
     _report(run, result, stage_seconds, labels, progress, keep=options.keep_stage)

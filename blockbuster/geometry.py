@@ -115,6 +115,9 @@ class TilePlan:
         World size of one voxel per axis.
     offset
         World coordinate of the image's first voxel.
+    time_axis
+        The first axis is time: tiles hold one time point (tile 1, overlap 0 along it) and
+        are never stitched across it.
     """
 
     shape: tuple[int, ...]
@@ -122,6 +125,7 @@ class TilePlan:
     overlap: tuple[int, ...]
     voxel_size: tuple[int, ...]
     offset: tuple[int, ...]
+    time_axis: bool = False
 
     @property
     def ndim(self) -> int:
@@ -178,8 +182,9 @@ class TilePlan:
         return tuple(i * t - o for i, t, o in zip(index, self.tile, self.overlap, strict=True))
 
     def upper_neighbors(self, index: Sequence[int]) -> Iterator[tuple[int, tuple[int, ...]]]:
-        """Yield ``(axis, neighbor_index)`` for the neighbor one tile up along each axis."""
-        for axis in range(self.ndim):
+        """Yield ``(axis, neighbor_index)`` for the neighbor one tile up along each axis
+        (spatial axes only: time points are segmented independently)."""
+        for axis in range(1 if self.time_axis else 0, self.ndim):
             if index[axis] + 1 < self.grid[axis]:
                 nb = list(index)
                 nb[axis] += 1

@@ -310,9 +310,14 @@ def describe_source(
     )
 
 
-def read_box(arr: zarr.Array, box: Box, channel_axes: int) -> np.ndarray:
-    """Read a spatial voxel box (all channels) from the input array."""
-    return np.asarray(arr[(slice(None),) * channel_axes + box_slices(box)])
+def read_box(
+    arr: zarr.Array, box: Box, channel_axes: int, lead: tuple[int, ...] = ()
+) -> np.ndarray:
+    """Read a spatial voxel box (all channels) from the input array.
+
+    ``lead`` indexes axes before the channel axes (the time point), which are dropped.
+    """
+    return np.asarray(arr[lead + (slice(None),) * channel_axes + box_slices(box)])
 
 
 # -- stage -------------------------------------------------------------------------------------
@@ -486,7 +491,7 @@ def create_output(
     keep = keep_time and source.time_axis
     lead: tuple[int, ...] = (source.time_points,) if keep else ()
     shape = lead + source.spatial_shape
-    chunks = (1,) * len(lead) + tuple(plan.tile)
+    chunks = (1,) * len(lead) + tuple(plan.tile[plan.ndim - len(source.spatial_shape) :])
     if is_ome_path(path):
         axes = [
             ome.Axis(n, ome.SPACE, ome.ngff_unit(u))

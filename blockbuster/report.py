@@ -188,12 +188,16 @@ class BlockMap:
         self.run = run
         self.spec = run.read_spec()
         plan = self.spec.plan
-        if plan.ndim not in (2, 3):
-            raise ValueError(f"a block map needs a 2D or 3D image, not {plan.ndim}D")
+        #: a time series is drawn at its first time point
+        self.t: int | None = 0 if plan.time_axis else None
+        ndim = plan.ndim - (1 if plan.time_axis else 0)
+        if ndim not in (2, 3):
+            raise ValueError(f"a block map needs a 2D or 3D image, not {ndim}D")
         self.labels = labels
-        self.z = (plan.shape[0] // 2 if plane is None else int(plane)) if plan.ndim == 3 else None
-        if self.z is not None and not 0 <= self.z < plan.shape[0]:
-            raise ValueError(f"plane={plane} is outside the image's {plan.shape[0]} planes")
+        depth = plan.shape[-3] if ndim == 3 else 0
+        self.z = (depth // 2 if plane is None else int(plane)) if ndim == 3 else None
+        if self.z is not None and not 0 <= self.z < depth:
+            raise ValueError(f"plane={plane} is outside the image's {depth} planes")
         self.height, self.width = plan.shape[-2:]
         self.step = max(1, math.ceil(max(self.height, self.width) / max_pixels))
         self.scanners = {t: RecordScanner(run.records(t)) for t in TASKS}
@@ -204,15 +208,19 @@ class BlockMap:
     # -- data ---------------------------------------------------------------------------------
 
     def _plane_index(self, channel_axes: int) -> tuple[Any, ...]:
+        """Index of the drawn plane in an array with ``channel_axes`` channel axes (after the
+        time axis, if any)."""
         s = slice(None, None, self.step)
-        head = (slice(None),) * channel_axes + ((self.z,) if self.z is not None else ())
+        t = (self.t,) if self.t is not None else ()
+        head = t + (slice(None),) * channel_axes + ((self.z,) if self.z is not None else ())
         return (*head, s, s)
 
     def image_plane(self) -> np.ndarray:
         """The drawn plane of the input, 2D float, read once (strided for large images)."""
         if self._image is None:
             source = self.spec.source
-            data = np.asarray(source.open()[self._plane_index(source.channel_axes)])
+            channels = source.channel_axes - (1 if self.t is not None else 0)
+            data = np.asarray(source.open()[self._plane_index(channels)])
             data = data.astype(np.float32)
             while data.ndim > 2:  # channels: their mean
                 data = data.mean(axis=0)
@@ -234,9 +242,9 @@ class BlockMap:
         """Tile ids of the drawn plane's tiles, shaped as their grid ``(rows, columns)``."""
         plan = self.spec.plan
         gy, gx = plan.grid[-2:]
-        head: tuple[int, ...] = ()
+        head: tuple[int, ...] = (self.t,) if self.t is not None else ()
         if self.z is not None:
-            head = (self.z // plan.tile[0],)
+            head += (self.z // plan.tile[-3],)
         return np.array(
             [[plan.tile_id((*head, iy, ix)) for ix in range(gx)] for iy in range(gy)],
             dtype=np.int64,

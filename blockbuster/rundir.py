@@ -60,7 +60,10 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSpec:
-        plan = TilePlan(**{k: tuple(v) for k, v in data["plan"].items()})
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()
+        }
+        plan = TilePlan(**fields)
         return cls(
             source=ImageSource.from_json(data["source"]),
             plan=plan,

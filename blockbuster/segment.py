@@ -95,10 +95,18 @@ class Segmenter:
         if self.records.is_done(tile):
             return  # staged by an attempt whose completion never reached the server
         read = plan.read(index)
-        data = read_box(self.image, read, self.channel_axes)
+        if plan.time_axis:  # fn sees one time point: the time axis is dropped
+            (t, _), *space = read
+            data = read_box(self.image, tuple(space), self.channel_axes - 1, lead=(t,))
+            lead = self.channel_axes - 1
+        else:
+            data = read_box(self.image, read, self.channel_axes)
+            lead = self.channel_axes
         self.records.call_started(tile)
         labels = self.fn(data)
-        labels = check_labels(labels, data.shape[self.channel_axes :])
+        labels = check_labels(labels, data.shape[lead:])
+        if plan.time_axis:
+            labels = labels[np.newaxis]
         core = box_slices(plan.core(index), origin=[a for a, _ in read])
         labels, n_core, n_labels = renumber_core_first(labels, core, plan.stage_dtype)
         if labels.shape == plan.stage_tile_shape:

@@ -167,3 +167,10 @@ def fill_disk_once(block: np.ndarray, armed: str, filler: str, trigger: float) -
             except OSError:
                 pass
     return cc_label(block)
+
+
+def cc_label_ndim(block: np.ndarray, ndim: int) -> np.ndarray:
+    """``cc_label``, after checking that ``block`` has ``ndim`` axes (fn never sees time)."""
+    if block.ndim != ndim:
+        raise ValueError(f"fn got a {block.ndim}-D block, expected {ndim}-D")
+    return cc_label(block)
