@@ -245,7 +245,13 @@ def describe_source(
             raise FileNotFoundError(
                 f"{param}={str(image)!r} does not exist; pass a zarr array path"
             )
-        node = zarr.open(store, mode="r")
+        try:
+            node = zarr.open(store, mode="r")
+        except Exception as e:  # zarr raises several types for "not a zarr store"
+            raise ValueError(
+                f"{param}={str(image)!r} is not a zarr array or group ({type(e).__name__}); "
+                "convert the image to zarr first (e.g. OME-Zarr with bioformats2raw)"
+            ) from None
         if isinstance(node, zarr.Group):
             ms = ome.read_multiscale(node)
             if ms is None:

@@ -67,6 +67,17 @@ def test_missing_source(tmp_path: Path) -> None:
     _refused(tmp_path, str(tmp_path / "missing.zarr"), r"image=.*missing.zarr' does not exist")
 
 
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_source_that_is_not_zarr(tmp_path: Path, kind: str) -> None:
+    src = tmp_path / ("stack" if kind == "directory" else "stack.tif")
+    if kind == "directory":
+        src.mkdir()
+        (src / "plane_000.tif").write_bytes(b"II*\0")
+    else:
+        src.write_bytes(b"II*\0")
+    _refused(tmp_path, str(src), r"image=.* is not a zarr array or group .* convert the image")
+
+
 def test_unsupported_ndim(tmp_path: Path) -> None:
     src = write_zarr(tmp_path / "img.zarr", np.zeros((2, 3, 8, 8, 8), dtype=np.uint8))
     _refused(tmp_path, src, r"image has 5 axes .* but tile_shape has 3")
