@@ -35,7 +35,6 @@ from blockbuster.io import (
     create_stage,
     describe_source,
     is_ome_path,
-    open_array,
 )
 from blockbuster.launch import LOCAL, WorkerLauncher, server_dir
 from blockbuster.records import TaskRecords, TileError
@@ -591,7 +590,7 @@ def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | Non
         task: TaskRecords(run.records(task), task).failed_tiles() for task in ("segment", "stitch")
     }
     if not all(r.ok for r in reports.values()):
-        _report(run, result, stage_seconds, None, progress, keep=True)
+        _report(run, result, stage_seconds, progress, keep=True)
         _fail(result)
     start = time.perf_counter()
     with EquivalenceTable(run.table) as table:
@@ -623,8 +622,7 @@ def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | Non
         )
         result.seconds["pyramid"] = time.perf_counter() - start
     result.seconds["total"] = time.perf_counter() - t0
-    labels = open_array(spec.output_store, spec.output_path) if result.ok else None
-    _report(run, result, stage_seconds, labels, progress, keep=options.keep_stage)
+    _report(run, result, stage_seconds, progress, keep=options.keep_stage)
     if not result.ok:
         _fail(result)
     if not options.keep_stage:
@@ -636,7 +634,6 @@ def _report(
     run: RunDir,
     result: RunResult,
     stage_seconds: dict[str, float],
-    labels: Any,
     progress: bool,
     keep: bool,
 ) -> None:
@@ -647,7 +644,7 @@ def _report(
     result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
     path = run.root / "block_map.png" if keep else Path(result.output + ".block_map.png")
     try:
-        result.block_map = str(write_block_map(run, path, labels=labels))
+        result.block_map = str(write_block_map(run, path))
     except Exception as e:  # a picture must never fail a run
         logger.warning("could not draw the block map: %s", e)
     if progress:

@@ -13,6 +13,9 @@ multi-node runs share (SQLite is not). Layout under ``<run_dir>/records/<task>/`
 ``<tile>.call.<id>``
     segment only: one file per call of ``fn``, created just before the call, so calls are
     counted even when the worker is killed inside ``fn``.
+``<tile>.plane.npy``
+    segment and relabel, tiles crossing the block map's plane only: that plane's piece of the
+    tile (image, or final labels), strided (see :mod:`blockbuster.thumbnail`).
 ``<tile>.error.<id>.json``
     One per failed attempt: host, time and the traceback.
 """
@@ -95,6 +98,17 @@ class TaskRecords:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
         np.save(tmp, np.asarray(edges, dtype=np.int64).reshape(-1, 4))
         os.replace(tmp, path)
+
+    def write_plane(self, tile: int, piece: np.ndarray) -> None:
+        """Save the tile's piece of the block map's plane (see :mod:`blockbuster.thumbnail`)."""
+        path = self.root / f"{tile}.plane.npy"
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
+        np.save(tmp, piece)
+        os.replace(tmp, path)
+
+    def planes(self) -> dict[int, np.ndarray]:
+        """Every saved piece of the block map's plane, by tile."""
+        return {tile: np.load(path) for tile, path in self._tiles_with(".plane.npy")}
 
     def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
         record = {

@@ -16,6 +16,7 @@ import zarr
 from blockbuster.geometry import Box, TilePlan, box_slices
 from blockbuster.records import TaskRecords
 from blockbuster.table import EquivalenceTable
+from blockbuster.thumbnail import MapPlane
 
 
 def tile_lookup(
@@ -63,6 +64,7 @@ class Relabeler:
         self.output = output
         self.sequential = sequential
         self.records = records
+        self.map_plane = MapPlane.of(plan)
 
     def __call__(self, group: Box) -> None:
         started, start = time.time(), time.perf_counter()
@@ -80,7 +82,13 @@ class Relabeler:
             core = staged[rel][box_slices(core_box, plan.stage_origin(index))]
             base, shift, n_core, rows = self.table.tile_resolution(tile)
             lut = tile_lookup(base, shift, n_core, rows, self.sequential)
-            out[box_slices(core_box, [a for a, _ in out_box])] = lut[core]
+            final = lut[core]
+            out[box_slices(core_box, [a for a, _ in out_box])] = final
+            mp = self.map_plane
+            if mp.crosses(plan, index):
+                plane = final[tuple(h - a for h, (a, _) in zip(mp.head(), core_box, strict=False))]
+                origin = (core_box[-2][0], core_box[-1][0])
+                self.records.write_plane(tile, mp.piece(plan, index, plane, origin))
         self.output[box_slices(out_box)] = out
         seconds = time.perf_counter() - start
         self.records.done(plan.tile_id(first), started, seconds, tiles=tiles)

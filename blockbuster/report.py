@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from blockbuster.progress import RecordScanner, TileCounts
 from blockbuster.rundir import RunDir, RunSpec
 from blockbuster.status import TASKS, RunStatus
+from blockbuster.thumbnail import MapPlane
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -155,53 +157,37 @@ STATE_COLORS: dict[str, tuple[float, float, float, float]] = {
 
 
 class BlockMap:
-    """Draws the block map of a run; keeps the image plane to redraw it cheaply.
+    """Draws the block map of a run; keeps what it loaded to redraw it cheaply.
 
     Parameters
     ----------
     run
         The run directory (its ``spec.json`` must exist).
     labels
-        Optional label array of the image's spatial shape (the output): label outlines are
-        drawn over the image.
-    plane
-        For 3D images, the z index of the plane to draw (default: the middle one).
-    max_pixels
-        Longest side of the image plane as read: larger planes are read with a stride, so that
-        a plane of a huge image costs no more memory than this.
+        Optional label array of the image's spatial shape, whose outlines are drawn when the
+        run has no relabel pieces (see below).
 
     Notes
     -----
-    Only one plane of the input (and of ``labels``) is ever read, once, on the first draw.
-    Tile states come from the record files on every draw: a tile is *done* when segmented,
-    *running* when its ``fn`` was called without a result yet, *failed* when any task failed on
-    it (failed is drawn over every other state), else *pending*.
+    The drawn plane is the middle z plane (the image itself in 2D; a time series' first time
+    point), strided to at most ``thumbnail.MAX_PIXELS`` a side. Its pixels come from the
+    pieces the segment and relabel workers saved (:mod:`blockbuster.thumbnail`), so the input
+    and output are never read here: tiles not segmented yet are blank. Tile states come from
+    the record files on every draw: a tile is *done* when segmented, *running* when its ``fn``
+    was called without a result yet, *failed* when any task failed on it (failed is drawn over
+    every other state), else *pending*.
     """
 
-    def __init__(
-        self,
-        run: RunDir,
-        labels: Any | None = None,
-        plane: int | None = None,
-        max_pixels: int = 1024,
-    ) -> None:
+    def __init__(self, run: RunDir, labels: Any | None = None) -> None:
         self.run = run
         self.spec = run.read_spec()
-        plan = self.spec.plan
-        #: a time series is drawn at its first time point
-        self.t: int | None = 0 if plan.time_axis else None
-        ndim = plan.ndim - (1 if plan.time_axis else 0)
-        if ndim not in (2, 3):
-            raise ValueError(f"a block map needs a 2D or 3D image, not {ndim}D")
+        #: the drawn plane: the middle z, a time series' first time point (as the workers save)
+        self.map = MapPlane.of(self.spec.plan)
+        self.t, self.z, self.step = self.map.t, self.map.z, self.map.step
+        self.height, self.width = self.map.height, self.map.width
         self.labels = labels
-        depth = plan.shape[-3] if ndim == 3 else 0
-        self.z = (depth // 2 if plane is None else int(plane)) if ndim == 3 else None
-        if self.z is not None and not 0 <= self.z < depth:
-            raise ValueError(f"plane={plane} is outside the image's {depth} planes")
-        self.height, self.width = plan.shape[-2:]
-        self.step = max(1, math.ceil(max(self.height, self.width) / max_pixels))
         self.scanners = {t: RecordScanner(run.records(t)) for t in TASKS}
-        self._image: np.ndarray | None = None
+        self._pieces: dict[str, dict[int, np.ndarray]] = {"segment": {}, "relabel": {}}
         self._outlines: np.ndarray | None = None
         self._lock = threading.Lock()
 
@@ -215,25 +201,42 @@ class BlockMap:
         head = t + (slice(None),) * channel_axes + ((self.z,) if self.z is not None else ())
         return (*head, s, s)
 
+    def _load_pieces(self, task: str) -> dict[int, np.ndarray]:
+        """The plane pieces ``task``'s workers saved so far (each file is read once)."""
+        pieces = self._pieces[task]
+        root = self.run.records(task)
+        if root.exists():
+            for entry in os.scandir(root):
+                head, _, rest = entry.name.partition(".")
+                if rest == "plane.npy" and head.isdigit() and int(head) not in pieces:
+                    try:
+                        pieces[int(head)] = np.load(entry.path)
+                    except (OSError, ValueError):
+                        continue  # removed or replaced meanwhile: next draw
+        return pieces
+
     def image_plane(self) -> np.ndarray:
-        """The drawn plane of the input, 2D float, read once (strided for large images)."""
-        if self._image is None:
-            source = self.spec.source
-            channels = source.channel_axes - (1 if self.t is not None else 0)
-            data = np.asarray(source.open()[self._plane_index(channels)])
-            data = data.astype(np.float32)
-            while data.ndim > 2:  # channels: their mean
-                data = data.mean(axis=0)
-            self._image = data
-        return self._image
+        """The drawn plane of the input, 2D float, strided for large images.
+
+        Assembled from the pieces segment workers saved (see :mod:`blockbuster.thumbnail`):
+        the input is never read here, and tiles not segmented yet are blank.
+        """
+        return self.map.assemble(self.spec.plan, self._load_pieces("segment"), fill=np.nan)
 
     def label_outlines(self) -> np.ndarray | None:
-        """Boolean outlines of ``labels`` on the drawn plane, or None without labels."""
+        """Boolean outlines of the final labels on the drawn plane, or None before relabel.
+
+        From the pieces relabel workers saved; else read from ``labels`` if given.
+        """
+        from skimage.segmentation import find_boundaries
+
+        pieces = self._load_pieces("relabel")
+        if pieces:
+            lab = self.map.assemble(self.spec.plan, pieces, fill=0)
+            return find_boundaries(lab, mode="inner") & (lab != 0)
         if self.labels is None:
             return None
         if self._outlines is None:
-            from skimage.segmentation import find_boundaries
-
             lab = np.asarray(self.labels[self._plane_index(0)])
             self._outlines = find_boundaries(lab, mode="inner") & (lab != 0)
         return self._outlines
@@ -316,7 +319,8 @@ class BlockMap:
         extent = (0.0, float(w), float(h), 0.0)
         tile_extent = (0.0, float(gx * tx), float(gy * ty), 0.0)
 
-        lo, hi = np.percentile(image, (1, 99)) if image.size else (0.0, 1.0)
+        finite = image[np.isfinite(image)]
+        lo, hi = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)
         vmax = hi if hi > lo else lo + 1
         ax_state.imshow(
             image, cmap="gray", vmin=lo, vmax=vmax, extent=extent, interpolation="nearest"

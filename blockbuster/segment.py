@@ -16,9 +16,10 @@ import fastremap
 import numpy as np
 import zarr
 
-from blockbuster.geometry import TilePlan, box_slices
+from blockbuster.geometry import Box, TilePlan, box_slices
 from blockbuster.io import read_box
 from blockbuster.records import TaskRecords
+from blockbuster.thumbnail import MapPlane
 
 SegmentFn = Callable[[np.ndarray], Any]
 
@@ -87,6 +88,7 @@ class Segmenter:
         self.stage = stage
         self.records = records
         self.fn = fn
+        self.map_plane = MapPlane.of(plan)
 
     def __call__(self, index: tuple[int, ...]) -> None:
         started, start = time.time(), time.perf_counter()
@@ -105,6 +107,8 @@ class Segmenter:
         self.records.call_started(tile)
         labels = self.fn(data)
         labels = check_labels(labels, data.shape[lead:])
+        if self.map_plane.crosses(plan, index):
+            self._save_plane(index, data, lead, read[1:] if plan.time_axis else read)
         if plan.time_axis:
             labels = labels[np.newaxis]
         core = box_slices(plan.core(index), origin=[a for a, _ in read])
@@ -117,3 +121,13 @@ class Segmenter:
         self.stage[index] = chunk
         seconds = time.perf_counter() - start
         self.records.done(tile, started, seconds, n_core=n_core, n_labels=n_labels)
+
+    def _save_plane(self, index: tuple[int, ...], data: np.ndarray, lead: int, space: Box) -> None:
+        """Save this tile's piece of the block map's plane (channels averaged)."""
+        mp = self.map_plane
+        z = (mp.z - space[-3][0],) if mp.z is not None else ()
+        plane = np.asarray(data[(slice(None),) * lead + z], dtype=np.float32)
+        while plane.ndim > 2:
+            plane = plane.mean(axis=0)
+        piece = mp.piece(self.plan, index, plane, (space[-2][0], space[-1][0]))
+        self.records.write_plane(self.plan.tile_id(index), piece)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from conftest import blobs, write_zarr
 from fns import cc_label
+from serial import run_in_process
+from skimage.segmentation import find_boundaries
 
 from blockbuster.driver import prepare_run
 from blockbuster.io import ImageSource
@@ -18,6 +20,8 @@ from blockbuster.records import TaskRecords
 from blockbuster.report import STATE_COLORS, BlockMap, summary_table, write_block_map
 from blockbuster.rundir import RunDir
 from blockbuster.status import run_status
+from blockbuster.thumbnail import MapPlane
+from blockbuster.worker import make_handler
 
 
 def make_run(tmp_path: Path, img: np.ndarray, tile: tuple[int, ...]) -> RunDir:
@@ -112,6 +116,9 @@ def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
     seg = TaskRecords(run.records("segment"), "segment")
     done, failed, running = plan.tile_id((1, 1)), plan.tile_id((2, 1)), plan.tile_id((3, 2))
     pending = plan.tile_id((0, 1))
+    mp = MapPlane.of(plan)
+    for index in plan.tiles():  # the image's pieces, as segment workers save them
+        seg.write_plane(plan.tile_id(index), mp.piece(plan, index, img, (0, 0)))
     seg.done(done, time.time(), 3.0)
     seg.done(plan.tile_id((0, 2)), time.time(), 1.0)
     seg.failed(failed, "Traceback\nValueError: boom")
@@ -149,11 +156,12 @@ def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
     np.testing.assert_allclose(_rgb_at(png, fig, ax_secs, *centre(pending)), [0.85] * 3, atol=0.03)
 
 
-def test_block_map_of_a_volume_reads_only_its_middle_plane(
+def test_block_map_is_drawn_from_the_workers_pieces_without_reading_the_image(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     img = blobs((20, 32, 48))
     run = make_run(tmp_path, img, (5, 16, 16))
+    labels, _ = run_in_process(run)  # real segment and relabel workers' code, in process
     reads: list[Any] = []
     real_open = ImageSource.open
 
@@ -166,19 +174,31 @@ def test_block_map_of_a_volume_reads_only_its_middle_plane(
             return self.arr[index]
 
     monkeypatch.setattr(ImageSource, "open", lambda self: Spy(real_open(self)))
-    labels = (img > 0.5).astype(np.uint32)
-    bm = BlockMap(run, labels=labels)
+    bm = BlockMap(run)
     out = bm.write(tmp_path / "maps" / "map.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(reads) == 1 and reads[0][0] == 10  # one read, of plane z = 10
-    np.testing.assert_array_equal(bm.image_plane(), img[10])
-    assert bm.label_outlines() is not None and bm.label_outlines().any()
-    bm.png()  # drawn again: the plane is not read again
-    assert len(reads) == 1
+    assert reads == []  # the input is never read
+    np.testing.assert_array_equal(bm.image_plane(), img[10])  # the middle plane, exactly
+    outlines = find_boundaries(labels[10], mode="inner") & (labels[10] != 0)
+    np.testing.assert_array_equal(bm.label_outlines(), outlines)
+    assert outlines.any()
     assert bm.slab_tiles().tolist() == [[12, 13, 14], [15, 16, 17]]  # z slab 2 of 4
 
 
-def test_block_map_of_a_huge_plane_is_read_with_a_stride(tmp_path: Path) -> None:
-    run = make_run(tmp_path, blobs((300, 500)), (100, 100))
-    bm = BlockMap(run, max_pixels=128)
-    assert bm.step == 4 and bm.image_plane().shape == (75, 125)
+def test_block_map_of_a_huge_plane_is_strided(tmp_path: Path) -> None:
+    img = blobs((300, 2100))
+    run = make_run(tmp_path, img, (100, 700))
+    run_in_process(run)
+    bm = BlockMap(run)
+    assert bm.step == 3
+    np.testing.assert_array_equal(bm.image_plane(), img[::3, ::3])
+
+
+def test_block_map_while_tiles_are_missing_leaves_them_blank(tmp_path: Path) -> None:
+    img = blobs((30, 40))
+    run = make_run(tmp_path, img, (10, 20))
+    plan, _, handle = make_handler(run, "segment")
+    handle(((0, 1), (1, 2)))  # tile (0, 1) only
+    plane = BlockMap(run).image_plane()
+    np.testing.assert_array_equal(plane[0:10, 20:40], img[0:10, 20:40])
+    assert np.isnan(plane[10:, :]).all() and np.isnan(plane[:, :20]).all()
