@@ -13,6 +13,7 @@ clients are refused up front; :func:`make_local_cluster` always starts process w
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from typing import Any
@@ -76,6 +77,8 @@ def make_local_cluster(
 
 def active_client() -> Any | None:
     """The current Dask distributed client, or None (also when distributed is missing)."""
+    if "distributed" not in sys.modules:
+        return None  # no client can exist in a process that never imported distributed
     try:
         from distributed import get_client
     except ImportError:

@@ -12,6 +12,8 @@ array (offset, voxel size, axis names, units).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import shutil
 from dataclasses import asdict, dataclass
@@ -349,6 +351,26 @@ def create_stage(path: Path, plan: TilePlan) -> zarr.Array:
 
 def open_stage(path: Path, mode: str = "r") -> zarr.Array:
     return zarr.open_array(store=str(path), mode=mode)
+
+
+def any_chunk_stored(array: zarr.Array, box: Box) -> bool:
+    """Whether any stored chunk (shard, if sharded) of ``array`` meets ``box`` (voxels).
+
+    Where none does, the box reads as the fill value, so writing the fill value there can be
+    skipped: writing zeros costs a full chunk encode check per chunk, a missing key one stat.
+    """
+    from zarr.core.sync import sync
+
+    grid = array.shards or array.chunks
+    ranges = [range(a // c, -(-b // c)) for (a, b), c in zip(box, grid, strict=True)]
+    store_path = array.store_path
+    prefix = f"{store_path.path}/" if store_path.path else ""
+    keys = [prefix + array.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
+
+    async def check() -> bool:
+        return any(await asyncio.gather(*(store_path.store.exists(k) for k in keys)))
+
+    return bool(sync(check()))
 
 
 # -- output ------------------------------------------------------------------------------------

@@ -86,6 +86,13 @@ class TaskRecords:
     def is_done(self, tile: int) -> bool:
         return (self.root / f"{tile}.json").exists()
 
+    def record(self, tile: int) -> dict[str, Any] | None:
+        """The done record of ``tile`` (the block keyed by it), or None if it has none."""
+        try:
+            return dict(json.loads((self.root / f"{tile}.json").read_bytes()))
+        except FileNotFoundError:
+            return None
+
     def call_started(self, tile: int) -> None:
         (self.root / f"{tile}.call.{uuid.uuid4().hex}").touch()
 

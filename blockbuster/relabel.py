@@ -14,6 +14,7 @@ import numpy as np
 import zarr
 
 from blockbuster.geometry import Box, TilePlan, box_slices
+from blockbuster.io import any_chunk_stored
 from blockbuster.records import TaskRecords
 from blockbuster.table import EquivalenceTable
 from blockbuster.thumbnail import MapPlane
@@ -69,26 +70,39 @@ class Relabeler:
     def __call__(self, group: Box) -> None:
         started, start = time.time(), time.perf_counter()
         plan = self.plan
-        staged = np.asarray(self.stage[box_slices(group)])
+        indices = list(plan.tiles_in(group))
+        tiles = [plan.tile_id(index) for index in indices]
+        resolutions = [self.table.tile_resolution(tile) for tile in tiles]
         out_box = plan.group_core(group)
-        out = np.empty(tuple(b - a for a, b in out_box), dtype=self.output.dtype)
+        shape = tuple(b - a for a, b in out_box)
+        if not any(n_core for _, _, n_core, _ in resolutions):
+            # background only: no staged labels to read (zeros are still written, so the
+            # output holds nothing from any earlier attempt)
+            staged = None
+            out = np.zeros(shape, dtype=self.output.dtype)
+        else:
+            staged = np.asarray(self.stage[box_slices(group)])
+            out = np.empty(shape, dtype=self.output.dtype)
         first = tuple(a for a, _ in group)
-        tiles = []
-        for index in plan.tiles_in(group):
-            tile = plan.tile_id(index)
-            tiles.append(tile)
+        for index, tile, (base, shift, n_core, rows) in zip(
+            indices, tiles, resolutions, strict=True
+        ):
             core_box = plan.core(index)
-            rel = tuple(i - a for i, a in zip(index, first, strict=True))
-            core = staged[rel][box_slices(core_box, plan.stage_origin(index))]
-            base, shift, n_core, rows = self.table.tile_resolution(tile)
-            lut = tile_lookup(base, shift, n_core, rows, self.sequential)
-            final = lut[core]
-            out[box_slices(core_box, [a for a, _ in out_box])] = final
+            if staged is not None:
+                rel = tuple(i - a for i, a in zip(index, first, strict=True))
+                core = staged[rel][box_slices(core_box, plan.stage_origin(index))]
+                lut = tile_lookup(base, shift, n_core, rows, self.sequential)
+                final = lut[core]
+                out[box_slices(core_box, [a for a, _ in out_box])] = final
+            else:
+                final = out[box_slices(core_box, [a for a, _ in out_box])]
             mp = self.map_plane
             if mp.crosses(plan, index):
                 plane = final[tuple(h - a for h, (a, _) in zip(mp.head(), core_box, strict=False))]
                 origin = (core_box[-2][0], core_box[-1][0])
                 self.records.write_plane(tile, mp.piece(plan, index, plane, origin))
-        self.output[box_slices(out_box)] = out
+        if staged is not None or any_chunk_stored(self.output, out_box):
+            self.output[box_slices(out_box)] = out
+        # else: background only, and nothing stored there: the output already reads as zeros
         seconds = time.perf_counter() - start
         self.records.done(plan.tile_id(first), started, seconds, tiles=tiles)

@@ -296,7 +296,7 @@ class BlockMap:
     # -- drawing ------------------------------------------------------------------------------
 
     def figure(self) -> Figure:
-        """Draw the block map as a matplotlib figure (Agg canvas, already laid out)."""
+        """Draw the block map as a matplotlib figure (on an Agg canvas; drawn when saved)."""
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.colors import ListedColormap
@@ -313,8 +313,13 @@ class BlockMap:
 
         panel_w = 5.0
         panel_h = float(np.clip(panel_w * h / w, 2.0, 8.0))
-        fig = Figure(figsize=(2 * panel_w + 1.2, panel_h + 1.1), dpi=100, layout="constrained")
+        fig = Figure(figsize=(2 * panel_w + 1.2, panel_h + 1.1), dpi=100)
         FigureCanvasAgg(fig)
+        # fixed margins in inches: a constrained layout would draw the figure twice
+        fw, fh = fig.get_size_inches()
+        fig.subplots_adjust(
+            left=0.6 / fw, right=1 - 0.2 / fw, bottom=0.85 / fh, top=1 - 0.35 / fh, wspace=0.15
+        )
         ax_state, ax_secs = fig.subplots(1, 2)
         extent = (0.0, float(w), float(h), 0.0)
         tile_extent = (0.0, float(gx * tx), float(gy * ty), 0.0)
@@ -345,7 +350,8 @@ class BlockMap:
                 )
                 for n in STATE_NAMES
             ],
-            loc="outside lower left",
+            loc="lower left",
+            bbox_to_anchor=(0.5 / fw, 0.0),
             ncols=4,
             fontsize=8,
             frameon=False,
@@ -355,7 +361,9 @@ class BlockMap:
         shown = ax_secs.imshow(
             np.ma.masked_invalid(seconds), cmap=cmap, extent=tile_extent, interpolation="nearest"
         )
-        fig.colorbar(shown, ax=ax_secs, shrink=0.8, label="seconds")
+        bar = fig.colorbar(shown, ax=ax_secs, shrink=0.8)
+        bar.set_label("seconds", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
         done = seconds[np.isfinite(seconds)]
         stats = f" (mean {done.mean():.2f} s, max {done.max():.2f} s)" if done.size else ""
         ax_secs.set_title(f"segment seconds per tile{stats}", fontsize=10)
@@ -369,7 +377,6 @@ class BlockMap:
             ax.tick_params(labelsize=7)
             ax.set_xlabel("x (voxels)", fontsize=8)
         ax_state.set_ylabel("y (voxels)", fontsize=8)
-        fig.canvas.draw()
         return fig
 
     def png(self) -> bytes:

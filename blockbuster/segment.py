@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from blockbuster.geometry import Box, TilePlan, box_slices
-from blockbuster.io import read_box
+from blockbuster.io import any_chunk_stored, read_box
 from blockbuster.records import TaskRecords
 from blockbuster.thumbnail import MapPlane
 
@@ -59,10 +59,20 @@ def renumber_core_first(
     n_core, n_labels : int
         Number of labels present in the core, and in all.
     """
-    in_core = fastremap.unique(labels[core])
-    in_core = in_core[in_core != 0]
+    if not labels.any():  # an empty tile (background only): nothing to renumber
+        return np.zeros(labels.shape, dtype=dtype), 0, 0
     everywhere = fastremap.unique(labels)
-    halo_only = np.setdiff1d(everywhere[everywhere != 0], in_core, assume_unique=True)
+    everywhere = everywhere[everywhere != 0]
+    whole_core = all(
+        (s.start or 0) == 0 and (s.stop is None or s.stop >= n)
+        for s, n in zip(core, labels.shape, strict=True)
+    )
+    if whole_core:  # no halo: every label is in the core
+        in_core = everywhere
+    else:
+        in_core = fastremap.unique(labels[core])
+        in_core = in_core[in_core != 0]
+    halo_only = np.setdiff1d(everywhere, in_core, assume_unique=True)
     order = np.concatenate([in_core, halo_only])
     mapping = {int(old): new for new, old in enumerate(order.tolist(), start=1)}
     mapping[0] = 0
@@ -118,9 +128,16 @@ class Segmenter:
         else:
             chunk = np.zeros(plan.stage_tile_shape, dtype=labels.dtype)
             chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
-        self.stage[index] = chunk
+        if n_labels or self._stored(index):
+            self.stage[index] = chunk
+        # else: a background-only tile whose stage chunk was never written reads as zeros
         seconds = time.perf_counter() - start
         self.records.done(tile, started, seconds, n_core=n_core, n_labels=n_labels)
+
+    def _stored(self, index: tuple[int, ...]) -> bool:
+        """Whether this tile's stage chunk is on disk (an earlier attempt wrote it)."""
+        box = tuple((i, i + 1) for i in index) + tuple((0, s) for s in self.plan.stage_tile_shape)
+        return any_chunk_stored(self.stage, box)
 
     def _save_plane(self, index: tuple[int, ...], data: np.ndarray, lead: int, space: Box) -> None:
         """Save this tile's piece of the block map's plane (channels averaged)."""

@@ -94,31 +94,58 @@ class Stitcher:
     """Stitches groups of tiles inside one worker process."""
 
     def __init__(
-        self, plan: TilePlan, stage: zarr.Array, records: TaskRecords, threshold: float
+        self,
+        plan: TilePlan,
+        stage: zarr.Array,
+        records: TaskRecords,
+        threshold: float,
+        segments: TaskRecords | None = None,
     ) -> None:
         self.plan = plan
         self.stage = stage
         self.records = records
         self.threshold = threshold
+        self.segments = segments
+
+    def _has_labels(self, tile: int) -> bool:
+        """Whether the segment task staged any label for ``tile`` (True when unknown)."""
+        record = self.segments.record(tile) if self.segments is not None else None
+        return record is None or int(record.get("n_labels", 1)) > 0
 
     def edges(self, group: Box) -> list[tuple[int, int, int, int]]:
         """Equivalences between each tile of ``group`` and its upper neighbours (table rows)."""
         plan = self.plan
+        labelled: dict[int, bool] = {}
+
+        def has_labels(tile: int) -> bool:
+            if tile not in labelled:
+                labelled[tile] = self._has_labels(tile)
+            return labelled[tile]
+
+        # a face can only join labels when both of its tiles have some (large empty
+        # backgrounds are common in light-sheet volumes: their faces cost no read)
+        faces = [
+            (index, axis, nb)
+            for index in plan.tiles_in(group)
+            if has_labels(plan.tile_id(index))
+            for axis, nb in plan.upper_neighbors(index)
+            if has_labels(plan.tile_id(nb))
+        ]
+        rows: list[tuple[int, int, int, int]] = []
+        if not faces:
+            return rows
         # the group and one tile more along each axis (the upper neighbours), in one read
         reach = tuple((a, min(b + 1, n)) for (a, b), n in zip(group, plan.grid, strict=True))
         staged = np.asarray(self.stage[box_slices(reach)])
-        rows: list[tuple[int, int, int, int]] = []
-        for index in plan.tiles_in(group):
-            tile = plan.tile_id(index)
+        for index, axis, nb in faces:
             mine = staged[tuple(i - a for i, (a, _) in zip(index, reach, strict=True))]
-            for axis, nb in plan.upper_neighbors(index):
-                theirs = staged[tuple(i - a for i, (a, _) in zip(nb, reach, strict=True))]
-                box_lo, box_hi = face_views(plan, index, axis)
-                a = mine[box_slices(box_lo, plan.stage_origin(index))]
-                b = theirs[box_slices(box_hi, plan.stage_origin(nb))]
-                pairs = match_labels(a, b, self.threshold)
-                other = plan.tile_id(nb)
-                rows.extend((tile, int(la), other, int(lb)) for la, lb in pairs.tolist())
+            theirs = staged[tuple(i - a for i, (a, _) in zip(nb, reach, strict=True))]
+            box_lo, box_hi = face_views(plan, index, axis)
+            a = mine[box_slices(box_lo, plan.stage_origin(index))]
+            b = theirs[box_slices(box_hi, plan.stage_origin(nb))]
+            pairs = match_labels(a, b, self.threshold)
+            tile, other = plan.tile_id(index), plan.tile_id(nb)
+            rows.extend((tile, int(la), other, int(lb)) for la, lb in pairs.tolist())
         return rows
 
     def __call__(self, group: Box) -> None:

@@ -53,7 +53,9 @@ def make_handler(run: RunDir, task: str) -> tuple[TilePlan, TaskRecords, Handler
 
         return plan, records, segment
     if task == "stitch":
-        return plan, records, Stitcher(plan, open_stage(run.stage), records, spec.merge_threshold)
+        segments = TaskRecords(run.records("segment"), "segment")
+        stitcher = Stitcher(plan, open_stage(run.stage), records, spec.merge_threshold, segments)
+        return plan, records, stitcher
     if task == "relabel":
         output = open_array(spec.output_store, spec.output_path, mode="r+")
         table = EquivalenceTable(run.table, readonly=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from test_ome import plan_for
 
-from blockbuster.io import ImageSource, create_output, describe_source
+from blockbuster.io import ImageSource, any_chunk_stored, create_output, describe_source
 
 OLD_SPEC_SOURCE = {
     # an ImageSource as spec.json stored it before time axes and OME versions were described
@@ -55,3 +56,26 @@ def test_plain_output_keeps_time_when_asked(tmp_path: Path) -> None:
     store, path = create_output(tmp_path / "o.zarr", src, plan, np.uint32)
     out = zarr.open_array(store, path=path or None)
     assert out.shape == (8, 9) and out.chunks == (4, 4) and path == ""
+
+
+@pytest.mark.parametrize("shards", [None, (4, 8)])
+def test_any_chunk_stored_sees_only_written_chunks(tmp_path: Path, shards) -> None:
+    arr = zarr.create_array(
+        str(tmp_path / "a.zarr"), shape=(10, 16), chunks=(2, 4), shards=shards, dtype="uint32"
+    )
+    assert not any_chunk_stored(arr, ((0, 10), (0, 16)))
+    arr[5, 9] = 7  # chunk (2, 2); shard (1, 1)
+    arr[0:2, 0:4] = 0  # the fill value: zarr stores nothing
+    assert any_chunk_stored(arr, ((5, 6), (9, 10)))
+    assert any_chunk_stored(arr, ((0, 10), (0, 16)))
+    far = ((0, 4), (0, 8)) if shards else ((0, 4), (0, 4))
+    assert not any_chunk_stored(arr, far)
+    inside = zarr.create_array(
+        zarr.storage.LocalStore(tmp_path / "g.zarr"),
+        name="x/y",
+        shape=(4,),
+        chunks=(2,),
+        dtype="uint8",
+    )
+    inside[3] = 1
+    assert any_chunk_stored(inside, ((2, 4),)) and not any_chunk_stored(inside, ((0, 2),))

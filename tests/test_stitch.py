@@ -14,7 +14,8 @@ from serial import run_in_process
 from blockbuster.driver import prepare_run
 from blockbuster.geometry import TilePlan
 from blockbuster.records import TaskRecords
-from blockbuster.stitch import face_views, match_labels
+from blockbuster.stitch import Stitcher, face_views, match_labels
+from blockbuster.worker import make_handler
 
 
 def test_match_labels_any_overlap_at_threshold_zero() -> None:
@@ -114,6 +115,60 @@ def test_grouped_blocks_equal_whole(tmp_path: Path, tile, overlap) -> None:
     assert num == n_whole
     stitched = TaskRecords(run.records("stitch"), "stitch").done_tiles()
     assert sorted(stitched) == list(range(spec.plan.num_tiles))
+
+
+class _CountingStage:
+    """A stage array that counts reads."""
+
+    def __init__(self, stage) -> None:
+        self.stage = stage
+        self.reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return self.stage[key]
+
+
+@pytest.mark.parametrize("overlap", [0, 2])
+def test_empty_tiles_are_never_read_and_sparse_volumes_equal_whole(
+    tmp_path: Path, overlap: int
+) -> None:
+    """Few objects in a large empty volume: faces with an empty side cost no stage read,
+    background-only relabel blocks no read either, and the result equals the whole image's."""
+    img = np.zeros((24, 96, 96), np.float32)
+    img[2:9, 10:30, 20:27] = 1.0  # cut by the faces at y = 16 and y = 24
+    img[15:22, 70:75, 60:90] = 1.0  # cut by the faces at x = 64 and x = 72, z = 16
+    src = write_zarr(tmp_path / "img.zarr", img)
+    run, spec, _ = prepare_run(
+        src,
+        cc_label,
+        (8, 8, 8),
+        overlap,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=True,
+        merge_threshold=0.0,
+        overwrite=True,
+    )
+    plan = spec.plan
+    _, _, segment = make_handler(run, "segment")
+    for group in plan.groups("segment"):
+        segment(group)
+    # stitch with and without knowing which tiles are empty: the same edges, fewer reads
+    _, _, stitcher = make_handler(run, "stitch")
+    assert isinstance(stitcher, Stitcher)
+    counting = _CountingStage(stitcher.stage)
+    stitcher.stage = counting  # type: ignore[assignment]
+    blind = Stitcher(plan, stitcher.stage, stitcher.records, 0.0, segments=None)
+    groups = list(plan.groups("stitch"))
+    informed = sorted(e for g in groups for e in stitcher.edges(g))
+    reads_informed = counting.reads
+    everything = sorted(e for g in groups for e in blind.edges(g))
+    assert informed == everything and len(informed) > 0
+    assert reads_informed < len(groups) == counting.reads - reads_informed
+    out, num = run_in_process(run)
+    whole, n_whole = ndi.label(img > 0.5)
+    assert_one_to_one(whole, out)
+    assert num == n_whole == 2
 
 
 def test_default_threshold_on_blobs_still_matches_whole(tmp_path: Path) -> None:
