@@ -92,7 +92,8 @@ class Relabeler:
                 rel = tuple(i - a for i, a in zip(index, first, strict=True))
                 core = staged[rel][box_slices(core_box, plan.stage_origin(index))]
                 lut = tile_lookup(base, shift, n_core, rows, self.sequential)
-                final = lut[core]
+                # cast the small table, not the tile: indexing then moves half the bytes
+                final = np.take(lut.astype(out.dtype, copy=False), core)
                 out[box_slices(core_box, [a for a, _ in out_box])] = final
             else:
                 final = out[box_slices(core_box, [a for a, _ in out_box])]

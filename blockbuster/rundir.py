@@ -9,6 +9,7 @@ Layout::
         fn.json               the fn's import path and keyword arguments, where it has one
         fn.pkl                the fn, cloudpickled (by value for __main__/notebook functions)
         stage.zarr            staged per-tile labels (core + halo), one chunk per tile
+        faces/                each labelled tile's side of its faces, for stitch (faces.py)
         equivalences.sqlite   the equivalence table (written by the driver only)
         records/<task>/       per-block record files written by workers (see records.py)
         logs/                 per-worker logs written by daisy
@@ -155,6 +156,10 @@ class RunDir:
     @property
     def stage(self) -> Path:
         return self.root / "stage.zarr"
+
+    @property
+    def faces(self) -> Path:
+        return self.root / "faces"
 
     @property
     def table(self) -> Path:

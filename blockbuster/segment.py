@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import fastremap
 import numpy as np
 import zarr
 
+from blockbuster.faces import tile_faces, write_faces
 from blockbuster.geometry import Box, TilePlan, box_slices
 from blockbuster.io import any_chunk_stored, read_box
 from blockbuster.records import TaskRecords
@@ -61,17 +63,18 @@ def renumber_core_first(
     """
     if not labels.any():  # an empty tile (background only): nothing to renumber
         return np.zeros(labels.shape, dtype=dtype), 0, 0
-    everywhere = fastremap.unique(labels)
-    everywhere = everywhere[everywhere != 0]
     whole_core = all(
         (s.start or 0) == 0 and (s.stop is None or s.stop >= n)
         for s, n in zip(core, labels.shape, strict=True)
     )
-    if whole_core:  # no halo: every label is in the core
-        in_core = everywhere
-    else:
-        in_core = fastremap.unique(labels[core])
-        in_core = in_core[in_core != 0]
+    if whole_core:  # no halo: every label is in the core; one pass renumbers them 1..n
+        out, remap = fastremap.renumber(labels, preserve_zero=True, in_place=False)
+        n = len(remap) - (1 if 0 in remap else 0)
+        return out.astype(dtype, copy=False), n, n
+    in_core = fastremap.unique(labels[core])
+    in_core = in_core[in_core != 0]
+    everywhere = fastremap.unique(labels)
+    everywhere = everywhere[everywhere != 0]
     halo_only = np.setdiff1d(everywhere, in_core, assume_unique=True)
     order = np.concatenate([in_core, halo_only])
     mapping = {int(old): new for new, old in enumerate(order.tolist(), start=1)}
@@ -91,6 +94,7 @@ class Segmenter:
         stage: zarr.Array,
         records: TaskRecords,
         fn: SegmentFn,
+        faces: Path | None = None,
     ) -> None:
         self.plan = plan
         self.image = image
@@ -98,6 +102,7 @@ class Segmenter:
         self.stage = stage
         self.records = records
         self.fn = fn
+        self.faces = faces
         self.map_plane = MapPlane.of(plan)
 
     def __call__(self, index: tuple[int, ...]) -> None:
@@ -131,6 +136,8 @@ class Segmenter:
         if n_labels or self._stored(index):
             self.stage[index] = chunk
         # else: a background-only tile whose stage chunk was never written reads as zeros
+        if self.faces is not None and n_labels:  # stitch never reads an empty tile's faces
+            write_faces(self.faces, tile, tile_faces(plan, index, chunk))
         seconds = time.perf_counter() - start
         self.records.done(tile, started, seconds, n_core=n_core, n_labels=n_labels)
 

@@ -27,12 +27,16 @@ be told apart by that rule, so they merge.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import zarr
 
-from blockbuster.geometry import Box, TilePlan, box_slices, intersect
+from blockbuster.faces import face_views, read_faces
+from blockbuster.geometry import Box, TilePlan, box_slices
 from blockbuster.records import TaskRecords
+
+__all__ = ["Stitcher", "face_views", "match_labels"]
 
 
 def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
@@ -70,26 +74,6 @@ def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
     return np.stack([la, lb], axis=1)
 
 
-def face_views(plan: TilePlan, lower: tuple[int, ...], axis: int) -> tuple[Box, Box]:
-    """Boxes (image voxels) compared across the face between ``lower`` and its upper neighbour.
-
-    Returns the box to read from the lower tile's stage chunk and the one to read from the upper
-    tile's; they have equal shapes and cover the same voxels when there is a halo, or the two
-    touching planes when there is none.
-    """
-    upper = list(lower)
-    upper[axis] += 1
-    shared = intersect(plan.read(lower), plan.read(tuple(upper)))
-    if plan.overlap[axis] > 0:
-        return shared, shared
-    face = plan.core(lower)[axis][1]
-    box_lo = list(shared)
-    box_hi = list(shared)
-    box_lo[axis] = (face - 1, face)
-    box_hi[axis] = (face, face + 1)
-    return tuple(box_lo), tuple(box_hi)
-
-
 class Stitcher:
     """Stitches groups of tiles inside one worker process."""
 
@@ -100,12 +84,14 @@ class Stitcher:
         records: TaskRecords,
         threshold: float,
         segments: TaskRecords | None = None,
+        faces: Path | None = None,
     ) -> None:
         self.plan = plan
         self.stage = stage
         self.records = records
         self.threshold = threshold
         self.segments = segments
+        self.faces = faces
 
     def _has_labels(self, tile: int) -> bool:
         """Whether the segment task staged any label for ``tile`` (True when unknown)."""
@@ -124,7 +110,7 @@ class Stitcher:
 
         # a face can only join labels when both of its tiles have some (large empty
         # backgrounds are common in light-sheet volumes: their faces cost no read)
-        faces = [
+        todo = [
             (index, axis, nb)
             for index in plan.tiles_in(group)
             if has_labels(plan.tile_id(index))
@@ -132,21 +118,58 @@ class Stitcher:
             if has_labels(plan.tile_id(nb))
         ]
         rows: list[tuple[int, int, int, int]] = []
-        if not faces:
+        if not todo:
             return rows
+        views = self._views_from_face_files(todo)
+        if views is None:
+            views = self._views_from_stage(group, todo)
+        for (index, _, nb), (a, b) in zip(todo, views, strict=True):
+            pairs = match_labels(a, b, self.threshold)
+            tile, other = plan.tile_id(index), plan.tile_id(nb)
+            rows.extend((tile, int(la), other, int(lb)) for la, lb in pairs.tolist())
+        return rows
+
+    def _views_from_face_files(
+        self, todo: list[tuple[tuple[int, ...], int, tuple[int, ...]]]
+    ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Both sides of each face from the segment workers' face files (None if any is
+        missing, e.g. a run staged before face files existed)."""
+        if self.faces is None:
+            return None
+        loaded: dict[int, dict[str, np.ndarray] | None] = {}
+
+        def side(index: tuple[int, ...], key: str) -> np.ndarray | None:
+            tile = self.plan.tile_id(index)
+            if tile not in loaded:
+                loaded[tile] = read_faces(self.faces, tile) if self.faces else None
+            faces = loaded[tile]
+            return None if faces is None else faces.get(key)
+
+        views = []
+        for index, axis, nb in todo:
+            a, b = side(index, f"up{axis}"), side(nb, f"down{axis}")
+            if a is None or b is None:
+                return None
+            views.append((a, b))
+        return views
+
+    def _views_from_stage(
+        self, group: Box, todo: list[tuple[tuple[int, ...], int, tuple[int, ...]]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Both sides of each face cut from the staged tiles (one zarr read for the group)."""
+        plan = self.plan
         # the group and one tile more along each axis (the upper neighbours), in one read
         reach = tuple((a, min(b + 1, n)) for (a, b), n in zip(group, plan.grid, strict=True))
         staged = np.asarray(self.stage[box_slices(reach)])
-        for index, axis, nb in faces:
+        views = []
+        for index, axis, nb in todo:
             mine = staged[tuple(i - a for i, (a, _) in zip(index, reach, strict=True))]
             theirs = staged[tuple(i - a for i, (a, _) in zip(nb, reach, strict=True))]
             box_lo, box_hi = face_views(plan, index, axis)
             a = mine[box_slices(box_lo, plan.stage_origin(index))]
             b = theirs[box_slices(box_hi, plan.stage_origin(nb))]
-            pairs = match_labels(a, b, self.threshold)
-            tile, other = plan.tile_id(index), plan.tile_id(nb)
-            rows.extend((tile, int(la), other, int(lb)) for la, lb in pairs.tolist())
-        return rows
+            views.append((a, b))
+        return views
 
     def __call__(self, group: Box) -> None:
         started, start = time.time(), time.perf_counter()

@@ -45,7 +45,9 @@ def make_handler(run: RunDir, task: str) -> tuple[TilePlan, TaskRecords, Handler
         stage = open_stage(run.stage, mode="r+")
         fn = run.load_fn()
         image = spec.source.open()
-        segmenter = Segmenter(plan, image, spec.source.channel_axes, stage, records, fn)
+        segmenter = Segmenter(
+            plan, image, spec.source.channel_axes, stage, records, fn, faces=run.faces
+        )
 
         def segment(group: Box) -> None:
             for index in plan.tiles_in(group):
@@ -54,7 +56,9 @@ def make_handler(run: RunDir, task: str) -> tuple[TilePlan, TaskRecords, Handler
         return plan, records, segment
     if task == "stitch":
         segments = TaskRecords(run.records("segment"), "segment")
-        stitcher = Stitcher(plan, open_stage(run.stage), records, spec.merge_threshold, segments)
+        stitcher = Stitcher(
+            plan, open_stage(run.stage), records, spec.merge_threshold, segments, run.faces
+        )
         return plan, records, stitcher
     if task == "relabel":
         output = open_array(spec.output_store, spec.output_path, mode="r+")

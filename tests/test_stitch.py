@@ -158,13 +158,17 @@ def test_empty_tiles_are_never_read_and_sparse_volumes_equal_whole(
     assert isinstance(stitcher, Stitcher)
     counting = _CountingStage(stitcher.stage)
     stitcher.stage = counting  # type: ignore[assignment]
-    blind = Stitcher(plan, stitcher.stage, stitcher.records, 0.0, segments=None)
+    # face files on: no stage read at all; off: one read per group with labelled faces
+    no_files = Stitcher(plan, counting, stitcher.records, 0.0, stitcher.segments, faces=None)
+    blind = Stitcher(plan, counting, stitcher.records, 0.0, segments=None, faces=None)
     groups = list(plan.groups("stitch"))
     informed = sorted(e for g in groups for e in stitcher.edges(g))
+    assert counting.reads == 0
+    from_stage = sorted(e for g in groups for e in no_files.edges(g))
     reads_informed = counting.reads
     everything = sorted(e for g in groups for e in blind.edges(g))
-    assert informed == everything and len(informed) > 0
-    assert reads_informed < len(groups) == counting.reads - reads_informed
+    assert informed == from_stage == everything and len(informed) > 0
+    assert 0 < reads_informed < len(groups) == counting.reads - reads_informed
     out, num = run_in_process(run)
     whole, n_whole = ndi.label(img > 0.5)
     assert_one_to_one(whole, out)
