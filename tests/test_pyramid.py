@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import assert_one_to_one, blobs
-from fns import first_channel_cc
+from fns import cc_label, first_channel_cc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -199,3 +199,42 @@ def test_tile_process_into_image_labels_then_pyramid_opens_in_ome_zarr_py(
     # and from the label image itself, with the image found through image-label.source
     nodes = list(reader_mod.Reader(io_mod.parse_url(str(out)))())
     assert [n.metadata.get("name") for n in nodes if n.data][-1] == "cells"
+
+
+def test_napari_reads_the_labels_headless(tmp_path: Path) -> None:
+    """napari's reader (napari-ome-zarr, no Qt, no viewer) opens the label image with every
+    pyramid level and the image's scale: inside the image's labels/ group and standalone."""
+    import npe2
+    from napari.plugins.io import read_data_with_plugins
+
+    npe2.PluginManager.instance().discover()  # what napari does when it starts
+    img = tmp_path / "img.ome.zarr"
+    base = blobs((24, 40, 40), seed=9)
+    write_ngff(
+        img,
+        "0.5",
+        [base],
+        space("z", "y", "x"),
+        [[{"type": "scale", "scale": [2.0, 0.5, 0.5]}]],
+    )
+    inside = img / "labels" / "cells"
+    standalone = tmp_path / "cells.ome.zarr"
+    for out in (inside, standalone):
+        tile_process(str(img), cc_label, (12, 16, 16), 2, write_to=out, merge_threshold=0.0)
+    want = [(24, 40, 40), (24, 20, 20), (12, 10, 10)]
+    whole = ndi.label(base > 0.5)[0]
+
+    layers, _ = read_data_with_plugins([str(img)], plugin="napari-ome-zarr")
+    kinds = [kind for _, _, kind in layers]
+    assert kinds == ["image", "labels"]
+    data, meta, _ = layers[1]
+    assert [tuple(level.shape) for level in data] == want
+    assert list(meta["scale"]) == [2.0, 0.5, 0.5]
+    assert_one_to_one(whole, np.asarray(data[0]))
+
+    layers, _ = read_data_with_plugins([str(standalone)], plugin="napari-ome-zarr")
+    assert [kind for _, _, kind in layers] == ["labels"]
+    data, meta, _ = layers[0]
+    assert [tuple(level.shape) for level in data] == want
+    assert list(meta["scale"]) == [2.0, 0.5, 0.5]
+    assert_one_to_one(whole, np.asarray(data[0]))
