@@ -10,7 +10,9 @@ stitch reads those instead of the stage.
 
 from __future__ import annotations
 
-import io
+import json
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +66,22 @@ def tile_faces(plan: TilePlan, index: tuple[int, ...], chunk: np.ndarray) -> dic
 
 def face_file(root: Path, tile: int) -> Path:
     """Where the faces of ``tile`` are kept under ``root`` (``<run_dir>/faces``)."""
-    return Path(root) / f"{tile}.npz.zst"
+    return Path(root) / f"{tile}.faces.zst"
 
 
 def write_faces(root: Path, tile: int, faces: dict[str, np.ndarray]) -> None:
-    """Write ``faces`` for ``tile`` (whole, then renamed into place)."""
-    buf = io.BytesIO()
-    np.savez(buf, **faces)
+    """Write ``faces`` for ``tile`` (whole, then renamed into place).
+
+    The file is zstd over ``header length (4 bytes, little endian) + JSON header + the arrays'
+    bytes``; the header lists each array's name, dtype and shape, in order.
+    """
+    arrays = {name: np.ascontiguousarray(a) for name, a in faces.items()}
+    header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]).encode()
+    payload = b"".join(
+        [struct.pack("<I", len(header)), header, *(a.tobytes() for a in arrays.values())]
+    )
     Path(root).mkdir(parents=True, exist_ok=True)
-    write_atomic(face_file(root, tile), bytes(_CODEC.encode(buf.getvalue())))
+    write_atomic(face_file(root, tile), bytes(_CODEC.encode(payload)))
 
 
 def read_faces(root: Path, tile: int) -> dict[str, np.ndarray] | None:
@@ -81,5 +90,13 @@ def read_faces(root: Path, tile: int) -> dict[str, np.ndarray] | None:
         data = face_file(root, tile).read_bytes()
     except FileNotFoundError:
         return None
-    with np.load(io.BytesIO(bytes(_CODEC.decode(data)))) as npz:
-        return {name: npz[name] for name in npz.files}
+    payload = memoryview(bytes(_CODEC.decode(data)))
+    (n,) = struct.unpack_from("<I", payload)
+    pos = 4 + n
+    faces: dict[str, np.ndarray] = {}
+    for name, dtype, shape in json.loads(bytes(payload[4:pos])):
+        dt = np.dtype(dtype)
+        count = math.prod(shape)
+        faces[name] = np.frombuffer(payload, dt, count, pos).reshape(shape)
+        pos += count * dt.itemsize
+    return faces
