@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,18 @@ def assert_one_to_one(expected: np.ndarray, actual: np.ndarray) -> None:
     pairs = np.unique(np.stack([expected[fg], actual[fg]]), axis=1)
     assert len(np.unique(pairs[0])) == pairs.shape[1], "a whole-image label was split"
     assert len(np.unique(pairs[1])) == pairs.shape[1], "two whole-image labels were merged"
+
+
+class CountingReads:
+    """Wraps an array (the stage) and counts the reads made through it."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.reads = 0
+
+    def __getitem__(self, key: Any) -> Any:
+        self.reads += 1
+        return self.array[key]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import write_zarr
+from conftest import CountingReads, write_zarr
 from fns import cc_label
 from serial import run_in_process
 
@@ -13,16 +13,6 @@ from blockbuster.driver import prepare_run
 from blockbuster.io import any_chunk_stored, open_array
 from blockbuster.relabel import Relabeler
 from blockbuster.worker import make_handler
-
-
-class _CountingStage:
-    def __init__(self, stage) -> None:
-        self.stage = stage
-        self.reads = 0
-
-    def __getitem__(self, key):
-        self.reads += 1
-        return self.stage[key]
 
 
 def test_background_blocks_skip_the_stage_and_clear_stale_output(tmp_path: Path) -> None:
@@ -47,7 +37,7 @@ def test_background_blocks_skip_the_stage_and_clear_stale_output(tmp_path: Path)
     assert not any_chunk_stored(output, ((8, 16), (0, 56)))  # background never written
     plan, _, handler = make_handler(run, "relabel")
     assert isinstance(handler, Relabeler)
-    counting = _CountingStage(handler.stage)
+    counting = CountingReads(handler.stage)
     handler.stage = counting  # type: ignore[assignment]
     groups = list(plan.groups("relabel"))
     for group in groups:

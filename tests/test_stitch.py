@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_to_one, blobs, write_zarr
+from conftest import CountingReads, assert_one_to_one, blobs, write_zarr
 from fns import cc_label
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -117,18 +117,6 @@ def test_grouped_blocks_equal_whole(tmp_path: Path, tile, overlap) -> None:
     assert sorted(stitched) == list(range(spec.plan.num_tiles))
 
 
-class _CountingStage:
-    """A stage array that counts reads."""
-
-    def __init__(self, stage) -> None:
-        self.stage = stage
-        self.reads = 0
-
-    def __getitem__(self, key):
-        self.reads += 1
-        return self.stage[key]
-
-
 @pytest.mark.parametrize("overlap", [0, 2])
 def test_empty_tiles_are_never_read_and_sparse_volumes_equal_whole(
     tmp_path: Path, overlap: int
@@ -156,7 +144,7 @@ def test_empty_tiles_are_never_read_and_sparse_volumes_equal_whole(
     # stitch with and without knowing which tiles are empty: the same edges, fewer reads
     _, _, stitcher = make_handler(run, "stitch")
     assert isinstance(stitcher, Stitcher)
-    counting = _CountingStage(stitcher.stage)
+    counting = CountingReads(stitcher.stage)
     stitcher.stage = counting  # type: ignore[assignment]
     # face files on: no stage read at all; off: one read per group with labelled faces
     no_files = Stitcher(plan, counting, stitcher.records, 0.0, stitcher.segments, faces=None)
