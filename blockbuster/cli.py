@@ -158,7 +158,7 @@ def _resubmit(args: argparse.Namespace) -> int:
     options = replace(options, status_page=_page(args.status_page))
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
     result = execute_run(run, options, progress=not args.no_progress)
-    print(result.summary())
+    print(result.summary(table=args.no_progress))  # with progress, stderr has the table
     return 0
 
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(result.summary())
+    print(result.summary(table=args.no_progress))  # with progress, stderr has the table
     return 0
 
 

@@ -122,7 +122,9 @@ class RunResult:
     def ok(self) -> bool:
         return all(t.ok for t in self.tasks.values()) and "relabel" in self.tasks
 
-    def summary(self) -> str:
+    def summary(self, table: bool = True) -> str:
+        """The run in a few lines: output, labels, tiles, fn calls, block map; then the
+        per-stage table unless ``table=False`` (a run with progress on printed it already)."""
         lines = [
             f"output          {self.output}",
             f"labels          {self.num_labels}",
@@ -132,9 +134,9 @@ class RunResult:
         ]
         if self.block_map:
             lines.append(f"block map       {self.block_map}")
-        if self.table:
+        if self.table and table:
             lines += ["", self.table, ""]
-        else:
+        elif not self.table:
             lines += [f"{k:<16}{v:.2f} s" for k, v in self.seconds.items()]
         for name, t in self.tasks.items():
             if not t.ok:

@@ -51,7 +51,7 @@ def main() -> None:
         sequential_labels=True,
         overwrite=True,
     )
-    print(result.summary())
+    print(result.summary(table=False))  # progress=True printed the table already
     labels = zarr.open_array(str(out / "labels.zarr"))
     sample = np.asarray(labels[: min(shape[0], tile[0] * 2)])
     present = fastremap.unique(sample)

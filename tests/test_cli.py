@@ -49,7 +49,18 @@ def test_segment_with_a_module_fn(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     whole, n = ndi.label(img > 0.5)
     assert f"labels          {n}" in done.stdout
+    assert done.stdout.count("voxels/s") == 1  # the table, once: no progress on stderr
     assert_one_to_one(whole, zarr.open_array(str(tmp_path / "out.zarr"))[:])
+
+
+def test_with_progress_the_table_is_printed_once(tmp_path: Path) -> None:
+    src = write_zarr(tmp_path / "img.zarr", blobs((32, 32), seed=2))
+    args = ["segment", src, str(tmp_path / "out.zarr"), "--fn", "fns:cc_label"]
+    done = cli(*args, "--tile", "16,16", "--status-page", "off", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "labels          " in done.stdout and "voxels/s" not in done.stdout
+    assert done.stderr.count("voxels/s") == 1
+    assert "segment: 4/4 tiles" in done.stderr
 
 
 def test_default_watershed_with_kwargs(tmp_path: Path) -> None:
