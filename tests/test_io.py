@@ -58,10 +58,19 @@ def test_plain_output_keeps_time_when_asked(tmp_path: Path) -> None:
     assert out.shape == (8, 9) and out.chunks == (4, 4) and path == ""
 
 
-@pytest.mark.parametrize("shards", [None, (4, 8)])
-def test_any_chunk_stored_sees_only_written_chunks(tmp_path: Path, shards) -> None:
+@pytest.mark.parametrize(
+    ("shards", "fmt", "sep"), [(None, 3, None), ((4, 8), 3, None), (None, 2, "/"), (None, 2, ".")]
+)
+def test_any_chunk_stored_sees_only_written_chunks(tmp_path: Path, shards, fmt, sep) -> None:
+    kwargs = {"chunk_key_encoding": {"name": "v2", "separator": sep}} if sep else {}
     arr = zarr.create_array(
-        str(tmp_path / "a.zarr"), shape=(10, 16), chunks=(2, 4), shards=shards, dtype="uint32"
+        str(tmp_path / "a.zarr"),
+        shape=(10, 16),
+        chunks=(2, 4),
+        shards=shards,
+        dtype="uint32",
+        zarr_format=fmt,
+        **kwargs,
     )
     assert not any_chunk_stored(arr, ((0, 10), (0, 16)))
     arr[5, 9] = 7  # chunk (2, 2); shard (1, 1)
