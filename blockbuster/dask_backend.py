@@ -13,12 +13,15 @@ clients are refused up front; :func:`make_local_cluster` always starts process w
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 from blockbuster.geometry import Box
+from blockbuster.gpu import find_gpus
 from blockbuster.rundir import RunDir
 
 IN_PROCESS_ERROR = (
@@ -33,7 +36,8 @@ IN_PROCESS_ERROR = (
 def make_local_cluster(
     use_gpu: bool = False,
     n_workers: int | None = None,
-    memory_limit: str | float | None = "auto",
+    memory_limit: str | float | None = None,
+    gpus: Sequence[int | str] | None = None,
     **cluster_kwargs: Any,
 ) -> tuple[Any, Any]:
     """Start a local Dask cluster whose workers are processes with one thread each.
@@ -41,11 +45,19 @@ def make_local_cluster(
     Parameters
     ----------
     use_gpu
-        One worker (one GPU evaluation at a time) unless ``n_workers`` says otherwise.
+        One worker per GPU, each pinned to its own device through ``CUDA_VISIBLE_DEVICES``
+        (so one fn evaluation per GPU at a time) and to one thread for OpenMP/MKL/BLAS.
+        The GPUs are those ``CUDA_VISIBLE_DEVICES`` lists where it is set (as a scheduler
+        sets it for a job), else every GPU ``nvidia-ml-py`` counts; with neither, one
+        unpinned worker.
     n_workers
-        Worker processes; default 1 with ``use_gpu``, else the number of CPU cores.
+        Worker processes; default one per GPU with ``use_gpu``, else one per CPU core.
+        More workers than GPUs share the devices in turn.
     memory_limit
-        Per-worker memory limit, as ``distributed.LocalCluster`` takes it.
+        Per-worker memory limit, as ``distributed.LocalCluster`` takes it; default: the
+        machine's memory split evenly over the workers.
+    gpus
+        With ``use_gpu``: the devices to use (indices or UUIDs) instead of every visible one.
     **cluster_kwargs
         Passed to ``LocalCluster`` (``processes`` and ``threads_per_worker`` are fixed).
 
@@ -57,22 +69,72 @@ def make_local_cluster(
     import os
 
     from distributed import Client, LocalCluster
+    from distributed.system import MEMORY_LIMIT
 
     for fixed in ("processes", "threads_per_worker"):
         if fixed in cluster_kwargs:
             raise ValueError(f"make_local_cluster fixes {fixed}; do not pass it")
+    if gpus is not None and not use_gpu:
+        raise ValueError("gpus=... pins workers to GPUs only with use_gpu=True; pass both")
+    devices: tuple[str, ...] = ()
+    if use_gpu:
+        devices = tuple(str(g) for g in gpus) if gpus is not None else find_gpus().devices
     if n_workers is None:
-        n_workers = 1 if use_gpu else (os.cpu_count() or 1)
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=memory_limit,
-        **cluster_kwargs,
-    )
+        n_workers = max(len(devices), 1) if use_gpu else (os.cpu_count() or 1)
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers={n_workers!r} must be a positive integer")
+    if memory_limit is None:
+        memory_limit = int(MEMORY_LIMIT // n_workers)
+    if use_gpu:
+        cluster: Any = _GPUCluster(devices, n_workers, memory_limit=memory_limit, **cluster_kwargs)
+    else:
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            **cluster_kwargs,
+        )
     client = Client(cluster)
+    client.wait_for_workers(n_workers)
     print(f"Dask dashboard: {client.dashboard_link}", flush=True)
     return client, cluster
+
+
+def _gpu_worker_env(devices: Sequence[str], number: int) -> dict[str, str]:
+    """Environment of GPU worker ``number``: one thread, and its device when there are any."""
+    env = {var: "1" for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = devices[number % len(devices)]
+    return env
+
+
+@functools.cache
+def _gpu_cluster_class() -> type:
+    from distributed import LocalCluster
+
+    class GPUCluster(LocalCluster):
+        """A LocalCluster whose process workers each get their own GPU (in turn)."""
+
+        def __init__(self, devices: Sequence[str], n_workers: int, **kwargs: Any) -> None:
+            self.devices = tuple(devices)
+            # start with none, then add them through new_worker_spec so each gets its env
+            super().__init__(n_workers=0, threads_per_worker=1, processes=True, **kwargs)
+            self.scale(n_workers)
+
+        def new_worker_spec(self) -> dict[Any, dict[str, Any]]:
+            spec = super().new_worker_spec()
+            ((name, worker),) = spec.items()
+            options = dict(worker["options"])
+            options["env"] = {**options.get("env", {}), **_gpu_worker_env(self.devices, int(name))}
+            return {name: {**worker, "options": options}}
+
+    return GPUCluster
+
+
+def _GPUCluster(devices: Sequence[str], n_workers: int, **kwargs: Any) -> Any:  # noqa: N802
+    """The GPU cluster (its class is built on first use: distributed imports slowly)."""
+    return _gpu_cluster_class()(devices, n_workers, **kwargs)
 
 
 def active_client() -> Any | None:

@@ -27,7 +27,7 @@ from daisy import logging as daisy_logging
 
 from blockbuster.dask_backend import active_client, check_client, run_task
 from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
-from blockbuster.gpu import bytes_per_voxel, gpu_memory, size_tile
+from blockbuster.gpu import bytes_per_voxel, find_gpus, size_tile
 from blockbuster.io import (
     ImageSource,
     check_output,
@@ -482,9 +482,9 @@ def tile_process(
             check_client(client)
     gpu_budget = None
     if use_gpu:
-        free, measured = gpu_memory()
-        gpu_budget = (min(free), bytes_per_voxel(fn))
-        options = replace(options, gpus=tuple(range(len(free))) if measured else ())
+        gpus = find_gpus()
+        gpu_budget = (min(gpus.free), bytes_per_voxel(fn))
+        options = replace(options, gpus=gpus.devices)
     run, _, _ = prepare_run(
         image,
         fn,

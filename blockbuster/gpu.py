@@ -9,8 +9,10 @@ free is assumed and a warning is given once.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 #: assumed free VRAM when it cannot be read
@@ -33,33 +35,85 @@ def _warn_once(reason: str) -> None:
         _warned = True
 
 
+def visible_devices() -> list[str] | None:
+    """The devices ``CUDA_VISIBLE_DEVICES`` leaves visible, as written there; None if unset.
+
+    CUDA stops at the first entry it cannot use, so does this: ``"-1"`` or ``""`` hides every
+    device. Schedulers (SLURM, LSF) set the variable to a job's GPUs; workers must then be
+    given those entries, not NVML's indices of every GPU in the machine.
+    """
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    devices: list[str] = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry or entry.startswith("-"):
+            break
+        devices.append(entry)
+    return devices
+
+
+@dataclass(frozen=True)
+class GPUs:
+    """The GPUs a run may use."""
+
+    devices: tuple[str, ...]
+    """One ``CUDA_VISIBLE_DEVICES`` value per GPU, to pin one worker to it."""
+    free: tuple[int, ...]
+    """Free bytes per GPU (``DEFAULT_FREE_BYTES`` where unmeasured); never empty."""
+    measured: bool
+    """Whether ``free`` was read from NVML."""
+
+
+def _handle(pynvml: Any, device: str) -> Any:
+    if device.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(device))
+    return pynvml.nvmlDeviceGetHandleByUUID(device)
+
+
+def find_gpus() -> GPUs:
+    """The visible GPUs and their free memory.
+
+    Devices are those of ``CUDA_VISIBLE_DEVICES`` where it is set, else every GPU NVML counts.
+    Without ``nvidia-ml-py`` or a driver, 8 GiB free is assumed (warned once) and the devices
+    are those of ``CUDA_VISIBLE_DEVICES`` (none when it is unset: workers are left unpinned).
+    """
+    visible = visible_devices()
+    assumed = GPUs(tuple(visible or ()), (DEFAULT_FREE_BYTES,), False)
+    try:
+        import pynvml
+    except ImportError:
+        _warn_once("nvidia-ml-py is not installed")
+        return assumed
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        _warn_once(f"NVML: {e}")
+        return assumed
+    try:
+        devices = (
+            visible if visible is not None else [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        )
+        free = [int(pynvml.nvmlDeviceGetMemoryInfo(_handle(pynvml, d)).free) for d in devices]
+    except pynvml.NVMLError as e:
+        _warn_once(f"NVML: {e}")
+        return assumed
+    finally:
+        pynvml.nvmlShutdown()
+    if not free:
+        _warn_once("no GPU is visible")
+        return assumed
+    return GPUs(tuple(devices), tuple(free), True)
+
+
 def gpu_memory() -> tuple[list[int], bool]:
     """Free bytes of each visible GPU, and whether they were measured.
 
     Returns ``([DEFAULT_FREE_BYTES], False)`` when NVML is unavailable.
     """
-    try:
-        import pynvml
-    except ImportError:
-        _warn_once("nvidia-ml-py is not installed")
-        return [DEFAULT_FREE_BYTES], False
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as e:
-        _warn_once(f"NVML: {e}")
-        return [DEFAULT_FREE_BYTES], False
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        free = [
-            int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free)
-            for i in range(count)
-        ]
-    finally:
-        pynvml.nvmlShutdown()
-    if not free:
-        _warn_once("NVML sees no GPU")
-        return [DEFAULT_FREE_BYTES], False
-    return free, True
+    gpus = find_gpus()
+    return list(gpus.free), gpus.measured
 
 
 def bytes_per_voxel(fn: Any) -> int:

@@ -47,8 +47,9 @@ class WorkerLauncher:
         launch script called as ``SCRIPT RUN_DIR TASK`` with ``DAISY_CONTEXT`` and
         ``BLOCKBUSTER_PYTHON`` (this interpreter) in its environment.
     gpus
-        For GPU workers: pin to one thread, and to ``gpus[worker_id % len(gpus)]`` through
-        ``CUDA_VISIBLE_DEVICES`` when the list is not empty.
+        For GPU workers: pin to one thread, and, for local workers, to
+        ``gpus[worker_id % len(gpus)]`` through ``CUDA_VISIBLE_DEVICES`` when the list is not
+        empty (a launch script's scheduler assigns GPUs to its jobs itself).
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class WorkerLauncher:
         run_dir: Path | str,
         task: str,
         launcher: str = LOCAL,
-        gpus: tuple[int, ...] | None = None,
+        gpus: tuple[str, ...] | None = None,
     ) -> None:
         self.run_dir = str(run_dir)
         self.task = task
@@ -71,9 +72,11 @@ class WorkerLauncher:
             # one fn evaluation per GPU at a time: one device and one thread per worker
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                 os.environ[var] = "1"
-            if self.gpus and context is not None:
+            # only for workers on this machine: a scheduler (launch script) gives each job its
+            # own GPUs on its node, which this machine's device numbers do not name
+            if self.gpus and context is not None and self.launcher == LOCAL:
                 slot = max(int(context.get("worker_id", 0)), 0)
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot % len(self.gpus)])
+                os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         os.environ["BLOCKBUSTER_PYTHON"] = sys.executable
         sys.stdout.flush()
         sys.stderr.flush()

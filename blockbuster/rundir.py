@@ -98,9 +98,9 @@ class RunOptions:
     keep_stage: bool = False
     host: str | None = "127.0.0.1"
     launcher: str = "local"
-    #: GPU workers: None for CPU runs; the device indices to spread segment workers over
-    #: (empty when they could not be counted: one thread per worker, devices left as they are)
-    gpus: tuple[int, ...] | None = None
+    #: GPU workers: None for CPU runs; the ``CUDA_VISIBLE_DEVICES`` values to spread segment
+    #: workers over (empty when unknown: one thread per worker, devices left as they are)
+    gpus: tuple[str, ...] | None = None
     #: ``HOST:PORT`` of the live status page (port 0: any free one), or None for no page
     status_page: str | None = "127.0.0.1:0"
 
@@ -192,7 +192,7 @@ class RunDir:
             return RunOptions()
         data = json.loads(self.options_file.read_text())
         if data.get("gpus") is not None:
-            data["gpus"] = tuple(data["gpus"])
+            data["gpus"] = tuple(str(g) for g in data["gpus"])
         return RunOptions(**data)
 
     def read_spec(self) -> RunSpec:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,31 @@ class CountingReads:
 def blob_volume(tmp_path: Path) -> tuple[str, np.ndarray]:
     img = blobs((30, 47, 53))
     return write_zarr(tmp_path / "img.zarr", img, chunks=(16, 16, 16)), img
+
+
+def fake_nvml(monkeypatch: pytest.MonkeyPatch, free: list[int] | dict[str, int]) -> None:
+    """Make nvidia-ml-py answer as a machine with these GPUs (free bytes by index or UUID).
+
+    A list gives GPUs 0..n-1; a dict maps index strings or UUIDs to free bytes, and NVML counts
+    its integer keys. CUDA_VISIBLE_DEVICES is removed unless the test sets it afterwards.
+    """
+    import pynvml
+
+    table = {str(i): f for i, f in enumerate(free)} if isinstance(free, list) else dict(free)
+
+    def by_key(key: str) -> str:
+        if key not in table:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return key
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: sum(k.isdigit() for k in table))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: by_key(str(i)))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByUUID", by_key)
+    monkeypatch.setattr(
+        pynvml,
+        "nvmlDeviceGetMemoryInfo",
+        lambda h: SimpleNamespace(free=table[h], total=2**40),
+    )

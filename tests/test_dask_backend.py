@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from conftest import assert_one_to_one, blobs, write_zarr
+from conftest import assert_one_to_one, blobs, fake_nvml, write_zarr
 from fns import cc_label, counting_cc_label, fail_on_value
 from scipy import ndimage as ndi
 
@@ -37,8 +38,11 @@ def cluster() -> Iterator[tuple]:
 def test_tiled_equals_whole_on_a_two_process_cluster(
     tmp_path: Path, cluster: tuple, sequential: bool
 ) -> None:
+    from distributed.system import MEMORY_LIMIT
+
     client, _ = cluster
-    assert len(client.scheduler_info()["workers"]) == 2
+    workers = client.scheduler_info()["workers"].values()
+    assert [w["memory_limit"] for w in workers] == [MEMORY_LIMIT // 2] * 2  # split evenly
     img = blobs((24, 40, 36), sigma=1.5, seed=5)
     src = write_zarr(tmp_path / "img.zarr", img)
     calls = tmp_path / "calls"
@@ -89,12 +93,22 @@ def test_in_process_client_is_refused_before_anything_is_written(tmp_path: Path)
     assert not (tmp_path / "o.zarr.blockbuster").exists()
 
 
+def _worker_env() -> tuple[str, str]:
+    import os
+
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "-"), os.environ.get("OMP_NUM_THREADS", "-")
+
+
 def test_make_local_cluster_uses_processes_and_prints_the_dashboard(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, cluster = make_local_cluster(use_gpu=True, dashboard_address=":0")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no GPU can be counted
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.warns(RuntimeWarning, match="assuming 8 GiB"):
+        client, cluster = make_local_cluster(use_gpu=True, dashboard_address=":0")
     try:
         assert len(cluster.workers) == 1  # one GPU evaluation at a time
+        assert set(client.run(_worker_env).values()) == {("-", "1")}  # not pinned to a device
         assert all(not a.startswith("inproc://") for a in client.scheduler_info()["workers"])
         assert client.dashboard_link.startswith("http")
         assert f"Dask dashboard: {client.dashboard_link}" in capsys.readouterr().out
@@ -103,3 +117,37 @@ def test_make_local_cluster_uses_processes_and_prints_the_dashboard(
         cluster.close()
     with pytest.raises(ValueError, match="fixes processes"):
         make_local_cluster(processes=False)
+    with pytest.raises(ValueError, match="n_workers=0 must be a positive integer"):
+        make_local_cluster(n_workers=0)
+    with pytest.raises(ValueError, match="only with use_gpu=True"):
+        make_local_cluster(gpus=[0])
+
+
+def test_gpu_cluster_has_one_worker_per_gpu_each_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distributed.system import MEMORY_LIMIT
+
+    # a node with 4 GPUs of which the job was given 1 and 3
+    fake_nvml(monkeypatch, [2**34] * 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    client, cluster = make_local_cluster(use_gpu=True, dashboard_address=":0")
+    try:
+        assert sorted(client.run(_worker_env).values()) == [("1", "1"), ("3", "1")]
+        # the machine's memory is split over the workers (not 1/cores each, dask's default
+        # for a one-thread worker, which pauses a GPU worker holding a large tile)
+        limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+        assert limits == [MEMORY_LIMIT // 2] * 2
+        # workers added later are pinned too, taking the GPUs in turn
+        cluster.scale(3)
+        client.wait_for_workers(3)
+        assert sorted(e[0] for e in client.run(_worker_env).values()) == ["1", "3", "3"]
+    finally:
+        client.close()
+        cluster.close()
+    client, cluster = make_local_cluster(
+        use_gpu=True, gpus=["GPU-x"], n_workers=2, dashboard_address=":0"
+    )
+    try:
+        assert set(client.run(_worker_env).values()) == {("GPU-x", "1")}
+    finally:
+        client.close()
+        cluster.close()

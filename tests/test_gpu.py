@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from conftest import blobs, write_zarr
+from conftest import blobs, fake_nvml, write_zarr
 from fns import GpuEnvLogger
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,18 +15,6 @@ from hypothesis import strategies as st
 import blockbuster.gpu as gpu
 from blockbuster import tile_process
 from blockbuster.rundir import RunDir
-
-
-def fake_nvml(monkeypatch: pytest.MonkeyPatch, free: list[int]) -> None:
-    import pynvml
-
-    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
-    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: len(free))
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
-    monkeypatch.setattr(
-        pynvml, "nvmlDeviceGetMemoryInfo", lambda h: SimpleNamespace(free=free[h], total=2**40)
-    )
 
 
 def need(tile, overlap, per_voxel):
@@ -68,8 +55,66 @@ def test_memory_read_through_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     assert gpu.gpu_memory() == ([3 * 2**30, 5 * 2**30], True)
 
 
+@pytest.mark.parametrize(
+    ("value", "devices"),
+    [
+        (None, None),
+        ("", []),
+        ("-1", []),
+        ("0,1", ["0", "1"]),
+        (" 2 , 3 ", ["2", "3"]),
+        ("2,-1,3", ["2"]),  # CUDA ignores everything after an invalid entry
+        ("GPU-8f2a,MIG-1c3d", ["GPU-8f2a", "MIG-1c3d"]),
+    ],
+)
+def test_visible_devices_read_as_cuda_does(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, devices: list[str] | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert gpu.visible_devices() == devices
+
+
+def test_every_gpu_when_none_is_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_nvml(monkeypatch, [3 * 2**30, 5 * 2**30, 7 * 2**30])
+    assert gpu.find_gpus() == gpu.GPUs(("0", "1", "2"), (3 * 2**30, 5 * 2**30, 7 * 2**30), True)
+
+
+def test_only_the_gpus_a_scheduler_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a node with 8 GPUs of which the job got 3 and 5 (SLURM/LSF set CUDA_VISIBLE_DEVICES):
+    # the others' free memory must not size tiles, and workers must not be pinned to them
+    fake_nvml(monkeypatch, {str(i): (i + 1) * 2**30 for i in range(8)})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert gpu.find_gpus() == gpu.GPUs(("3", "5"), (4 * 2**30, 6 * 2**30), True)
+    # by UUID, as some schedulers and MIG set it
+    fake_nvml(monkeypatch, {"0": 2**30, "GPU-aa": 9 * 2**30, "GPU-bb": 2 * 2**30})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bb,GPU-aa")
+    assert gpu.find_gpus() == gpu.GPUs(("GPU-bb", "GPU-aa"), (2 * 2**30, 9 * 2**30), True)
+
+
+def test_unknown_assigned_gpu_falls_back_with_its_name_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_nvml(monkeypatch, [2**30])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-gone")
+    monkeypatch.setattr(gpu, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="NVML"):
+        assert gpu.find_gpus() == gpu.GPUs(("GPU-gone",), (8 * 2**30,), False)
+
+
+def test_without_nvml_the_assigned_gpus_are_still_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.setattr(gpu, "_warned", False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    with pytest.warns(RuntimeWarning, match="assuming 8 GiB"):
+        assert gpu.find_gpus() == gpu.GPUs(("1", "0"), (8 * 2**30,), False)
+
+
 def test_without_nvml_assume_8_gib_and_warn_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(gpu, "_warned", False)
     with pytest.warns(RuntimeWarning, match="assuming 8 GiB"):
         assert gpu.gpu_memory() == ([8 * 2**30], False)
@@ -92,11 +137,29 @@ def test_driver_error_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
         assert gpu.gpu_memory()[1] is False
 
 
+ROOM = 2 * 1000 * 28 * 28  # a 24 x 24 tile + halo at 1000 bytes/voxel, twice
+
+
+@pytest.mark.parametrize(
+    ("gpus", "assigned", "devices"),
+    [
+        # two GPUs, the smaller with room for a 24 x 24 tile + halo
+        ([ROOM, 10**12], None, {"0", "1"}),
+        # eight GPUs, the job was given 6 and 2; the others are nearly full (sizing against
+        # them would fail) and must not be used
+        ({**{str(i): 1000 for i in range(8)}, "2": ROOM, "6": 10**12}, "6,2", {"6", "2"}),
+    ],
+)
 def test_use_gpu_sizes_tiles_and_pins_workers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gpus: list[int] | dict[str, int],
+    assigned: str | None,
+    devices: set[str],
 ) -> None:
-    # two GPUs, the smaller with room for a 24 x 24 tile + halo at 1000 bytes/voxel (x2)
-    fake_nvml(monkeypatch, [2 * 1000 * 28 * 28, 10**12])
+    fake_nvml(monkeypatch, gpus)
+    if assigned is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", assigned)
     src = write_zarr(tmp_path / "img.zarr", blobs((60, 60), seed=1))
     log = tmp_path / "log"
     log.mkdir()
@@ -116,5 +179,5 @@ def test_use_gpu_sizes_tiles_and_pins_workers(
     assert plan.tile[0] >= 20 and plan.tile[1] >= 20
     assert result.fn_calls == plan.num_tiles
     entries = [p.read_text().split(" ", 2) for p in log.iterdir()]
-    assert {e[0] for e in entries} <= {"0", "1"}
+    assert {e[0] for e in entries} <= devices  # each worker on one of the run's GPUs
     assert {e[1] for e in entries} == {"1"}

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import assert_one_to_one, blobs, write_zarr
-from fns import cc_label
+from conftest import assert_one_to_one, blobs, fake_nvml, write_zarr
+from fns import GpuEnvLogger, cc_label
 from scipy import ndimage as ndi
 
 from blockbuster import tile_process
@@ -151,3 +151,28 @@ def test_host_option_announces_and_records_the_address(
         info = json.loads((tmp_path / "o.zarr.blockbuster" / "server" / f"{task}.json").read_text())
         assert info["host"] == host
         assert f"{task} workers connect to {host}:{info['port']}" in printed
+
+
+def test_jobs_get_their_gpus_from_the_scheduler_not_the_driver(
+    tmp_path: Path, fake_scheduler: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the driver's machine has two GPUs; the jobs run elsewhere, where SLURM picks their GPUs,
+    # so the driver's device numbers must not reach them (threads are still pinned to one)
+    fake_nvml(monkeypatch, [2**34, 2**34])
+    monkeypatch.setenv("SLURM_GPUS", "1")
+    src = write_zarr(tmp_path / "img.zarr", blobs((24, 24), seed=4))
+    log = tmp_path / "env"
+    log.mkdir()
+    result = tile_process(
+        src,
+        GpuEnvLogger(str(log)),
+        (12, 12),
+        2,
+        write_to=tmp_path / "out.zarr",
+        num_workers=2,
+        use_gpu=True,
+        launcher=str(WORKERS / "slurm.sh"),
+    )
+    assert result.fn_calls == 4
+    entries = [p.read_text().split(" ", 2)[:2] for p in log.iterdir()]
+    assert entries == [["-", "1"]] * 4
