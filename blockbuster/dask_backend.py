@@ -14,7 +14,9 @@ clients are refused up front; :func:`make_local_cluster` always starts process w
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -167,10 +169,13 @@ def check_client(client: Any) -> None:
 _HANDLERS: dict[tuple[str, str], Any] = {}
 
 
-def run_block(run_dir: str, task: str, group: Box) -> float:
+def run_block(run_dir: str, task: str, group: Box, timeout: float | None = None) -> float:
     """Dask task: run one block of ``task`` in this worker process; returns seconds.
 
-    Handlers (and so ``fn``) are built once per worker process and reused.
+    Handlers (and so ``fn``) are built once per worker process and reused. A block still
+    running after ``timeout`` seconds is recorded as failed and its worker process is killed
+    (a hung fn cannot be interrupted otherwise); the nanny restarts the worker and the
+    scheduler runs the block again, up to ``distributed.scheduler.allowed-failures`` times.
     """
     from blockbuster.worker import make_handler, record_failure
 
@@ -178,17 +183,37 @@ def run_block(run_dir: str, task: str, group: Box) -> float:
     if key not in _HANDLERS:
         _HANDLERS[key] = make_handler(RunDir(run_dir), task)
     plan, records, handle = _HANDLERS[key]
+
+    def time_out() -> None:
+        record_failure(
+            plan,
+            records,
+            group,
+            f"TimeoutError: the block ran past timeout={timeout} s; its Dask worker process "
+            f"(pid {os.getpid()}) was killed and is restarted by its nanny\n",
+        )
+        os._exit(75)
+
+    watchdog = threading.Timer(timeout, time_out) if timeout else None
     start = time.perf_counter()
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
     try:
         handle(group)
     except Exception:
         record_failure(plan, records, group, traceback.format_exc())
         raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     return time.perf_counter() - start
 
 
-def run_task(client: Any, run: RunDir, task: str, retries: int) -> tuple[int, int, str | None]:
-    """Run every block of ``task`` on ``client``.
+def run_task(
+    client: Any, run: RunDir, task: str, retries: int, timeout: float | None = None
+) -> tuple[int, int, str | None]:
+    """Run every block of ``task`` on ``client``; a block past ``timeout`` s kills its worker.
 
     Returns ``(completed, failed, first_error)`` counted in blocks.
     """
@@ -202,6 +227,7 @@ def run_task(client: Any, run: RunDir, task: str, retries: int) -> tuple[int, in
         [str(run.root)] * len(tiles),
         [task] * len(tiles),
         tiles,
+        [timeout] * len(tiles),
         pure=False,
         retries=retries,
         key=[f"blockbuster-{task}-{plan.tile_id([a for a, _ in g])}-{stamp}" for g in tiles],

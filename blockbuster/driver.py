@@ -418,7 +418,9 @@ def tile_process(
         Fraction in ``[0, 1)``; see :mod:`blockbuster.stitch` for the merge rule. ``0`` merges
         any shared voxel (exact for connected-component fns).
     timeout
-        Seconds a block may run before its worker is killed and the block retried.
+        Seconds a block may run before its worker is killed and the block retried (daisy
+        and Dask backends alike; on Dask the retries of a killed worker's block are Dask's
+        ``distributed.scheduler.allowed-failures``).
     max_retries
         Times a failed block is retried before it counts as failed.
     overwrite
@@ -515,7 +517,7 @@ def _run_on_dask(
             reports[name] = TaskReport(total, 0, 0, total, 0.0)
             continue
         t = time.perf_counter()
-        completed, failed, error = run_task(client, run, name, options.max_retries)
+        completed, failed, error = run_task(client, run, name, options.max_retries, options.timeout)
         reports[name] = TaskReport(total, completed, failed, 0, time.perf_counter() - t, error)
     return reports, time.perf_counter() - start
 

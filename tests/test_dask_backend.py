@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import zarr
 from conftest import assert_one_to_one, blobs, fake_nvml, write_zarr
-from fns import cc_label, counting_cc_label, fail_on_value
+from fns import cc_label, counting_cc_label, fail_on_value, hang_once, sigkill_once
 from scipy import ndimage as ndi
 
 from blockbuster import TileFailureError, make_local_cluster, tile_process
+from blockbuster.records import TaskRecords
 from blockbuster.rundir import RunDir
 
 
@@ -78,6 +79,48 @@ def test_failed_tile_on_dask_is_reported(tmp_path: Path, cluster: tuple) -> None
     assert list(result.failed["segment"]) == [3]
     assert len(result.failed["segment"][3]) == 2  # first try and one retry
     assert RunDir.for_output(tmp_path / "o.zarr").stage.exists()
+
+
+@pytest.mark.parametrize("fault", ["hang", "sigkill"])
+def test_hung_or_killed_worker_costs_one_block(tmp_path: Path, cluster: tuple, fault: str) -> None:
+    client, _ = cluster
+    img = blobs((40, 50), seed=11)
+    img[25, 33] = 1.5  # the trigger: the tile holding it hangs (or dies) on its first try
+    src = write_zarr(tmp_path / "img.zarr", img, chunks=(10, 10))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    faulty = hang_once if fault == "hang" else sigkill_once
+    kwargs = {"write_to": tmp_path / "out.zarr", "merge_threshold": 0.0, "keep_stage": True}
+    result = tile_process(
+        src,
+        functools.partial(faulty, marker_dir=str(markers), trigger=1.5),
+        (10, 10),
+        2,
+        timeout=4,
+        **kwargs,
+    )
+    assert (markers / ("hung" if fault == "hang" else "killed")).exists()
+    assert result.tiles_completed == result.tiles_total == 20
+    assert result.fn_calls == 21  # the faulty try and its retry
+    if fault == "hang":  # the watchdog recorded why it killed the worker
+        records = RunDir.for_output(tmp_path / "out.zarr").records("segment")
+        (error,) = TaskRecords(records, "segment").errors()
+        assert "ran past timeout=4 s" in error.traceback
+    clean = tile_process(
+        src,
+        cc_label,
+        (10, 10),
+        2,
+        write_to=tmp_path / "clean.zarr",
+        merge_threshold=0.0,
+        backend="daisy",
+    )
+    assert clean.num_labels == result.num_labels
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "out.zarr"))[:],
+        zarr.open_array(str(tmp_path / "clean.zarr"))[:],
+    )
+    client.wait_for_workers(2)  # the nanny restarted the killed worker
 
 
 def test_in_process_client_is_refused_before_anything_is_written(tmp_path: Path) -> None:
