@@ -9,7 +9,7 @@ cluster node without internet), and given an unknown name or a missing path, onl
 falls back to its default model. So a name must already be in Cellpose's model folder and a
 path must exist; anything else is a clear error naming where the file belongs.
 
-Supports cellpose 3.x (``"cyto3"``, ``"nuclei"``, ...) and 4.x (``"cpsam"``).
+Supports cellpose 3.x (``"cyto3"``, ``"nuclei"``, ...) and 4.x (``"cpsam_v2"``, ``"cpsam"``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,22 @@ def _cellpose_models() -> Any:
             "for your GPU or CPU first)"
         ) from None
     return models
+
+
+def cellpose_major() -> int:
+    """The installed Cellpose's major version (3 or 4)."""
+    from importlib.metadata import version
+
+    _cellpose_models()  # a clear error when Cellpose is missing
+    return int(version("cellpose").split(".")[0])
+
+
+def default_model() -> str:
+    """The default built-in model of the installed Cellpose (``cyto3``, or ``cpsam_v2``)."""
+    if cellpose_major() < 4:
+        return "cyto3"
+    names = list(getattr(_cellpose_models(), "MODEL_NAMES", ["cpsam"]))
+    return names[0]
 
 
 def model_dir() -> Path:
@@ -101,6 +117,7 @@ class CellposeFn:
     gpu: bool = False
     diameter: float | None = None
     channels: tuple[int, int] | None = None
+    multichannel: bool = False
     do_3D: bool = False
     eval_kwargs: dict[str, Any] = field(default_factory=dict)
     bytes_per_voxel: int = BYTES_PER_VOXEL
@@ -126,7 +143,7 @@ class CellposeFn:
         if self.channels is not None:
             kwargs["channels"] = list(self.channels)
         # with channels, blocks are (C, Y, X) or (C, Z, Y, X): blockbuster passes channels first
-        has_channels = self.channels is not None
+        has_channels = self.multichannel or self.channels is not None
         if has_channels:
             kwargs.setdefault("channel_axis", 0)
         if block.ndim - has_channels == 3:
@@ -136,11 +153,12 @@ class CellposeFn:
 
 
 def cellpose_fn(
-    model: str | os.PathLike[str] = "cyto3",
+    model: str | os.PathLike[str] | None = None,
     gpu: bool = False,
     diameter: float | None = None,
     channels: tuple[int, int] | list[int] | None = None,
     do_3D: bool = False,
+    multichannel: bool = False,
     **eval_kwargs: Any,
 ) -> CellposeFn:
     """Build a Cellpose ``fn`` for :func:`blockbuster.tile_process`.
@@ -149,19 +167,24 @@ def cellpose_fn(
     ----------
     model
         A built-in model name (cellpose 3: ``"cyto3"``, ``"nuclei"``, ...; cellpose 4:
-        ``"cpsam"``) whose weights are in Cellpose's model folder, or the path of a weights
-        file. Checked now; nothing is downloaded.
+        ``"cpsam_v2"``, ``"cpsam"``, ...) whose weights are in Cellpose's model folder, or the
+        path of a weights file; default: the installed Cellpose's default model. Checked now;
+        nothing is downloaded.
     gpu
         Evaluate on the GPU (one model per worker process; the worker pins torch to one
         thread).
     diameter
         Expected object diameter in pixels; ``None`` uses the model's own.
     channels
-        Cellpose 3 ``[cytoplasm, nucleus]`` channels for blocks with a leading channel axis,
-        e.g. ``(1, 2)``; ``None`` for single-channel images (and for cellpose 4).
+        Cellpose 3 only: ``[cytoplasm, nucleus]`` channels for blocks with a leading channel
+        axis, e.g. ``(1, 2)``; ``None`` for single-channel images.
     do_3D
         Segment 3D blocks in 3D; otherwise 3D blocks are segmented plane by plane (pass
         ``stitch_threshold`` to link planes inside a block).
+    multichannel
+        Blocks carry a leading channel axis (``tile_process(channels=True)``) and Cellpose
+        gets all of them (cellpose 4 takes up to three channels in any order; implied by
+        ``channels``).
     **eval_kwargs
         Passed to ``CellposeModel.eval`` (``flow_threshold``, ``cellprob_threshold``,
         ``stitch_threshold``, ``batch_size``, ...).
@@ -171,12 +194,19 @@ def cellpose_fn(
     CellposeFn
         A picklable callable returning uint32 labels; the model loads once per worker.
     """
-    weights = resolve_model(model)
+    if channels is not None and cellpose_major() >= 4:
+        raise ValueError(
+            f"cellpose_fn(channels={channels!r}) is a cellpose 3 option; cellpose 4 uses every "
+            "channel of the block: pass multichannel=True instead (with "
+            "tile_process(channels=True))"
+        )
+    weights = resolve_model(default_model() if model is None else model)
     return CellposeFn(
         weights=str(weights),
         gpu=bool(gpu),
         diameter=None if diameter is None else float(diameter),
         channels=None if channels is None else (int(channels[0]), int(channels[1])),
+        multichannel=bool(multichannel or channels is not None),
         do_3D=bool(do_3D),
         eval_kwargs=dict(eval_kwargs),
     )
