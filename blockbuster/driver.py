@@ -127,7 +127,7 @@ class RunResult:
         per-stage table unless ``table=False`` (a run with progress on printed it already)."""
         lines = [
             f"output          {self.output}",
-            f"labels          {self.num_labels}",
+            f"labels          {self.num_labels:,}",
             f"tiles           {self.tiles_completed}/{self.tiles_total} completed, "
             f"{self.tiles_failed} failed",
             f"fn calls        {self.fn_calls}",

@@ -48,7 +48,7 @@ def test_segment_with_a_module_fn(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     whole, n = ndi.label(img > 0.5)
-    assert f"labels          {n}" in done.stdout
+    assert f"labels          {n:,}" in done.stdout
     assert done.stdout.count("voxels/s") == 1  # the table, once: no progress on stderr
     assert_one_to_one(whole, zarr.open_array(str(tmp_path / "out.zarr"))[:])
 
