@@ -166,8 +166,9 @@ def test_pyramid_added_to_a_label_image_with_one_level(tmp_path: Path) -> None:
 def test_tile_process_into_image_labels_then_pyramid_opens_in_ome_zarr_py(
     tmp_path: Path,
 ) -> None:
-    reader_mod = pytest.importorskip("ome_zarr.reader")
-    io_mod = pytest.importorskip("ome_zarr.io")
+    import ome_zarr.io as io_mod
+    import ome_zarr.reader as reader_mod
+
     img = tmp_path / "img.ome.zarr"
     base = blobs((6, 20, 30), seed=4)
     shapes = [(2, 6, 20, 30), (2, 6, 10, 15), (2, 6, 5, 8)]
