@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from blockbuster.geometry import Box
-from blockbuster.gpu import find_gpus
+from blockbuster.gpu import find_gpus, gpu_worker_env
 from blockbuster.rundir import RunDir
 
 IN_PROCESS_ERROR = (
@@ -68,8 +68,6 @@ def make_local_cluster(
     (client, cluster)
         Close both when done. ``client.dashboard_link`` is printed.
     """
-    import os
-
     from distributed import Client, LocalCluster
     from distributed.system import MEMORY_LIMIT
 
@@ -88,7 +86,9 @@ def make_local_cluster(
     if memory_limit is None:
         memory_limit = int(MEMORY_LIMIT // n_workers)
     if use_gpu:
-        cluster: Any = _GPUCluster(devices, n_workers, memory_limit=memory_limit, **cluster_kwargs)
+        cluster: Any = _gpu_cluster_class()(
+            devices, n_workers, memory_limit=memory_limit, **cluster_kwargs
+        )
     else:
         cluster = LocalCluster(
             n_workers=n_workers,
@@ -103,16 +103,9 @@ def make_local_cluster(
     return client, cluster
 
 
-def _gpu_worker_env(devices: Sequence[str], number: int) -> dict[str, str]:
-    """Environment of GPU worker ``number``: one thread, and its device when there are any."""
-    env = {var: "1" for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    if devices:
-        env["CUDA_VISIBLE_DEVICES"] = devices[number % len(devices)]
-    return env
-
-
 @functools.cache
 def _gpu_cluster_class() -> type:
+    """The GPU cluster's class, built on first use (distributed imports slowly)."""
     from distributed import LocalCluster
 
     class GPUCluster(LocalCluster):
@@ -128,15 +121,10 @@ def _gpu_cluster_class() -> type:
             spec = super().new_worker_spec()
             ((name, worker),) = spec.items()
             options = dict(worker["options"])
-            options["env"] = {**options.get("env", {}), **_gpu_worker_env(self.devices, int(name))}
+            options["env"] = {**options.get("env", {}), **gpu_worker_env(self.devices, int(name))}
             return {name: {**worker, "options": options}}
 
     return GPUCluster
-
-
-def _GPUCluster(devices: Sequence[str], n_workers: int, **kwargs: Any) -> Any:  # noqa: N802
-    """The GPU cluster (its class is built on first use: distributed imports slowly)."""
-    return _gpu_cluster_class()(devices, n_workers, **kwargs)
 
 
 def active_client() -> Any | None:

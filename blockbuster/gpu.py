@@ -66,6 +66,15 @@ class GPUs:
     """Whether ``free`` was read from NVML."""
 
 
+def gpu_worker_env(devices: Sequence[str], number: int) -> dict[str, str]:
+    """Environment of GPU worker ``number``: one thread for OpenMP/MKL/BLAS, and
+    ``CUDA_VISIBLE_DEVICES`` set to ``devices[number % len(devices)]`` when there are any."""
+    env = {var: "1" for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = devices[number % len(devices)]
+    return env
+
+
 def _handle(pynvml: Any, device: str) -> Any:
     if device.isdigit():
         return pynvml.nvmlDeviceGetHandleByIndex(int(device))

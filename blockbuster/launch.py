@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from blockbuster.gpu import gpu_worker_env
+
 LOCAL = "local"
 
 
@@ -69,14 +71,12 @@ class WorkerLauncher:
             os.environ["DAISY_CONTEXT"] = context.to_env()
             record_server(self.run_dir, self.task, dict(context.items()))
         if self.gpus is not None:
-            # one fn evaluation per GPU at a time: one device and one thread per worker
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                os.environ[var] = "1"
-            # only for workers on this machine: a scheduler (launch script) gives each job its
-            # own GPUs on its node, which this machine's device numbers do not name
-            if self.gpus and context is not None and self.launcher == LOCAL:
-                slot = max(int(context.get("worker_id", 0)), 0)
-                os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+            # one fn evaluation per GPU at a time: one device and one thread per worker; the
+            # device only for workers on this machine: a scheduler (launch script) gives each
+            # job its own GPUs on its node, which this machine's device numbers do not name
+            local = context is not None and self.launcher == LOCAL
+            slot = max(int(context.get("worker_id", 0)), 0) if local else 0
+            os.environ.update(gpu_worker_env(self.gpus if local else (), slot))
         os.environ["BLOCKBUSTER_PYTHON"] = sys.executable
         sys.stdout.flush()
         sys.stderr.flush()
