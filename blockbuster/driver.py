@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -25,7 +24,9 @@ import daisy
 import numpy as np
 from daisy import logging as daisy_logging
 
+from blockbuster import ome
 from blockbuster.dask_backend import active_client, check_client, run_task
+from blockbuster.fingerprint import fn_fingerprint, input_fingerprint, same_fn
 from blockbuster.geometry import TilePlan, normalize_overlap, normalize_tile_shape
 from blockbuster.gpu import bytes_per_voxel, find_gpus, size_tile
 from blockbuster.io import (
@@ -37,11 +38,24 @@ from blockbuster.io import (
     is_ome_path,
 )
 from blockbuster.launch import LOCAL, WorkerLauncher, server_dir
+from blockbuster.lease import LEASE_FILE, Lease
+from blockbuster.ownership import (
+    check_replaceable,
+    check_write_to,
+    mark_output,
+    mark_run_dir,
+    new_run_id,
+    output_mark,
+    remove_created,
+    remove_debris,
+    run_dir_marker,
+)
 from blockbuster.records import TaskRecords, TileError
 from blockbuster.resolve import resolve
-from blockbuster.rundir import RunDir, RunOptions, RunSpec, describe_fn
+from blockbuster.rundir import RunDir, RunOptions, RunSpec, describe_fn, work_digest
 from blockbuster.segment import SegmentFn
 from blockbuster.table import EquivalenceTable
+from blockbuster.verify import block_keys, discard_damaged, missing_blocks
 
 logger = logging.getLogger("blockbuster")
 
@@ -58,6 +72,9 @@ class TaskReport:
     orphaned: int
     seconds: float
     error: str | None = None
+    #: blocks (by the tile they are recorded under) that daisy counted as done but that have
+    #: no valid record in the run directory
+    missing: tuple[int, ...] = ()
 
     @classmethod
     def from_state(cls, state: Any, seconds: float) -> TaskReport:
@@ -71,8 +88,13 @@ class TaskReport:
         )
 
     @property
-    def ok(self) -> bool:
+    def ok_by_daisy(self) -> bool:
+        """Whether daisy counted every block done (what the records say is :attr:`ok`)."""
         return self.failed == 0 and self.orphaned == 0 and self.completed == self.total
+
+    @property
+    def ok(self) -> bool:
+        return self.ok_by_daisy and not self.missing
 
 
 @dataclass
@@ -117,9 +139,13 @@ class RunResult:
     failed: dict[str, dict[int, list[TileError]]] = field(default_factory=dict)
     table: str = ""
     block_map: str | None = None
+    #: ``write_to`` already held this call's finished output: nothing was run
+    already_finished: bool = False
 
     @property
     def ok(self) -> bool:
+        if self.already_finished:
+            return True
         return all(t.ok for t in self.tasks.values()) and "relabel" in self.tasks
 
     def summary(self, table: bool = True) -> str:
@@ -138,11 +164,19 @@ class RunResult:
             lines += ["", self.table, ""]
         elif not self.table:
             lines += [f"{k:<16}{v:.2f} s" for k, v in self.seconds.items()]
+        if self.already_finished:
+            lines.append("already finished by an earlier run: nothing was redone")
         for name, t in self.tasks.items():
             if not t.ok:
                 lines.append(
                     f"FAILED {name}: {t.failed} failed, {t.orphaned} orphaned of {t.total}"
                 )
+                if t.missing:
+                    shown = ", ".join(map(str, t.missing[:10]))
+                    lines.append(
+                        f"  {len(t.missing)} block(s) counted done by daisy left no valid "
+                        f"record (tiles {shown}{', ...' if len(t.missing) > 10 else ''})"
+                    )
                 for tile, errors in sorted(self.failed.get(name, {}).items()):
                     err = errors[-1]
                     lines.append(
@@ -238,11 +272,12 @@ def make_task(name: str, plan: TilePlan, run: RunDir, options: RunOptions) -> da
         total,
         read,
         write,
-        process_function=WorkerLauncher(run.root, name, options.launcher, gpus),
+        process_function=WorkerLauncher(run.root, name, options.launcher, gpus, options.timeout),
         read_write_conflict=False,
         fit="shrink",
         max_workers=options.num_workers,
         max_retries=options.max_retries,
+        max_worker_restarts=options.worker_restarts(sum(1 for _ in plan.groups(name))),
         timeout=options.timeout,
         # no daisy done markers: the workers' records already make a resumed run skip finished
         # tiles, and daisy 2.0's tracking writer dies with SIGBUS (taking the driver with it)
@@ -304,6 +339,187 @@ def _run_pipeline(
     return {n: TaskReport.from_state(states[n], seconds) for n in names}, seconds
 
 
+def _check_parameters(
+    tile_shape: Any, overlap: Any, merge_threshold: Any, sequential_labels: Any, overwrite: Any
+) -> None:
+    """Type checks that must come before anything else (the messages name the parameter)."""
+    if isinstance(tile_shape, (str, bytes)) or not (
+        isinstance(tile_shape, (int, np.integer)) or hasattr(tile_shape, "__iter__")
+    ):
+        raise TypeError(
+            f"tile_shape={tile_shape!r} must be a tuple of ints, one per spatial axis, "
+            "e.g. (64, 256, 256)"
+        )
+    if not isinstance(tile_shape, (int, np.integer)):
+        for v in tile_shape:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(
+                    f"tile_shape={tuple(tile_shape)!r} must hold ints, e.g. (64, 256, 256)"
+                )
+    values = [overlap] if isinstance(overlap, (int, np.integer)) else overlap
+    if isinstance(overlap, (str, bytes, bool)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"overlap={overlap!r} must be an int or a tuple of ints (voxels per side)")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"overlap={overlap!r} must be an int or a tuple of ints")
+    if isinstance(merge_threshold, bool) or not isinstance(
+        merge_threshold, (int, float, np.floating, np.integer)
+    ):
+        raise TypeError(f"merge_threshold={merge_threshold!r} must be a number in [0, 1)")
+    if not (0 <= float(merge_threshold) < 1):
+        raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
+    for name, value in (("sequential_labels", sequential_labels), ("overwrite", overwrite)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}={value!r} must be True or False")
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A ``write_to`` that already holds the finished output of the same work."""
+
+    output: Path
+    mark: dict[str, Any]
+
+
+def _prepare(
+    image: Any,
+    fn: SegmentFn,
+    tile_shape: tuple[int, ...],
+    overlap: int | tuple[int, ...],
+    *,
+    write_to: str | Path,
+    sequential_labels: bool,
+    merge_threshold: float,
+    overwrite: bool,
+    channels: bool | None = None,
+    gpu_budget: tuple[int, int] | None = None,
+    level: int | str = 0,
+) -> tuple[RunDir, RunSpec, bool, Lease | _Finished]:
+    """Validate every parameter, take the run's lease, then write the run directory.
+
+    Nothing is written before all checks pass (the lease is taken last, and released again if
+    the run directory turns out to hold other work).
+    """
+    if write_to is None or (isinstance(write_to, str) and not write_to.strip()):
+        raise ValueError("write_to is required: the path of the output label array")
+    if not isinstance(write_to, (str, os.PathLike)):
+        raise TypeError(f"write_to={write_to!r} must be a path")
+    _check_parameters(tile_shape, overlap, merge_threshold, sequential_labels, overwrite)
+    payload = _validate_fn(fn)
+    ref = describe_fn(fn)
+    source, plan = plan_run(image, tile_shape, overlap, channels, gpu_budget, level)
+    out = Path(write_to).absolute()
+    is_label = ome.label_parent(out) is not None
+    check_write_to(out, Path(source.store), is_ome_label=is_label)
+    check_output(out, source)
+    src = Path(source.store).resolve()
+    if out.resolve() in (src, src / source.path):
+        raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
+    _check_writable(out)
+    run = RunDir.for_output(out)
+    if overwrite:
+        check_replaceable(out, run.root)
+    elif run.root.exists() and not _ours(run.root):
+        raise ValueError(
+            f"{str(run.root)!r} (the run directory of write_to) exists and is not a blockbuster "
+            "run directory; move it away or choose another write_to"
+        )
+    spec = RunSpec(
+        source=source,
+        plan=plan,
+        output_store=str(out),
+        output_path="0" if is_ome_path(out) else "",
+        merge_threshold=float(merge_threshold),
+        sequential_labels=bool(sequential_labels),
+        sys_path=[str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
+        run_id=new_run_id(),
+        fn_fingerprint=fn_fingerprint(ref, fn),
+        input_fingerprint=input_fingerprint(source.open()),
+    )
+    resume = False
+    if run.root.is_dir() and not overwrite and not run.spec_file.exists():
+        # a run directory whose spec was never written (a driver killed at its start): redo
+        overwrite_dir = True
+    else:
+        overwrite_dir = overwrite
+    if not run.root.is_dir():
+        if out.exists() and not overwrite:
+            mark = output_mark(out)
+            if mark is not None and mark.get("complete") and mark.get("work") == work_digest(spec):
+                remove_debris(run.root)
+                return run, spec, False, _Finished(out, mark)
+            raise ValueError(
+                f"write_to={str(out)!r} already exists; pass overwrite=True to replace it or "
+                "choose another path"
+            )
+        run.create()
+        mark_run_dir(run.root, spec.run_id, out)  # at once: a driver killed now leaves it ours
+    lease = Lease(run.root).acquire()
+    try:
+        if overwrite_dir:
+            _clear_run_dir(run)
+            remove_created(out)
+        else:
+            previous = run.read_spec() if run.spec_file.exists() else None
+            if previous is not None:
+                _check_same_work(run, previous, spec, payload)
+                spec = replace(spec, run_id=previous.run_id)
+                mark = output_mark(out) if out.exists() else None
+                if out.exists() and (mark is None or mark.get("run_id") != spec.run_id):
+                    raise ValueError(
+                        f"write_to={str(out)!r} exists and is not the output of the run in "
+                        f"{run.root}; move it away, or pass overwrite=True to start again"
+                    )
+                resume = True
+            elif out.exists():
+                remove_created(out)  # checked replaceable above (overwrite) or ours
+        mark_run_dir(run.root, spec.run_id, out)
+        run.write_spec(spec)
+        if not resume:
+            run.write_fn(payload, ref)
+            create_stage(run.stage, plan)
+        EquivalenceTable.open_or_rebuild(run.table).close()
+    except BaseException:
+        lease.release()
+        raise
+    return run, spec, resume, lease
+
+
+def _ours(root: Path) -> bool:
+    """Whether ``root`` is a run directory blockbuster made (or an empty folder)."""
+    return root.is_dir() and (run_dir_marker(root) is not None or not any(root.iterdir()))
+
+
+def _clear_run_dir(run: RunDir) -> None:
+    """Empty a run directory blockbuster made, keeping the lease this driver holds."""
+    for entry in run.root.iterdir():
+        if entry.name != LEASE_FILE:
+            remove_created(entry)
+
+
+def _check_same_work(run: RunDir, previous: RunSpec, spec: RunSpec, payload: bytes) -> None:
+    """Refuse to resume a run with another fn, another input or other parameters."""
+    differences = previous.differences(spec)
+    try:
+        stored = run.fn_file.read_bytes()
+    except FileNotFoundError:
+        stored = b""
+    if "fn" not in differences and not same_fn(stored, payload):
+        differences.insert(0, "fn")
+    if not differences:
+        return
+    what = {
+        "fn": "fn is not the one it was started with",
+        "input": "the input image changed since it started (its metadata or sampled chunks)",
+        "parameters": "it was started with other parameters",
+    }
+    raise ValueError(
+        f"{run.root} holds an unfinished run, and {'; '.join(what[d] for d in differences)}: "
+        "resuming would mix tiles of two runs. Pass overwrite=True (--overwrite) to discard it "
+        "and start again, or repeat the original call to resume it"
+    )
+
+
 def prepare_run(
     image: Any,
     fn: SegmentFn,
@@ -320,36 +536,25 @@ def prepare_run(
 ) -> tuple[RunDir, RunSpec, bool]:
     """Validate every parameter, then write the run directory (spec, fn, stage, table).
 
-    Nothing is written before all checks pass. Returns ``(run_dir, spec, resume)``.
+    Nothing is written before all checks pass. Returns ``(run_dir, spec, resume)``; the lease
+    taken meanwhile is released (:func:`execute_run` takes it again).
     """
-    if write_to is None:
-        raise ValueError("write_to is required: the path of the output label array")
-    payload = _validate_fn(fn)
-    if not (0 <= merge_threshold < 1):
-        raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
-    source, plan = plan_run(image, tile_shape, overlap, channels, gpu_budget, level)
-    out = Path(write_to).absolute()
-    check_output(out, source)
-    src = Path(source.store).resolve()
-    if out.resolve() in (src, src / source.path):
-        raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
-    _check_writable(out)
-    run = RunDir.for_output(out)
-    spec = RunSpec(
-        source=source,
-        plan=plan,
-        output_store=str(out),
-        output_path="0" if is_ome_path(out) else "",
-        merge_threshold=float(merge_threshold),
-        sequential_labels=bool(sequential_labels),
-        sys_path=[str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
+    run, spec, resume, held = _prepare(
+        image,
+        fn,
+        tile_shape,
+        overlap,
+        write_to=write_to,
+        sequential_labels=sequential_labels,
+        merge_threshold=merge_threshold,
+        overwrite=overwrite,
+        channels=channels,
+        gpu_budget=gpu_budget,
+        level=level,
     )
-    resume = _prepare_run_dir(run, out, spec, overwrite)
-    run.write_spec(spec)
-    run.write_fn(payload, describe_fn(fn))
-    if not resume:
-        create_stage(run.stage, plan)
-    EquivalenceTable(run.table).close()
+    if isinstance(held, _Finished):
+        raise ValueError(f"write_to={str(held.output)!r} already holds this run's finished output")
+    held.release()
     return run, spec, resume
 
 
@@ -375,6 +580,7 @@ def tile_process(
     backend: str = "auto",
     status_page: str | None = "127.0.0.1:0",
     level: int | str = 0,
+    max_worker_restarts: int | None = None,
 ) -> RunResult:
     """Segment an image tile by tile and stitch the labels into one consistent label array.
 
@@ -423,6 +629,10 @@ def tile_process(
         ``distributed.scheduler.allowed-failures``).
     max_retries
         Times a failed block is retried before it counts as failed.
+    max_worker_restarts
+        Worker processes daisy may start again per task after one died (OOM, preemption, a
+        job's time limit, SIGKILL) before it gives the task up. None (default) scales with the
+        run: ``max(10, 4 * num_workers, blocks // 10)``.
     overwrite
         Replace an existing output and run directory instead of refusing.
     host
@@ -469,7 +679,11 @@ def tile_process(
         host=host,
         launcher=launcher,
         status_page=status_page,
+        max_worker_restarts=max_worker_restarts,
     ).validate()
+    for name, value in (("progress", progress), ("keep_stage", keep_stage), ("use_gpu", use_gpu)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}={value!r} must be True or False")
     client = None
     if backend not in ("auto", "daisy", "dask"):
         raise ValueError(f"backend={backend!r} must be 'auto', 'daisy' or 'dask'")
@@ -482,12 +696,16 @@ def tile_process(
             )
         if client is not None:
             check_client(client)
+    if client is None:
+        options.check_addresses()
+    elif options.status_page is not None:
+        replace(options, host=None).check_addresses()
     gpu_budget = None
     if use_gpu:
         gpus = find_gpus()
         gpu_budget = (min(gpus.free), bytes_per_voxel(fn))
         options = replace(options, gpus=gpus.devices)
-    run, _, _ = prepare_run(
+    run, spec, _, held = _prepare(
         image,
         fn,
         tile_shape,
@@ -500,8 +718,29 @@ def tile_process(
         gpu_budget=gpu_budget,
         level=level,
     )
-    run.write_options(options)
-    return execute_run(run, options, progress=progress, client=client)
+    if isinstance(held, _Finished):
+        return _finished_result(held, spec)
+    try:
+        run.write_options(options)
+    except BaseException:
+        held.release()
+        raise
+    return execute_run(run, options, progress=progress, client=client, lease=held)
+
+
+def _finished_result(done: _Finished, spec: RunSpec) -> RunResult:
+    """The result of a call whose output was already finished by an earlier run."""
+    logger.warning("%s already holds the finished output of this call; nothing to do", done.output)
+    total = spec.plan.num_tiles
+    return RunResult(
+        output=str(done.output),
+        num_labels=int(done.mark.get("num_labels", 0)),
+        tiles_total=total,
+        tiles_completed=total,
+        tiles_failed=0,
+        fn_calls=0,
+        already_finished=True,
+    )
 
 
 def _run_on_dask(
@@ -523,7 +762,11 @@ def _run_on_dask(
 
 
 def execute_run(
-    run: RunDir, options: RunOptions, progress: bool = False, client: Any | None = None
+    run: RunDir,
+    options: RunOptions,
+    progress: bool = False,
+    client: Any | None = None,
+    lease: Lease | None = None,
 ) -> RunResult:
     """Run (or resume) the three tasks of a prepared run directory.
 
@@ -532,14 +775,28 @@ def execute_run(
     tasks run on its workers instead of daisy's. The live status page (``options.status_page``)
     is served while this runs; the summary table and the block map are made at the end,
     whether the run finished or not.
+
+    Raises
+    ------
+    LeaseHeldError
+        If another driver is running this run (``lease`` is the one the caller already holds).
+    TileFailureError
+        If tiles failed, or could not be verified as done.
     """
     options = options.validate()
-    page = _start_status_page(run, options.status_page)
+    if lease is None:
+        run.read_spec()  # a one-line error for a missing or damaged run directory
+        if client is None:
+            options.check_addresses()
+        lease = Lease(run.root).acquire()
+    page = None
     try:
-        return _execute(run, options, progress, client)
+        page = _start_status_page(run, options.status_page)
+        return _execute(run, options, progress, client, lease)
     finally:
         if page is not None:
             page.close()
+        lease.release()
 
 
 def _start_status_page(run: RunDir, address: str | None) -> Any:
@@ -553,12 +810,23 @@ def _start_status_page(run: RunDir, address: str | None) -> Any:
     return page
 
 
-def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | None) -> RunResult:
+#: passes over segment+stitch (and over relabel) before blocks that daisy reported done but
+#: that left no valid record fail the run
+MAX_PASSES = 3
+
+
+def _execute(
+    run: RunDir, options: RunOptions, progress: bool, client: Any | None, lease: Lease
+) -> RunResult:
     t0 = time.perf_counter()
     spec = run.read_spec()
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
     daisy_logging.set_log_basedir(str(run.logs))
     stage_seconds: dict[str, float] = {}
+    mark = output_mark(out) if out.exists() else None
+    if mark is not None and mark.get("complete") and mark.get("run_id") == spec.run_id:
+        # finished before: the driver was stopped while removing the run directory
+        return _cleanup_finished(run, spec, mark, options, lease)
 
     def run_tasks(names: list[str]) -> tuple[dict[str, TaskReport], float]:
         """Run ``names`` in order (later tasks wait for the blocks they read)."""
@@ -577,14 +845,42 @@ def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | Non
             stage_seconds.update(monitor.seconds)
         return reports, seconds
 
-    reports, seconds = run_tasks(["segment", "stitch"])
+    def verified(names: list[str], reports: dict[str, TaskReport]) -> bool:
+        """Hold daisy's counts against the records: a block is done when its record is."""
+        whole = True
+        for name in names:
+            missing = missing_blocks(run, plan, name)
+            if name == "segment":
+                missing = sorted(set(missing) | set(discard_damaged(run, plan)))
+            reports[name] = replace(reports[name], missing=tuple(missing))
+            whole = whole and not missing
+        return whole
+
+    seconds = 0.0
+    for attempt in range(MAX_PASSES):
+        lease.check()
+        discard_damaged(run, plan)
+        # stitch reruns in full: a tile segmented again may carry other local labels
+        _remove_records(run, "stitch")
+        reports, pass_seconds = run_tasks(["segment", "stitch"])
+        seconds += pass_seconds
+        daisy_ok = all(r.failed == 0 and r.orphaned == 0 for r in reports.values())
+        if verified(["segment", "stitch"], reports) or not daisy_ok:
+            break
+        lost = {n: r.missing for n, r in reports.items() if r.missing}
+        logger.warning(
+            "pass %d: daisy counted every block done, but %s left no valid record; redoing them",
+            attempt + 1,
+            "; ".join(f"{len(v)} {n} block(s)" for n, v in lost.items()),
+        )
     seg_records = TaskRecords(run.records("segment"), "segment")
+    done = seg_records.done_records()
     result = RunResult(
         output=str(out),
         num_labels=0,
         tiles_total=plan.num_tiles,
-        tiles_completed=reports["segment"].completed,
-        tiles_failed=reports["segment"].failed + reports["segment"].orphaned,
+        tiles_completed=len(done),
+        tiles_failed=plan.num_tiles - len(done),
         fn_calls=sum(seg_records.call_counts().values()),
         seconds={"segment+stitch": seconds},
         tasks=reports,
@@ -596,23 +892,36 @@ def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | Non
     if not all(r.ok for r in reports.values()):
         _report(run, result, stage_seconds, progress, keep=True)
         _fail(result)
+    lease.check()
     start = time.perf_counter()
-    with EquivalenceTable(run.table) as table:
-        done = seg_records.done_records()
+    with EquivalenceTable.open_or_rebuild(run.table) as table:
         table.replace_tiles((t, r["n_core"], r["n_labels"]) for t, r in sorted(done.items()))
-        table.replace_edges(TaskRecords(run.records("stitch"), "stitch").edges())
+        stitch_records = TaskRecords(run.records("stitch"), "stitch")
+        table.replace_edges(stitch_records.edges(sorted(block_keys(plan, "stitch"))))
         resolution = resolve(table, plan.num_tiles, spec.sequential_labels)
     result.num_labels = resolution.num_labels
     result.seconds["resolve"] = time.perf_counter() - start
     out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
     create_output(out, source, plan, out_dtype, keep_time=plan.time_axis)
+    mark_output(out, run_id=spec.run_id, complete=False)
 
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
-    shutil.rmtree(run.records("relabel"), ignore_errors=True)
-    rep, seconds = run_tasks(["relabel"])
+    _remove_records(run, "relabel")
+    relabel_seconds = 0.0
+    for attempt in range(MAX_PASSES):
+        lease.check()
+        rep, pass_seconds = run_tasks(["relabel"])
+        relabel_seconds += pass_seconds
+        if verified(["relabel"], rep) or not rep["relabel"].ok_by_daisy:
+            break
+        logger.warning(
+            "pass %d: daisy counted every relabel block done, but %d left no record; redoing them",
+            attempt + 1,
+            len(rep["relabel"].missing),
+        )
     result.tasks.update(rep)
     result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
-    result.seconds["relabel"] = seconds
+    result.seconds["relabel"] = relabel_seconds
     if result.ok and spec.output_path:  # an OME-Zarr label image: fill its lower levels
         from blockbuster.pyramid import build_pyramid
 
@@ -629,8 +938,29 @@ def _execute(run: RunDir, options: RunOptions, progress: bool, client: Any | Non
     _report(run, result, stage_seconds, progress, keep=options.keep_stage)
     if not result.ok:
         _fail(result)
+    lease.check()
+    mark_output(out, complete=True, num_labels=result.num_labels, work=work_digest(spec))
     if not options.keep_stage:
-        shutil.rmtree(run.root, ignore_errors=True)
+        lease.stop_heartbeat()
+        remove_created(run.root)
+    return result
+
+
+def _remove_records(run: RunDir, task: str) -> None:
+    folder = run.records(task)
+    if folder.exists():
+        remove_created(folder)
+
+
+def _cleanup_finished(
+    run: RunDir, spec: RunSpec, mark: dict[str, Any], options: RunOptions, lease: Lease
+) -> RunResult:
+    """Finish the cleanup of a run whose output was completed and marked."""
+    result = _finished_result(_Finished(Path(spec.output_store), mark), spec)
+    result.run_dir = str(run.root)
+    if not options.keep_stage:
+        lease.stop_heartbeat()
+        remove_created(run.root)
     return result
 
 
@@ -696,26 +1026,3 @@ def _check_writable(out: Path) -> None:
             f"write_to={str(out)!r} cannot be created: no write permission in {parent}; "
             "choose a writable location"
         )
-
-
-def _prepare_run_dir(run: RunDir, out: Path, spec: RunSpec, overwrite: bool) -> bool:
-    """Check the output and run directory before anything is written; return True to resume."""
-    if overwrite:
-        shutil.rmtree(run.root, ignore_errors=True)
-        if out.exists():
-            shutil.rmtree(out)
-        return False
-    if run.spec_file.exists():
-        previous = run.read_spec()
-        if previous.same_work(spec):
-            return True
-        raise ValueError(
-            f"{run.root} holds an unfinished run with other parameters; pass overwrite=True to "
-            "discard it, or repeat the original call to resume it"
-        )
-    if out.exists():
-        raise ValueError(
-            f"write_to={str(out)!r} already exists; pass overwrite=True to replace it or choose "
-            "another path"
-        )
-    return False

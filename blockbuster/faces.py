@@ -69,7 +69,7 @@ def face_file(root: Path, tile: int) -> Path:
     return Path(root) / f"{tile}.faces.zst"
 
 
-def write_faces(root: Path, tile: int, faces: dict[str, np.ndarray]) -> None:
+def write_faces(root: Path, tile: int, faces: dict[str, np.ndarray]) -> Path:
     """Write ``faces`` for ``tile`` (whole, then renamed into place).
 
     The file is zstd over ``header length (4 bytes, little endian) + JSON header + the arrays'
@@ -81,7 +81,9 @@ def write_faces(root: Path, tile: int, faces: dict[str, np.ndarray]) -> None:
         [struct.pack("<I", len(header)), header, *(a.tobytes() for a in arrays.values())]
     )
     Path(root).mkdir(parents=True, exist_ok=True)
-    write_atomic(face_file(root, tile), bytes(_CODEC.encode(payload)))
+    path = face_file(root, tile)
+    write_atomic(path, bytes(_CODEC.encode(payload)))
+    return path
 
 
 def read_faces(root: Path, tile: int) -> dict[str, np.ndarray] | None:

@@ -353,6 +353,11 @@ def open_stage(path: Path, mode: str = "r") -> zarr.Array:
     return zarr.open_array(store=str(path), mode=mode)
 
 
+def stage_chunk_file(stage_root: Path, plan_ndim: int, index: tuple[int, ...]) -> Path:
+    """The file holding tile ``index``'s stage chunk (default zarr 3 chunk key encoding)."""
+    return Path(stage_root, "c", *(str(i) for i in index), *("0",) * plan_ndim)
+
+
 def any_chunk_stored(array: zarr.Array, box: Box) -> bool:
     """Whether any stored chunk (shard, if sharded) of ``array`` meets ``box`` (voxels).
 

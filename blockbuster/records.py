@@ -22,7 +22,9 @@ multi-node runs share (SQLite is not). Layout under ``<run_dir>/records/<task>/`
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import socket
 import time
@@ -34,16 +36,90 @@ from typing import Any
 
 import numpy as np
 
+logger = logging.getLogger("blockbuster")
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see all of it or nothing.
 
-    The rename is atomic, which is what a killed process needs; there is no fsync, so a machine
-    losing power may lose recent records (their blocks are then simply redone).
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or creation in ``folder`` durable (a no-op where directories can't be
+    opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that readers see all of it or nothing, even after a crash.
+
+    The data is written to a temporary name and flushed to disk (fsync) before the rename, and
+    the folder after it: without that, a machine losing power can leave the new name holding
+    zero bytes, which a reader would take for a finished record.
     """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` in the ``.npy`` format."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is missing, empty, truncated or not an
+    object (each bad file is logged once)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        _warn_once(path, f"unreadable ({e.__class__.__name__}: {e})")
+        return None
+    if not isinstance(data, dict):
+        _warn_once(path, "not a JSON object")
+        return None
+    return data
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(path: Path, why: str) -> None:
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        logger.warning("ignoring %s: %s; its block is treated as not done", path, why)
+
+
+#: fields a done record of each task must hold, with their types
+_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "segment": {"n_core": int, "n_labels": int},
+    "stitch": {"tiles": list},
+    "relabel": {"tiles": list},
+}
+
+
+def valid_record(task: str, tile: int, record: dict[str, Any]) -> bool:
+    """Whether ``record`` is a complete done record of the block keyed by ``tile``."""
+    if record.get("tile") != tile or not isinstance(record.get("seconds"), (int, float)):
+        return False
+    return all(isinstance(record.get(k), t) for k, t in _REQUIRED.get(task, {}).items())
 
 
 @dataclass(frozen=True)
@@ -84,14 +160,18 @@ class TaskRecords:
     # -- worker side -----------------------------------------------------------------------
 
     def is_done(self, tile: int) -> bool:
-        return (self.root / f"{tile}.json").exists()
+        """Whether ``tile`` has a valid done record (an unreadable one counts as none)."""
+        return self.record(tile) is not None
 
     def record(self, tile: int) -> dict[str, Any] | None:
-        """The done record of ``tile`` (the block keyed by it), or None if it has none."""
-        try:
-            return dict(json.loads((self.root / f"{tile}.json").read_bytes()))
-        except FileNotFoundError:
-            return None
+        """The done record of ``tile`` (the block keyed by it), or None if it has no valid one."""
+        record = read_json(self.root / f"{tile}.json")
+        return record if record is not None and valid_record(self.task, tile, record) else None
+
+    def discard(self, tile: int) -> None:
+        """Forget the done record of the block keyed by ``tile`` (it is redone)."""
+        (self.root / f"{tile}.json").unlink(missing_ok=True)
+        (self.root / f"{tile}.edges.npy").unlink(missing_ok=True)
 
     def call_started(self, tile: int) -> None:
         (self.root / f"{tile}.call.{uuid.uuid4().hex}").touch()
@@ -101,21 +181,27 @@ class TaskRecords:
         write_atomic(self.root / f"{tile}.json", json.dumps(record).encode())
 
     def write_edges(self, tile: int, edges: np.ndarray) -> None:
+        data = npy_bytes(np.asarray(edges, dtype=np.int64).reshape(-1, 4))
+        write_atomic(self.root / f"{tile}.edges.npy", data)
+
+    def read_edges(self, tile: int) -> np.ndarray | None:
+        """The edges of the stitch block keyed by ``tile``; None if missing or unreadable."""
         path = self.root / f"{tile}.edges.npy"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
-        np.save(tmp, np.asarray(edges, dtype=np.int64).reshape(-1, 4))
-        os.replace(tmp, path)
+        try:
+            edges = np.load(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as e:
+            _warn_once(path, f"unreadable ({e.__class__.__name__}: {e})")
+            return None
+        if edges.ndim != 2 or edges.shape[1] != 4 or edges.dtype != np.int64:
+            _warn_once(path, f"edges of shape {edges.shape} and dtype {edges.dtype}")
+            return None
+        return edges
 
     def write_plane(self, tile: int, piece: np.ndarray) -> None:
         """Save the tile's piece of the block map's plane (see :mod:`blockbuster.thumbnail`)."""
-        path = self.root / f"{tile}.plane.npy"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
-        np.save(tmp, piece)
-        os.replace(tmp, path)
-
-    def planes(self) -> dict[int, np.ndarray]:
-        """Every saved piece of the block map's plane, by tile."""
-        return {tile: np.load(path) for tile, path in self._tiles_with(".plane.npy")}
+        write_atomic(self.root / f"{tile}.plane.npy", npy_bytes(piece))
 
     def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
         record = {
@@ -143,12 +229,14 @@ class TaskRecords:
                 yield int(head), Path(entry.path)
 
     def done_records(self) -> dict[int, dict[str, Any]]:
-        """Successful blocks by tile."""
-        return {
-            tile: json.loads(path.read_text())
-            for tile, path in self._tiles_with(".json")
-            if path.name == f"{tile}.json"
-        }
+        """Successful blocks by tile (unreadable or invalid records are left out)."""
+        out = {}
+        for tile, path in self._tiles_with(".json"):
+            if path.name == f"{tile}.json":
+                record = read_json(path)
+                if record is not None and valid_record(self.task, tile, record):
+                    out[tile] = record
+        return out
 
     def done_tiles(self) -> dict[int, float]:
         """Seconds per finished tile; a block of several tiles splits its seconds evenly."""
@@ -159,9 +247,20 @@ class TaskRecords:
                 out[t] = float(record["seconds"]) / len(tiles)
         return out
 
-    def edges(self) -> np.ndarray:
-        """Every staged equivalence, ``(n, 4)`` int64."""
-        parts = [np.load(path) for _, path in self._tiles_with(".edges.npy")]
+    def edges(self, keys: Iterator[int] | list[int]) -> np.ndarray:
+        """The equivalences of the stitch blocks keyed by ``keys``, ``(n, 4)`` int64.
+
+        Raises
+        ------
+        ValueError
+            If a block's edges are missing or unreadable (verify them first).
+        """
+        parts = []
+        for key in keys:
+            edges = self.read_edges(key)
+            if edges is None:
+                raise ValueError(f"the edges of stitch block {key} are missing or unreadable")
+            parts.append(edges)
         return np.concatenate(parts) if parts else np.empty((0, 4), dtype=np.int64)
 
     def call_counts(self) -> dict[int, int]:
@@ -173,9 +272,23 @@ class TaskRecords:
     def errors(self) -> list[TileError]:
         out = []
         for _, path in self._tiles_with(".error."):
-            d = json.loads(path.read_text())
-            tiles = tuple(d.get("tiles", [d["tile"]]))
-            out.append(TileError(d["task"], d["tile"], d["host"], d["time"], d["traceback"], tiles))
+            d = read_json(path)
+            try:
+                assert d is not None
+                tiles = tuple(int(t) for t in d.get("tiles", [d["tile"]]))
+                err = TileError(
+                    str(d["task"]),
+                    int(d["tile"]),
+                    str(d["host"]),
+                    float(d["time"]),
+                    str(d["traceback"]),
+                    tiles,
+                )
+            except (AssertionError, KeyError, TypeError, ValueError):
+                if d is not None:
+                    _warn_once(path, "an error record without its fields")
+                continue
+            out.append(err)
         return sorted(out, key=lambda e: (e.tile, e.time))
 
     def failed_tiles(self) -> dict[int, list[TileError]]:

@@ -9,12 +9,13 @@ block handles a group of tiles: one zarr read of their staged labels, one write 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import zarr
 
 from blockbuster.geometry import Box, TilePlan, box_slices
-from blockbuster.io import any_chunk_stored
+from blockbuster.io import any_chunk_stored, stage_chunk_file
 from blockbuster.records import TaskRecords
 from blockbuster.table import EquivalenceTable
 from blockbuster.thumbnail import MapPlane
@@ -66,13 +67,24 @@ class Relabeler:
         self.sequential = sequential
         self.records = records
         self.map_plane = MapPlane.of(plan)
+        self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
 
     def __call__(self, group: Box) -> None:
         started, start = time.time(), time.perf_counter()
         plan = self.plan
         indices = list(plan.tiles_in(group))
         tiles = [plan.tile_id(index) for index in indices]
+        if self.records.is_done(tiles[0]):
+            return  # relabelled by an attempt whose completion never reached the server
         resolutions = [self.table.tile_resolution(tile) for tile in tiles]
+        for index, tile, (_, _, n_core, _) in zip(indices, tiles, resolutions, strict=True):
+            # a tile with labels reads as zeros where its stage chunk went missing: never
+            # write those holes as if they were the tile's labels
+            if n_core and not stage_chunk_file(self.stage_root, plan.ndim, index).exists():
+                raise RuntimeError(
+                    f"the stage chunk of tile {tile} is missing from {self.stage_root}; "
+                    "run the same call again to segment the tile anew"
+                )
         out_box = plan.group_core(group)
         shape = tuple(b - a for a, b in out_box)
         if not any(n_core for _, _, n_core, _ in resolutions):

@@ -393,7 +393,7 @@ class BlockMap:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, self.png())
+        write_atomic(path, self.png(), mode=0o644)
         return path
 
 

@@ -18,9 +18,12 @@ Layout::
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import json
+import math
 import os
+import socket
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,8 +33,14 @@ import cloudpickle
 
 from blockbuster.geometry import TilePlan
 from blockbuster.io import ImageSource
+from blockbuster.records import write_atomic
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as it is (damaged, or not one); the message says
+    which file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +55,18 @@ class RunSpec:
     sequential_labels: bool
     sys_path: list[str] = field(default_factory=list)
     version: int = SPEC_VERSION
+    #: the run's identity, also written into the output's attributes
+    run_id: str = ""
+    #: see :mod:`blockbuster.fingerprint`
+    fn_fingerprint: str = ""
+    input_fingerprint: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
+            "run_id": self.run_id,
+            "fn_fingerprint": self.fn_fingerprint,
+            "input_fingerprint": self.input_fingerprint,
             "source": self.source.to_json(),
             "plan": asdict(self.plan),
             "output_store": self.output_store,
@@ -74,15 +91,29 @@ class RunSpec:
             sequential_labels=bool(data["sequential_labels"]),
             sys_path=list(data["sys_path"]),
             version=int(data["version"]),
+            run_id=str(data.get("run_id", "")),
+            fn_fingerprint=str(data.get("fn_fingerprint", "")),
+            input_fingerprint=str(data.get("input_fingerprint", "")),
         )
 
-    def same_work(self, other: RunSpec) -> bool:
-        """True when ``other`` would stage and stitch exactly the same tiles."""
+    def differences(self, other: RunSpec) -> list[str]:
+        """What ``other`` would do differently from this run (empty: the same work).
+
+        Items are ``"fn"``, ``"input"`` or ``"parameters"``; sequential labels, the import path
+        and the run's identity may differ on a resume.
+        """
         a, b = self.to_json(), other.to_json()
-        for key in ("sys_path", "sequential_labels"):
+        out = []
+        if a.pop("fn_fingerprint") != b.pop("fn_fingerprint"):
+            out.append("fn")
+        if a.pop("input_fingerprint") != b.pop("input_fingerprint"):
+            out.append("input")
+        for key in ("sys_path", "sequential_labels", "run_id"):
             a.pop(key)
             b.pop(key)
-        return a == b
+        if a != b:
+            out.append("parameters")
+        return out
 
 
 @dataclass(frozen=True)
@@ -103,6 +134,8 @@ class RunOptions:
     gpus: tuple[str, ...] | None = None
     #: ``HOST:PORT`` of the live status page (port 0: any free one), or None for no page
     status_page: str | None = "127.0.0.1:0"
+    #: daisy's cap on worker restarts per task; None for :meth:`worker_restarts`' default
+    max_worker_restarts: int | None = None
 
     def validate(self) -> RunOptions:
         """Check every field; return ``self`` with the launcher as an absolute path."""
@@ -131,7 +164,71 @@ class RunOptions:
                     "(see workers/: local.sh, slurm.sh, lsf.sh)"
                 )
             launcher = str(path)
+        if not math.isfinite(float(self.timeout)):
+            raise ValueError(f"timeout={self.timeout!r} must be a finite number of seconds")
+        restarts = self.max_worker_restarts
+        if restarts is not None and (
+            isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0
+        ):
+            raise ValueError(
+                f"max_worker_restarts={restarts!r} must be an integer >= 0, or None for the "
+                "default (scales with the run)"
+            )
+        if self.host is not None and (not isinstance(self.host, str) or not self.host):
+            raise ValueError(f"host={self.host!r} must be a host name or address, or None")
         return replace(self, num_workers=int(self.num_workers), launcher=launcher)
+
+    def check_addresses(self) -> None:
+        """Check that the task servers' ``host`` and the status page's address can be bound
+        here, before anything is written (a bad one would orphan every block, or fail the
+        run after its directory is made).
+
+        Raises
+        ------
+        ValueError
+            Naming the parameter, when an address does not resolve or cannot be bound.
+        """
+        if self.host is not None:
+            _try_bind("host", self.host, 0, "the name or address of this machine")
+        if self.status_page is not None:
+            host, _, port = self.status_page.rpartition(":")
+            _try_bind("status_page", host, int(port), "a free HOST:PORT of this machine")
+
+    def worker_restarts(self, blocks: int) -> int:
+        """daisy's cap on worker restarts for a task of ``blocks`` blocks.
+
+        The default grows with the run, so a long cluster run survives many worker deaths
+        (preemption, a job's time limit, OOM), while a task whose every worker dies at once
+        still stops: ``max(10, 4 * num_workers, blocks // 10)``.
+        """
+        if self.max_worker_restarts is not None:
+            return self.max_worker_restarts
+        return max(10, 4 * self.num_workers, blocks // 10)
+
+
+def _try_bind(param: str, host: str, port: int, what: str) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise ValueError(f"{param}={host!r} does not resolve ({e}); give {what}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.bind(address)
+        except OSError as e:
+            value = f"{host}:{port}" if param == "status_page" else host
+            raise ValueError(
+                f"{param}={value!r} cannot be bound here ({e.strerror or e}); give {what}"
+            ) from None
+
+
+def work_digest(spec: RunSpec) -> str:
+    """A digest of what a run computes (input, fn, plan, parameters); kept in a finished
+    output's attributes so that repeating the call can tell it is done."""
+    data = spec.to_json()
+    for key in ("sys_path", "run_id"):
+        data.pop(key)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 class RunDir:
@@ -172,31 +269,78 @@ class RunDir:
     def records(self, task: str) -> Path:
         return self.root / "records" / task
 
+    def create(self) -> None:
+        """Create the run directory, private to this user (0700): whoever can write it can run
+        code as the user who resumes it (workers load ``fn.pkl`` and import from ``sys_path``)."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
     def write_spec(self, spec: RunSpec) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.spec_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec.to_json(), indent=2))
-        tmp.replace(self.spec_file)
+        self.create()
+        write_atomic(self.spec_file, json.dumps(spec.to_json(), indent=2).encode())
 
     @property
     def options_file(self) -> Path:
         return self.root / "options.json"
 
     def write_options(self, options: RunOptions) -> None:
-        tmp = self.options_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(options), indent=2))
-        tmp.replace(self.options_file)
+        write_atomic(self.options_file, json.dumps(asdict(options), indent=2).encode())
 
     def read_options(self) -> RunOptions:
+        """The run's options (the defaults where none were written).
+
+        Raises
+        ------
+        RunDirError
+            If ``options.json`` is damaged.
+        """
         if not self.options_file.exists():
             return RunOptions()
-        data = json.loads(self.options_file.read_text())
-        if data.get("gpus") is not None:
-            data["gpus"] = tuple(str(g) for g in data["gpus"])
-        return RunOptions(**data)
+        try:
+            data = json.loads(self.options_file.read_bytes())
+            if data.get("gpus") is not None:
+                data["gpus"] = tuple(str(g) for g in data["gpus"])
+            return RunOptions(**data)
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise RunDirError(
+                f"{self.options_file} is damaged ({e.__class__.__name__}: {e}); remove it and "
+                "resubmit with the options you want (--workers, --timeout, --launcher)"
+            ) from None
 
     def read_spec(self) -> RunSpec:
-        return RunSpec.from_json(json.loads(self.spec_file.read_text()))
+        """The run's spec.
+
+        Raises
+        ------
+        RunDirError
+            If ``spec.json`` is missing, unreadable or not a spec of this release.
+        """
+        try:
+            data = json.loads(self.spec_file.read_bytes())
+        except FileNotFoundError:
+            raise RunDirError(
+                f"{self.root} is not a blockbuster run directory (no spec.json); pass the "
+                "<write_to>.blockbuster directory of a run"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise RunDirError(
+                f"{self.spec_file} is damaged ({e.__class__.__name__}: {e}); the run cannot be "
+                "resumed: start it again with overwrite=True (--overwrite)"
+            ) from None
+        try:
+            if int(data["version"]) != SPEC_VERSION:
+                raise RunDirError(
+                    f"{self.spec_file} was written by another blockbuster release (spec version "
+                    f"{data['version']}, this one reads {SPEC_VERSION}); finish it with that "
+                    "release or start again with overwrite=True (--overwrite)"
+                )
+            return RunSpec.from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RunDirError(
+                f"{self.spec_file} is damaged (bad field: {e}); the run cannot be resumed: "
+                "start it again with overwrite=True (--overwrite)"
+            ) from None
 
     @property
     def fn_ref_file(self) -> Path:
@@ -204,15 +348,11 @@ class RunDir:
 
     def write_fn(self, payload: bytes, ref: dict[str, Any] | None) -> None:
         """Store the fn: always cloudpickled, plus its import path where it has one."""
-        tmp = self.fn_file.with_suffix(".tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(self.fn_file)
+        write_atomic(self.fn_file, payload)
         if ref is None:
             self.fn_ref_file.unlink(missing_ok=True)
         else:
-            tmp = self.fn_ref_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(ref, indent=2))
-            tmp.replace(self.fn_ref_file)
+            write_atomic(self.fn_ref_file, json.dumps(ref, indent=2).encode())
 
     def load_fn(self) -> Any:
         """Load the fn by import path when it has one, else unpickle it."""

@@ -8,6 +8,7 @@ or labels per tile.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,9 @@ import numpy as np
 import zarr
 
 from blockbuster.faces import tile_faces, write_faces
+from blockbuster.fingerprint import input_digest
 from blockbuster.geometry import Box, TilePlan, box_slices
-from blockbuster.io import any_chunk_stored, read_box
+from blockbuster.io import any_chunk_stored, read_box, stage_chunk_file
 from blockbuster.records import TaskRecords
 from blockbuster.thumbnail import MapPlane
 
@@ -104,6 +106,7 @@ class Segmenter:
         self.fn = fn
         self.faces = faces
         self.map_plane = MapPlane.of(plan)
+        self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
 
     def __call__(self, index: tuple[int, ...]) -> None:
         started, start = time.time(), time.perf_counter()
@@ -119,6 +122,7 @@ class Segmenter:
         else:
             data = read_box(self.image, read, self.channel_axes)
             lead = self.channel_axes
+        digest = input_digest(data)
         self.records.call_started(tile)
         labels = self.fn(data)
         labels = check_labels(labels, data.shape[lead:])
@@ -136,10 +140,19 @@ class Segmenter:
         if n_labels or self._stored(index):
             self.stage[index] = chunk
         # else: a background-only tile whose stage chunk was never written reads as zeros
-        if self.faces is not None and n_labels:  # stitch never reads an empty tile's faces
-            write_faces(self.faces, tile, tile_faces(plan, index, chunk))
+        sizes: dict[str, int] = {}
+        if n_labels:
+            # the sizes let the driver see, with one stat each, that what a done record
+            # promises is still whole on disk (a truncated or deleted file means: redo)
+            staged = stage_chunk_file(self.stage_root, plan.ndim, index)
+            sizes["stage_bytes"] = os.stat(staged).st_size
+            if self.faces is not None:  # stitch never reads an empty tile's faces
+                path = write_faces(self.faces, tile, tile_faces(plan, index, chunk))
+                sizes["faces_bytes"] = os.stat(path).st_size
         seconds = time.perf_counter() - start
-        self.records.done(tile, started, seconds, n_core=n_core, n_labels=n_labels)
+        self.records.done(
+            tile, started, seconds, n_core=n_core, n_labels=n_labels, input=digest, **sizes
+        )
 
     def _stored(self, index: tuple[int, ...]) -> bool:
         """Whether this tile's stage chunk is on disk (an earlier attempt wrote it)."""

@@ -25,11 +25,14 @@ that a PostgreSQL backend can hold the same rows.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger("blockbuster")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tiles (
@@ -82,6 +85,26 @@ class EquivalenceTable:
             # power loss costs nothing that fsync would save
             self.conn.execute("PRAGMA synchronous=OFF")
             self.conn.executescript(SCHEMA)
+
+    @classmethod
+    def open_or_rebuild(cls, path: Path | str) -> EquivalenceTable:
+        """Open the driver's table; a damaged file is replaced by an empty one.
+
+        Everything in the table is gathered again from the workers' records on every run, so
+        a damaged table loses nothing.
+        """
+        path = Path(path)
+        try:
+            table = cls(path)
+            if table.conn.execute("PRAGMA quick_check").fetchone()[0] == "ok":
+                return table
+            table.close()
+        except sqlite3.DatabaseError:
+            pass
+        logger.warning("%s is damaged; rebuilding it from the run's records", path)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return cls(path)
 
     def close(self) -> None:
         self.conn.close()

@@ -20,7 +20,8 @@ import daisy
 
 from blockbuster.geometry import Box, TilePlan
 from blockbuster.io import open_array, open_stage
-from blockbuster.launch import server_dir
+from blockbuster.launch import server_dir, write_worker_state
+from blockbuster.lease import check_live_lease
 from blockbuster.records import TaskRecords
 from blockbuster.relabel import Relabeler
 from blockbuster.rundir import RunDir, restore_sys_path
@@ -83,12 +84,16 @@ def serve(run: RunDir, task: str) -> int:
                 if block is None:
                     break
                 group = plan.group_of_write_roi(block.write_roi)
+                tiles = [plan.tile_id(i) for i in plan.tiles_in(group)]
+                write_worker_state({"key": tiles[0], "tiles": tiles})
                 try:
                     handle(group)
                 except Exception:
                     block_failed = True
                     record_failure(plan, records, group, traceback.format_exc())
                     raise
+                finally:
+                    write_worker_state(None)
         except Exception:
             if not block_failed:
                 raise  # the server is gone or daisy failed: this worker's run is over
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     run = RunDir(args.run_dir)
+    check_live_lease(run.root)  # a worker never works on a run no driver holds
     if args.server or "DAISY_CONTEXT" not in os.environ:
         os.environ["DAISY_CONTEXT"] = server_context(run, args.task, args.server)
     serve(run, args.task)

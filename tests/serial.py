@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from blockbuster.io import create_output, open_array
+from blockbuster.ownership import mark_output
 from blockbuster.records import TaskRecords
 from blockbuster.resolve import resolve
 from blockbuster.rundir import RunDir
 from blockbuster.table import EquivalenceTable
+from blockbuster.verify import block_keys
 from blockbuster.worker import make_handler
 
 
@@ -27,9 +29,11 @@ def run_in_process(run: RunDir) -> tuple[np.ndarray, int]:
     seg = TaskRecords(run.records("segment"), "segment").done_records()
     with EquivalenceTable(run.table) as table:
         table.replace_tiles((t, r["n_core"], r["n_labels"]) for t, r in sorted(seg.items()))
-        table.replace_edges(TaskRecords(run.records("stitch"), "stitch").edges())
+        stitch = TaskRecords(run.records("stitch"), "stitch")
+        table.replace_edges(stitch.edges(sorted(block_keys(spec.plan, "stitch"))))
         resolution = resolve(table, spec.plan.num_tiles, spec.sequential_labels)
     create_output(Path(spec.output_store), spec.source, spec.plan, "uint32")
+    mark_output(Path(spec.output_store), run_id=spec.run_id, complete=True)
     plan, _, handle = make_handler(run, "relabel")
     for group in plan.groups("relabel"):
         handle(group)

@@ -52,7 +52,7 @@ def test_status_json_and_page_over_http(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     seg = TaskRecords(run.records("segment"), "segment")
     for tile in range(5):
-        seg.done(tile, time.time(), 0.1)
+        seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
     seg.failed(7, "Traceback\nValueError: boom")
     seg.call_started(9)
     stitch = TaskRecords(run.records("stitch"), "stitch")
@@ -71,7 +71,7 @@ def test_status_json_and_page_over_http(tmp_path: Path) -> None:
         }
         assert status["failed_tiles"]["segment"] == [7]
 
-        seg.done(5, time.time(), 0.1)  # counts are read on every request
+        seg.done(5, time.time(), 0.1, n_core=0, n_labels=0)  # counts are read on every request
         assert json.loads(get(server.url + "status.json")[2])["tasks"]["segment"]["done"] == 6
 
         code, ctype, body = get(server.url)
@@ -113,7 +113,7 @@ def test_page_in_a_headless_browser_shows_counts_filled_in_by_its_script(tmp_pat
         assert re.search(r'id="segment-done">&hellip;<', page)
         # records written after the page was served
         for tile in range(8):
-            seg.done(tile, time.time(), 0.1)
+            seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
         seg.failed(10, "Traceback\nValueError: boom")
         seg.call_started(11)
         relabel.done(0, time.time(), 0.3, tiles=[0, 1, 2, 3])

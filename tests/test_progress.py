@@ -84,18 +84,18 @@ def test_plain_lines_are_throttled_and_final_lines_exact(tmp_path: Path) -> None
     out, clock = io.StringIO(), FakeClock()
     with _monitor(run, out, clock, ["segment", "stitch"]) as monitor:
         assert out.getvalue() == ""  # nothing happened yet: nothing to say
-        seg.done(0, 0.0, 1.0)
+        seg.done(0, 0.0, 1.0, n_core=0, n_labels=0)
         clock.now = 5.0
         monitor.update()
-        seg.done(1, 0.0, 1.0)
-        seg.done(2, 0.0, 1.0)
+        seg.done(1, 0.0, 1.0, n_core=0, n_labels=0)
+        seg.done(2, 0.0, 1.0, n_core=0, n_labels=0)
         clock.now = 8.0
         monitor.update()  # changed, but within 10 s of the last line: quiet
         stitch.done(1, 0.0, 2.0, tiles=[1, 2])
         stitch.failed(0, "Traceback\nValueError: bad")
         clock.now = 15.0
         monitor.update()
-        seg.done(3, 0.0, 1.0)
+        seg.done(3, 0.0, 1.0, n_core=0, n_labels=0)
         clock.now = 20.0
         monitor.update()  # segment finished: its final line comes at once
         clock.now = 22.0
@@ -114,12 +114,12 @@ def test_plain_lines_are_throttled_and_final_lines_exact(tmp_path: Path) -> None
 def test_resumed_tiles_do_not_count_towards_the_rate(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     seg = TaskRecords(run.records("segment"), "segment")
-    seg.done(0, 0.0, 1.0)
-    seg.done(1, 0.0, 1.0)
+    seg.done(0, 0.0, 1.0, n_core=0, n_labels=0)
+    seg.done(1, 0.0, 1.0, n_core=0, n_labels=0)
     out, clock = io.StringIO(), FakeClock()
     with _monitor(run, out, clock, ["segment"]) as monitor:
-        seg.done(2, 0.0, 1.0)
-        seg.done(3, 0.0, 1.0)
+        seg.done(2, 0.0, 1.0, n_core=0, n_labels=0)
+        seg.done(3, 0.0, 1.0, n_core=0, n_labels=0)
         clock.now = 10.0
         monitor.update()
     assert out.getvalue().splitlines() == ["segment: 4/4 tiles, 0 failed, 10.0 s, 0.2 tiles/s"]
@@ -134,7 +134,7 @@ def test_monitor_thread_follows_records_written_over_time(tmp_path: Path) -> Non
     def work() -> None:
         for tile in range(6):
             time.sleep(0.03)
-            seg.done(tile, time.time(), 0.03)
+            seg.done(tile, time.time(), 0.03, n_core=0, n_labels=0)
         relabel.done(0, time.time(), 0.1, tiles=[0, 1, 2])
         relabel.done(3, time.time(), 0.1, tiles=[3, 4, 5])
 
@@ -166,8 +166,8 @@ def test_interactive_mode_draws_bars_then_final_lines(tmp_path: Path) -> None:
     with ProgressMonitor(
         run, ["segment"], 2, interactive=True, poll=3600.0, stream=out, clock=clock
     ) as monitor:
-        seg.done(0, 0.0, 1.0)
-        seg.done(1, 0.0, 1.0)
+        seg.done(0, 0.0, 1.0, n_core=0, n_labels=0)
+        seg.done(1, 0.0, 1.0, n_core=0, n_labels=0)
         clock.now = 4.0
         monitor.update()
     text = out.getvalue()

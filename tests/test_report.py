@@ -61,7 +61,7 @@ def test_summary_table_from_a_run_dir_and_its_status(tmp_path: Path) -> None:
     run = make_run(tmp_path, blobs((40, 60)), (10, 20))  # 4 x 3 tiles, 2400 voxels
     seg = TaskRecords(run.records("segment"), "segment")
     for tile in range(12):
-        seg.done(tile, time.time(), 0.1)
+        seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
     stitch = TaskRecords(run.records("stitch"), "stitch")
     stitch.done(0, time.time(), 0.3, tiles=[0, 1, 2, 3, 4, 5])  # one block of six tiles
     error = {"task": "stitch", "tile": 6, "tiles": [6, 7], "host": "h", "time": 0.0}
@@ -84,7 +84,7 @@ def test_summary_table_from_a_status_matches_the_run_dir(tmp_path: Path) -> None
     run = make_run(tmp_path, blobs((40, 60)), (10, 20))
     seg = TaskRecords(run.records("segment"), "segment")
     for tile in range(9):
-        seg.done(tile, time.time(), 0.1)
+        seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
     seg.failed(10, "Traceback\nValueError: x")
     seconds = {"segment": 1.0, "total": 2.0}
     table = summary_table(run, seconds, num_labels=3)
@@ -119,12 +119,12 @@ def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
     mp = MapPlane.of(plan)
     for index in plan.tiles():  # the image's pieces, as segment workers save them
         seg.write_plane(plan.tile_id(index), mp.piece(plan, index, img, (0, 0)))
-    seg.done(done, time.time(), 3.0)
-    seg.done(plan.tile_id((0, 2)), time.time(), 1.0)
+    seg.done(done, time.time(), 3.0, n_core=0, n_labels=0)
+    seg.done(plan.tile_id((0, 2)), time.time(), 1.0, n_core=0, n_labels=0)
     seg.failed(failed, "Traceback\nValueError: boom")
     seg.call_started(running)
     stitch_failed = plan.tile_id((2, 2))  # segmented, but its stitch block failed
-    seg.done(stitch_failed, time.time(), 1.0)
+    seg.done(stitch_failed, time.time(), 1.0, n_core=0, n_labels=0)
     TaskRecords(run.records("stitch"), "stitch").failed(stitch_failed, "Traceback\nOSError: x")
 
     path = write_block_map(run)

@@ -1,0 +1,90 @@
+"""Fingerprints of what a run computes from: its fn and its input.
+
+A resumed run must do the same work as the run it continues, or its output mixes tiles made
+by two fns, or from two images. The run directory records
+
+* the fn's fingerprint: a hash of its import reference and keyword arguments and of the
+  source code of the function (or class) behind it, so that editing an importable fn's code
+  is seen even though it is pickled by reference; and the fn's cloudpickle itself, compared
+  with :func:`same_fn`;
+* the input's fingerprint: a hash of the array's metadata and of a fixed sample of its chunks
+  (at most :data:`SAMPLE_CHUNKS`, spread evenly over the chunk grid, so the cost does not grow
+  with the image);
+* per tile, in its segment record, a digest of the exact input block fn was given, which
+  ``blockbuster verify`` checks against the input on demand.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+SAMPLE_CHUNKS = 16
+
+
+def input_digest(data: np.ndarray) -> str:
+    """Digest of an input block: its dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{data.dtype.str}{data.shape}".encode())
+    h.update(np.ascontiguousarray(data).data)
+    return h.hexdigest()
+
+
+def _source_of(fn: Any) -> str:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if not (inspect.isfunction(target) or inspect.isclass(target) or inspect.ismethod(target)):
+        target = type(target)
+    try:
+        return inspect.getsource(target)
+    except (OSError, TypeError):
+        return ""
+
+
+def fn_fingerprint(ref: dict[str, Any] | None, fn: Any) -> str:
+    """Fingerprint of an fn: its import reference (with kwargs) and its source code."""
+    h = hashlib.sha256()
+    h.update(json.dumps(ref, sort_keys=True).encode())
+    h.update(_source_of(fn).encode())
+    return h.hexdigest()
+
+
+def same_fn(stored_payload: bytes, payload: bytes) -> bool:
+    """Whether two pickles hold the same fn, allowing for set and dict orders that differ
+    between interpreters (string hashing is salted per process)."""
+    if stored_payload == payload:
+        return True
+    try:
+        return bool(cloudpickle.dumps(cloudpickle.loads(stored_payload)) == payload)
+    except Exception:
+        return False
+
+
+def sample_chunks(grid: tuple[int, ...], n: int = SAMPLE_CHUNKS) -> list[tuple[int, ...]]:
+    """A fixed sample of at most ``n`` chunk indices spread evenly over ``grid`` (first and
+    last included)."""
+    total = int(np.prod(grid))
+    picks = sorted({int(round(v)) for v in np.linspace(0, total - 1, min(n, total))})
+    return [tuple(int(i) for i in np.unravel_index(p, grid)) for p in picks]
+
+
+def input_fingerprint(array: Any) -> str:
+    """Fingerprint of an input array: shape, dtype, chunks and a fixed sample of its chunks."""
+    h = hashlib.sha256()
+    chunks = tuple(int(c) for c in array.chunks)
+    shape = tuple(int(s) for s in array.shape)
+    h.update(json.dumps([shape, str(array.dtype), chunks]).encode())
+    grid = tuple(-(-s // c) for s, c in zip(shape, chunks, strict=True))
+    if 0 in grid:
+        return h.hexdigest()
+    for index in sample_chunks(grid):
+        box = tuple(
+            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape, strict=True)
+        )
+        h.update(input_digest(np.asarray(array[box])).encode())
+    return h.hexdigest()
