@@ -3,7 +3,10 @@
 ``blockbuster segment SRC DST`` segments a zarr image with the built-in watershed or with any
 importable ``module:function``; ``blockbuster status RUN_DIR`` shows what a run has done and
 what failed; ``blockbuster resubmit RUN_DIR`` redoes only failed or missing tiles, then stitches
-and relabels. Exit codes: 0 done, 1 tiles failed, 2 bad arguments.
+and relabels; ``blockbuster verify RUN_DIR`` checks a run's staged tiles against its input.
+Exit codes: 0 done, 1 tiles failed (or, for verify, found wrong), 2 bad arguments or a run
+that cannot be used as it is (another driver holds it, a damaged file), 3 an internal error
+(its traceback is printed).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import argparse
 import functools
 import importlib
 import json
+import re
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--merge-threshold", type=float, default=0.5)
     seg.add_argument("--timeout", type=float, default=3600.0, help="seconds per block")
     seg.add_argument("--max-retries", type=int, default=2)
+    seg.add_argument(
+        "--max-worker-restarts",
+        type=int,
+        default=None,
+        help="worker deaths per task daisy restarts before giving it up (default: scales "
+        "with the run, max(10, 4 x workers, blocks / 10))",
+    )
     seg.add_argument("--channels", action="store_true", help="first axis holds channels")
     seg.add_argument("--sequential", action="store_true", help="final labels 1..N, no gaps")
     seg.add_argument("--keep-stage", action="store_true")
@@ -109,12 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
     st.add_argument("--tracebacks", action="store_true", help="print failed tiles' tracebacks")
 
+    vf = sub.add_parser(
+        "verify", help="check staged tiles against the input and their files on disk"
+    )
+    vf.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
+
     rs = sub.add_parser("resubmit", help="redo failed or missing tiles, then stitch and relabel")
     rs.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
     rs.add_argument("--workers", type=int, help="override the run's number of workers")
     rs.add_argument("--timeout", type=float, help="override the run's block timeout")
     rs.add_argument("--max-retries", type=int, help="override the run's retries")
     rs.add_argument("--launcher", help="override the run's launcher")
+    rs.add_argument("--max-worker-restarts", type=int, help="override the restart cap")
     rs.add_argument("--no-progress", action="store_true")
     rs.add_argument(
         "--status-page",
@@ -128,6 +146,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _page(value: str) -> str | None:
     return None if value == "off" else value
+
+
+#: ``tile_process`` parameters as the command line spells them
+FLAGS = {
+    "tile_shape": "--tile",
+    "overlap": "--overlap",
+    "num_workers": "--workers",
+    "merge_threshold": "--merge-threshold",
+    "timeout": "--timeout",
+    "max_retries": "--max-retries",
+    "max_worker_restarts": "--max-worker-restarts",
+    "sequential_labels": "--sequential",
+    "keep_stage": "--keep-stage",
+    "channels": "--channels",
+    "host": "--host",
+    "launcher": "--launcher",
+    "status_page": "--status-page",
+    "level": "--level",
+    "write_to": "DST",
+    "image": "SRC",
+}
+
+
+def cli_words(message: str) -> str:
+    """A library error message in the command line's words (flags, not parameters)."""
+    message = message.replace("overwrite=True", "--overwrite")
+    for param, flag in FLAGS.items():
+        message = re.sub(
+            rf"\b{param}=", f"{flag} " if flag.startswith("-") else f"{flag}=", message
+        )
+        message = re.sub(rf"\b{param}\b(?!\.)", flag, message)
+    return message
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from blockbuster.rundir import RunDir
+    from blockbuster.verify import damaged_tiles, verify_inputs
+
+    run = RunDir(args.run_dir)
+    plan = run.read_spec().plan
+    damaged = damaged_tiles(run, plan)
+    inputs = verify_inputs(run)
+    print(f"run dir   {run.root.absolute()}")
+    print(f"checked   {inputs.checked} staged tile(s) against the input")
+    ok = True
+    if inputs.changed:
+        ok = False
+        shown = ", ".join(map(str, inputs.changed[:20]))
+        print(f"{len(inputs.changed)} tile(s) read other input than fn was given: {shown}")
+        print("the input changed since these tiles ran: start again with --overwrite")
+    if damaged:
+        ok = False
+        for tile, why in sorted(damaged.items())[:20]:
+            print(f"tile {tile}: {why} (resubmit segments it again)")
+    if inputs.unrecorded:
+        print(f"{len(inputs.unrecorded)} tile(s) have no input digest (staged by an older release)")
+    if ok:
+        print("every staged tile matches its input and its files are whole")
+    return 0 if ok else 1
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -154,6 +231,7 @@ def _resubmit(args: argparse.Namespace) -> int:
         "timeout": args.timeout,
         "max_retries": args.max_retries,
         "launcher": args.launcher,
+        "max_worker_restarts": args.max_worker_restarts,
     }
     options = replace(options, status_page=_page(args.status_page))
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
@@ -165,16 +243,26 @@ def _resubmit(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from blockbuster.driver import TileFailureError, tile_process
+    from blockbuster.lease import LeaseHeldError
+    from blockbuster.rundir import RunDirError
 
     try:
         if args.command == "status":
             return _status(args)
+        if args.command == "verify":
+            return _verify(args)
         if args.command == "resubmit":
             return _resubmit(args)
-        kwargs = json.loads(args.fn_kwargs)
+        try:
+            kwargs = json.loads(args.fn_kwargs)
+        except ValueError as e:
+            raise _argument_error(ValueError(f"--fn-kwargs is not JSON ({e})")) from None
         if not isinstance(kwargs, dict):
-            raise ValueError("--fn-kwargs must be a JSON object")
-        fn = load_fn(args.fn, kwargs, args.plugin)
+            raise _argument_error(ValueError("--fn-kwargs must be a JSON object"))
+        try:
+            fn = load_fn(args.fn, kwargs, args.plugin)
+        except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+            raise _argument_error(e) from None
         result = tile_process(
             args.src,
             fn,
@@ -195,16 +283,35 @@ def main(argv: list[str] | None = None) -> int:
             use_gpu=args.gpu,
             status_page=_page(args.status_page),
             level=int(args.level) if args.level.lstrip("-").isdigit() else args.level,
+            max_worker_restarts=args.max_worker_restarts,
         )
     except TileFailureError as e:
         print(e.result.summary(), file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (LeaseHeldError, RunDirError) as e:
+        print(f"error: {cli_words(str(e))}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if getattr(e, "bad_argument", False) or (
+            args.command != "segment" and isinstance(e, FileNotFoundError)
+        ):
+            print(f"error: {cli_words(str(e))}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(
+            f"error: internal error ({e.__class__.__name__}: {e}); the run directory, if any, "
+            "is kept: run the same command again to resume, and report this with the traceback",
+            file=sys.stderr,
+        )
+        return 3
     print(result.summary(table=args.no_progress))  # with progress, stderr has the table
     return 0
+
+
+def _argument_error(e: Exception) -> Exception:
+    e.bad_argument = True  # type: ignore[attr-defined]
+    return e
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,8 @@ class TaskReport:
     #: blocks (by the tile they are recorded under) that daisy counted as done but that have
     #: no valid record in the run directory
     missing: tuple[int, ...] = ()
+    #: why daisy gave the task up (its worker-restart cap), or None
+    abandoned: str | None = None
 
     @classmethod
     def from_state(cls, state: Any, seconds: float) -> TaskReport:
@@ -85,6 +89,14 @@ class TaskReport:
             orphaned=state.orphaned_count,
             seconds=seconds,
             error=state.first_worker_error or state.last_worker_error,
+            abandoned=(
+                f"daisy gave the task up after {state.worker_restart_count} worker restarts "
+                f"({state.abandon_reason or 'its worker-restart cap'}); raise "
+                "max_worker_restarts if workers die for reasons outside the run (preemption, "
+                "time limits), or find why they die in the logs"
+                if state.abandoned
+                else None
+            ),
         )
 
     @property
@@ -171,6 +183,8 @@ class RunResult:
                 lines.append(
                     f"FAILED {name}: {t.failed} failed, {t.orphaned} orphaned of {t.total}"
                 )
+                if t.abandoned:
+                    lines.append(f"  {t.abandoned}")
                 if t.missing:
                     shown = ", ".join(map(str, t.missing[:10]))
                     lines.append(
@@ -231,6 +245,10 @@ def plan_run(
             f"tile_shape={tuple(tile_shape)} must have 2 or 3 entries (y, x or z, y, x)"
         )
     source = describe_source(image, spatial_ndim, channels, param="image", level=level)
+    if 0 in source.shape:
+        raise ValueError(
+            f"image has shape {source.shape}: an axis of size 0 holds nothing to segment"
+        )
     tile = normalize_tile_shape(tile_shape, source.spatial_shape)
     halo = normalize_overlap(overlap, tile)
     if gpu_budget is not None:
@@ -671,6 +689,72 @@ def tile_process(
         If any tile failed; nothing is written to ``write_to`` and the run directory is kept so
         that running the same call again resumes.
     """
+    with _arguments():
+        options, client, gpu_budget = _check_run_arguments(
+            fn,
+            num_workers=num_workers,
+            timeout=timeout,
+            max_retries=max_retries,
+            keep_stage=keep_stage,
+            host=host,
+            launcher=launcher,
+            status_page=status_page,
+            max_worker_restarts=max_worker_restarts,
+            progress=progress,
+            use_gpu=use_gpu,
+            backend=backend,
+        )
+        run, spec, _, held = _prepare(
+            image,
+            fn,
+            tile_shape,
+            overlap,
+            write_to=write_to,
+            sequential_labels=sequential_labels,
+            merge_threshold=merge_threshold,
+            overwrite=overwrite,
+            channels=channels,
+            gpu_budget=gpu_budget,
+            level=level,
+        )
+    if isinstance(held, _Finished):
+        return _finished_result(held, spec)
+    try:
+        run.write_options(options)
+    except BaseException:
+        held.release()
+        raise
+    return execute_run(run, options, progress=progress, client=client, lease=held)
+
+
+@contextmanager
+def _arguments() -> Iterator[None]:
+    """Mark errors raised while the call's arguments are checked as bad arguments (the CLI's
+    exit status 2); the same types raised later are internal errors (3)."""
+    try:
+        yield
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        setattr(e, "bad_argument", True)  # noqa: B010 (exception types differ)
+        raise
+
+
+def _check_run_arguments(
+    fn: Any,
+    *,
+    num_workers: int,
+    timeout: float | None,
+    max_retries: int,
+    keep_stage: bool,
+    host: str | None,
+    launcher: str,
+    status_page: str | None,
+    max_worker_restarts: int | None,
+    progress: bool,
+    use_gpu: bool,
+    backend: str,
+) -> tuple[RunOptions, Any, tuple[int, int] | None]:
+    """Check how the call wants to run; return the options, the Dask client and the GPU
+    budget."""
     options = RunOptions(
         num_workers=num_workers,
         timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
@@ -705,27 +789,7 @@ def tile_process(
         gpus = find_gpus()
         gpu_budget = (min(gpus.free), bytes_per_voxel(fn))
         options = replace(options, gpus=gpus.devices)
-    run, spec, _, held = _prepare(
-        image,
-        fn,
-        tile_shape,
-        overlap,
-        write_to=write_to,
-        sequential_labels=sequential_labels,
-        merge_threshold=merge_threshold,
-        overwrite=overwrite,
-        channels=channels,
-        gpu_budget=gpu_budget,
-        level=level,
-    )
-    if isinstance(held, _Finished):
-        return _finished_result(held, spec)
-    try:
-        run.write_options(options)
-    except BaseException:
-        held.release()
-        raise
-    return execute_run(run, options, progress=progress, client=client, lease=held)
+    return options, client, gpu_budget
 
 
 def _finished_result(done: _Finished, spec: RunSpec) -> RunResult:
@@ -999,6 +1063,16 @@ def _fail(result: RunResult) -> None:
         f"The run directory {result.run_dir} is kept: fix the cause and run the same call again "
         "to resume."
     )
+    for name, t in bad.items():
+        if t.abandoned:
+            msg += f"\n{name}: {t.abandoned}."
+        if t.missing:
+            msg += (
+                f"\n{name}: {len(t.missing)} block(s) that daisy counted done left no valid "
+                f"record after {MAX_PASSES} passes (tiles {', '.join(map(str, t.missing[:10]))}"
+                f"{', ...' if len(t.missing) > 10 else ''}): another process may be reporting "
+                "blocks to the task server without doing them."
+            )
     texts = [e.traceback for tiles in result.failed.values() for es in tiles.values() for e in es]
     texts += [t.error for t in result.tasks.values() if t.error]
     if any("No space left on device" in t or "[Errno 28]" in t for t in texts):
@@ -1026,3 +1100,11 @@ def _check_writable(out: Path) -> None:
             f"write_to={str(out)!r} cannot be created: no write permission in {parent}; "
             "choose a writable location"
         )
+    try:  # permissions are not everything (read-only mounts, /proc, root squash)
+        probe = tempfile.mkdtemp(prefix=".blockbuster-probe-", dir=parent)
+    except OSError as e:
+        raise ValueError(
+            f"write_to={str(out)!r} cannot be created: {parent} does not accept new folders "
+            f"({e.strerror or e}); choose a writable location"
+        ) from None
+    os.rmdir(probe)

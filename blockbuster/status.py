@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blockbuster.lease import read_holder
 from blockbuster.records import TaskRecords, TileError
 from blockbuster.rundir import RunDir
 
@@ -45,6 +46,8 @@ class RunStatus:
     tile: tuple[int, ...]
     overlap: tuple[int, ...]
     tasks: dict[str, TaskStatus]
+    #: who holds the run's lease, in words
+    driver: str = "none"
 
     @property
     def complete(self) -> bool:
@@ -56,6 +59,7 @@ class RunStatus:
             f"output    {self.output} ({'finished' if self.complete else 'not finished'})",
             f"tiles     {self.num_tiles} (grid {'x'.join(map(str, self.grid))}, tile "
             f"{'x'.join(map(str, self.tile))}, overlap {','.join(map(str, self.overlap))})",
+            f"driver    {self.driver}",
             "",
             f"{'task':<9}{'done':>7}{'failed':>8}{'pending':>9}{'s/tile':>9}{'max s':>8}"
             f"{'fn calls':>10}",
@@ -104,6 +108,13 @@ def run_status(run: RunDir) -> RunStatus:
             "<write_to>.blockbuster directory of a run"
         )
     spec = run.read_spec()
+    holder = read_holder(run.root)
+    if holder is None:
+        driver = "none running"
+    elif holder.stale():
+        driver = f"none running (stale lease: {holder.describe()})"
+    else:
+        driver = holder.describe()
     plan = spec.plan
     tasks = {}
     for name in TASKS:
@@ -128,4 +139,5 @@ def run_status(run: RunDir) -> RunStatus:
         tile=plan.tile,
         overlap=plan.overlap,
         tasks=tasks,
+        driver=driver,
     )

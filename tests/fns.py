@@ -174,3 +174,33 @@ def cc_label_ndim(block: np.ndarray, ndim: int) -> np.ndarray:
     if block.ndim != ndim:
         raise ValueError(f"fn got a {block.ndim}-D block, expected {ndim}-D")
     return cc_label(block)
+
+
+def sigstop_once(block: np.ndarray, marker_dir: str, trigger: float) -> np.ndarray:
+    """Freeze this worker (SIGSTOP) the first time a block holding ``trigger`` arrives."""
+    import signal
+
+    if (block == np.float32(trigger)).any() and _first_time(marker_dir, "stopped"):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return cc_label(block)
+
+
+def exit_once(block: np.ndarray, marker_dir: str, trigger: float, how: str) -> np.ndarray:
+    """End this worker without a Python exception (``os._exit(0)`` or a SIGSEGV) the first
+    time a block holding ``trigger`` arrives."""
+    import signal
+
+    if (block == np.float32(trigger)).any() and _first_time(marker_dir, how):
+        if how == "exit0":
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return cc_label(block)
+
+
+def always_sigkill(block: np.ndarray, trigger: float) -> np.ndarray:
+    """SIGKILL this worker for every block holding ``trigger`` (a tile that always OOMs)."""
+    import signal
+
+    if (block == np.float32(trigger)).any():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return cc_label(block)

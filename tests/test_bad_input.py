@@ -56,11 +56,43 @@ def _refused(tmp_path: Path, src: str, match: str, **override: object) -> None:
         ({"fn": "not callable"}, r"fn must be a callable"),
         ({"fn": functools.partial(np.add, threading.Lock())}, r"fn cannot be sent"),
         ({"backend": "spark"}, r"backend='spark' must be"),
+        ({"timeout": float("nan")}, r"timeout=nan must be a finite number"),
+        ({"merge_threshold": "0.5"}, r"merge_threshold='0.5' must be a number"),
+        ({"tile_shape": "8,8,8"}, r"tile_shape='8,8,8' must be a tuple of ints"),
+        ({"tile_shape": (8, 8.5, 8)}, r"tile_shape=.* must hold ints"),
+        ({"overlap": "2"}, r"overlap='2' must be an int"),
+        ({"host": "no-such-host.invalid"}, r"host='no-such-host.invalid' does not resolve"),
+        ({"host": "192.0.2.1"}, r"host='192.0.2.1' cannot be bound here"),
+        ({"status_page": "no-such-host.invalid:0"}, r"status_page='no-such-host.invalid'"),
+        ({"max_worker_restarts": -1}, r"max_worker_restarts=-1 must be an integer >= 0"),
+        ({"sequential_labels": "yes"}, r"sequential_labels='yes' must be True or False"),
+        ({"write_to": "/proc/blockbuster-out.zarr"}, r"write_to=.* cannot be created"),
     ],
 )
 def test_bad_parameters(tmp_path: Path, blob_volume, override: dict, match: str) -> None:
     src, _ = blob_volume
     _refused(tmp_path, src, match, **override)
+
+
+def test_status_page_port_taken(tmp_path: Path, blob_volume) -> None:
+    import socket
+
+    src, _ = blob_volume
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        _refused(
+            tmp_path,
+            src,
+            rf"status_page='127.0.0.1:{port}' cannot be bound here",
+            status_page=f"127.0.0.1:{port}",
+        )
+
+
+def test_zero_size_axis(tmp_path: Path) -> None:
+    src = write_zarr(tmp_path / "img.zarr", np.zeros((0, 16, 16), np.float32), chunks=(1, 8, 8))
+    _refused(tmp_path, src, r"image has shape \(0, 16, 16\): an axis of size 0")
 
 
 def test_missing_source(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_status_then_resubmit_redoes_only_the_failed_tile(tmp_path: Path) -> Non
 
     status = cli("status", str(run_dir), cwd=tmp_path)
     assert status.returncode == 1
-    rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[5:8]}
+    rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[6:9]}
     assert rows["segment"][:3] == ["11", "1", "0"]  # done, failed, pending
     assert rows["segment"][-1] == "13"  # fn calls
     # stitch blocks next to the failed tile wait for it; the others ran
@@ -191,7 +191,7 @@ def test_status_of_a_kept_finished_run(tmp_path: Path) -> None:
     status = cli("status", str(tmp_path / "o.zarr.blockbuster"), cwd=tmp_path)
     assert status.returncode == 0
     assert "(finished)" in status.stdout
-    for line in status.stdout.splitlines()[5:8]:
+    for line in status.stdout.splitlines()[6:9]:
         assert line.split()[1:4] == ["4", "0", "0"]
     missing = cli("status", str(tmp_path), cwd=tmp_path)
     assert missing.returncode == 2 and "not a blockbuster run directory" in missing.stderr
@@ -230,3 +230,46 @@ def test_cellpose_plugin_missing_model_is_a_one_line_error(tmp_path: Path) -> No
     assert done.stderr.startswith("error: cellpose_fn(model='nuclei'):")
     assert str(env_models / "nucleitorch_0") in done.stderr
     assert not (tmp_path / "o.zarr.blockbuster").exists()
+
+
+def test_errors_name_the_flag_not_the_parameter(tmp_path: Path) -> None:
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
+    bad_tile = cli("segment", src, str(tmp_path / "o.zarr"), "--tile", "8,0", cwd=tmp_path)
+    assert bad_tile.returncode == 2
+    assert "error: --tile (8, 0) must hold positive integers" in bad_tile.stderr
+    assert "tile_shape" not in bad_tile.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    refused = cli("segment", src, str(other), "--tile", "8,8", "--overwrite", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--overwrite replaces only blockbuster outputs" in refused.stderr
+    assert (other / "keep.txt").read_text() == "mine"
+    threshold = cli(
+        "segment",
+        src,
+        str(tmp_path / "o.zarr"),
+        "--tile",
+        "8,8",
+        "--merge-threshold",
+        "2",
+        cwd=tmp_path,
+    )
+    assert threshold.returncode == 2 and "--merge-threshold 2.0 must be in" in threshold.stderr
+
+
+def test_an_internal_error_is_exit_3_with_its_traceback(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import blockbuster.driver
+    from blockbuster import cli as cli_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(blockbuster.driver, "tile_process", broken)
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
+    rc = cli_module.main(["segment", src, str(tmp_path / "o.zarr"), "--tile", "8,8"])
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "Traceback" in err and "error: internal error (TypeError" in err

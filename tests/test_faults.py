@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 import zarr
 from conftest import blobs, write_zarr
-from fns import cc_label, fail_on_value, hang_once, sigkill_once
+from fns import (
+    always_sigkill,
+    cc_label,
+    exit_once,
+    fail_on_value,
+    hang_once,
+    sigkill_once,
+    sigstop_once,
+)
 
 from blockbuster import TileFailureError, tile_process
 from blockbuster.geometry import TilePlan, box_slices
@@ -179,3 +187,81 @@ def test_killed_driver_resumes_without_redoing_staged_tiles(tmp_path: Path) -> N
     np.testing.assert_array_equal(
         zarr.open_array(str(out))[:], clean_run(tmp_path, src, (10, 10), 2)
     )
+
+
+def test_frozen_worker_is_killed_and_the_run_ends_in_bounded_time(tmp_path: Path) -> None:
+    src, _ = image_with_trigger(tmp_path)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    fn = functools.partial(sigstop_once, marker_dir=str(markers), trigger=TRIGGER)
+    start = time.monotonic()
+    result = tile_process(
+        src,
+        fn,
+        (10, 10),
+        2,
+        write_to=tmp_path / "out.zarr",
+        num_workers=2,
+        merge_threshold=0.0,
+        timeout=4,
+        keep_stage=True,
+    )
+    elapsed = time.monotonic() - start
+    assert (markers / "stopped").exists()  # a worker really froze mid-block
+    assert elapsed < 60, f"the driver waited {elapsed:.0f} s on a frozen worker"
+    assert result.ok and result.fn_calls == result.tiles_total + 1
+    errors = [e for es in TaskRecordsFor(tmp_path / "out.zarr", "segment") for e in es]
+    assert any("killed by SIGKILL" in e.traceback for e in errors)
+    out = zarr.open_array(str(tmp_path / "out.zarr"))[:]
+    np.testing.assert_array_equal(out, clean_run(tmp_path, src, (10, 10), 2))
+
+
+def TaskRecordsFor(out: Path, task: str) -> list[list]:  # noqa: N802
+    from blockbuster.records import TaskRecords
+
+    records = TaskRecords(RunDir.for_output(out).records(task), task)
+    errors: dict[int, list] = {}
+    for err in records.errors():
+        errors.setdefault(err.tile, []).append(err)
+    return list(errors.values())
+
+
+@pytest.mark.parametrize("how, cause", [("exit0", "exited with status 0"), ("segv", "SIGSEGV")])
+def test_worker_dying_inside_fn_names_the_tile_and_the_cause(
+    tmp_path: Path, how: str, cause: str
+) -> None:
+    src, _ = image_with_trigger(tmp_path, at=(35, 45))  # tile 19
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    fn = functools.partial(exit_once, marker_dir=str(markers), trigger=TRIGGER, how=how)
+    result = tile_process(
+        src,
+        fn,
+        (10, 10),
+        0,
+        write_to=tmp_path / "out.zarr",
+        merge_threshold=0.0,
+        keep_stage=True,
+    )
+    assert result.ok and result.fn_calls == 21
+    (errors,) = TaskRecordsFor(tmp_path / "out.zarr", "segment")
+    assert errors[0].tile == 19 and cause in errors[0].message
+
+
+def test_worker_restart_cap_is_reported_as_the_cause(tmp_path: Path) -> None:
+    src, _ = image_with_trigger(tmp_path, at=(35, 45))
+    fn = functools.partial(always_sigkill, trigger=TRIGGER)
+    with pytest.raises(TileFailureError) as err:
+        tile_process(
+            src,
+            fn,
+            (10, 10),
+            0,
+            write_to=tmp_path / "out.zarr",
+            merge_threshold=0.0,
+            max_retries=10,
+            max_worker_restarts=2,
+        )
+    summary = err.value.result.summary()
+    assert "worker restarts" in summary and "max_worker_restarts" in summary
+    assert "tile 19" in summary and "SIGKILL" in summary
