@@ -48,7 +48,14 @@ def drive(src: str, out: str, delay: float) -> None:
 
     fn = functools.partial(slow_label, delay=delay)
     tile_process(
-        src, fn, (8, 16, 16), 2, write_to=out, num_workers=2, merge_threshold=0.0, timeout=6,
+        src,
+        fn,
+        (8, 16, 16),
+        2,
+        write_to=out,
+        num_workers=2,
+        merge_threshold=0.0,
+        timeout=6,
         status_page=None,
     )
 
@@ -127,16 +134,18 @@ def main() -> None:
         kind = KINDS[r % len(KINDS)]
         out = work / f"out{r}.zarr"
         run_dir = out.with_name(out.name + ".blockbuster")
-        at = rng.uniform(0.3, clean_s * 0.9)
+        # a second driver needs its start-up (imports, the input's fingerprint) to meet the
+        # first one still running
+        at = rng.uniform(0.3, clean_s * (0.4 if kind == "double" else 0.9))
         t0 = time.monotonic()
         proc = _driver(src, out, args.delay)
         time.sleep(at)
         hit = "-"
         if kind == "driver":
+            hit = "driver" if proc.poll() is None else "finished first"
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             _wait_gone(run_dir)
-            hit = "driver"
         elif kind in ("worker", "freeze"):
             pids = _workers(run_dir)
             if pids:
@@ -152,9 +161,16 @@ def main() -> None:
         resumes = _finish(src, out, args.delay) if not _done(out) else 0
         equal = bool(np.array_equal(zarr.open_array(str(out))[:], clean))
         rounds.append(
-            {"round": r, "kind": kind, "at_s": round(at, 2), "hit": hit, "resumes": resumes,
-             "equal": equal, "seconds": round(time.monotonic() - t0, 1),
-             "run_dir_left": run_dir.exists()}
+            {
+                "round": r,
+                "kind": kind,
+                "at_s": round(at, 2),
+                "hit": hit,
+                "resumes": resumes,
+                "equal": equal,
+                "seconds": round(time.monotonic() - t0, 1),
+                "run_dir_left": run_dir.exists(),
+            }
         )
         print(json.dumps(rounds[-1]), flush=True)
     mismatches = sum(not r["equal"] for r in rounds)
@@ -162,14 +178,17 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "rounds": len(rounds),
         "by_kind": {k: sum(r["kind"] == k for r in rounds) for k in KINDS},
+        "hits": {h: sum(r["hit"] == h for r in rounds) for h in {r["hit"] for r in rounds}},
         "mismatches": mismatches,
         "run_dirs_left": sum(r["run_dir_left"] for r in rounds),
         "clean_seconds": round(clean_s, 1),
         "rounds_detail": rounds,
     }
     (ROOT / "results" / "chaos.json").write_text(json.dumps(summary, indent=1))
-    print(f"{len(rounds)} rounds, {mismatches} mismatches, "
-          f"{summary['run_dirs_left']} run directories left behind")
+    print(
+        f"{len(rounds)} rounds, {mismatches} mismatches, "
+        f"{summary['run_dirs_left']} run directories left behind"
+    )
     sys.exit(1 if mismatches or summary["run_dirs_left"] else 0)
 
 
@@ -177,9 +196,10 @@ def _done(out: Path) -> bool:
     from blockbuster.ownership import output_mark
 
     mark = output_mark(out) if out.exists() else None
-    return bool(mark and mark.get("complete")) and not out.with_name(
-        out.name + ".blockbuster"
-    ).exists()
+    return (
+        bool(mark and mark.get("complete"))
+        and not out.with_name(out.name + ".blockbuster").exists()
+    )
 
 
 if __name__ == "__main__":
