@@ -120,8 +120,12 @@ class Supervisor:
         stopped_since: float | None = None
         reason = ""
         try:
-            while proc.poll() is None:
-                time.sleep(POLL_S)
+            while True:
+                try:
+                    proc.wait(timeout=POLL_S)  # returns the moment the worker exits
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
                 now = time.time()
                 for state in _read_states(self.prefix):
                     held = state.get("block")

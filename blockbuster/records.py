@@ -54,25 +54,33 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(
+    path: Path, data: bytes, mode: int = 0o600, durable: bool = True, sync_dir: bool = True
+) -> None:
     """Write ``data`` to ``path`` so that readers see all of it or nothing, even after a crash.
 
-    The data is written to a temporary name and flushed to disk (fsync) before the rename, and
-    the folder after it: without that, a machine losing power can leave the new name holding
-    zero bytes, which a reader would take for a finished record.
+    The data is written to a temporary name and, when ``durable``, flushed to disk (fsync)
+    before the rename, and the folder after it: without that, a machine losing power can leave
+    the new name holding zero bytes. Files whose size a record keeps (face files) or that only
+    draw a picture (block map pieces) skip it: a damaged one is caught by its size, or costs
+    nothing. ``sync_dir=False`` skips the folder's fsync: for per-block records, whose loss
+    after a power cut (the rename not yet on disk) only makes their block run again, while
+    the file's own fsync guarantees that a name that survives holds all its bytes.
     """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable and sync_dir:
+        fsync_dir(path.parent)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -178,11 +186,11 @@ class TaskRecords:
 
     def done(self, tile: int, start: float, seconds: float, **info: Any) -> None:
         record = {"tile": tile, "host": self.host, "start": start, "seconds": seconds, **info}
-        write_atomic(self.root / f"{tile}.json", json.dumps(record).encode())
+        write_atomic(self.root / f"{tile}.json", json.dumps(record).encode(), sync_dir=False)
 
     def write_edges(self, tile: int, edges: np.ndarray) -> None:
         data = npy_bytes(np.asarray(edges, dtype=np.int64).reshape(-1, 4))
-        write_atomic(self.root / f"{tile}.edges.npy", data)
+        write_atomic(self.root / f"{tile}.edges.npy", data, sync_dir=False)
 
     def read_edges(self, tile: int) -> np.ndarray | None:
         """The edges of the stitch block keyed by ``tile``; None if missing or unreadable."""
@@ -201,7 +209,7 @@ class TaskRecords:
 
     def write_plane(self, tile: int, piece: np.ndarray) -> None:
         """Save the tile's piece of the block map's plane (see :mod:`blockbuster.thumbnail`)."""
-        write_atomic(self.root / f"{tile}.plane.npy", npy_bytes(piece))
+        write_atomic(self.root / f"{tile}.plane.npy", npy_bytes(piece), durable=False)
 
     def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
         record = {
@@ -213,7 +221,7 @@ class TaskRecords:
             "traceback": traceback,
         }
         name = f"{tile}.error.{uuid.uuid4().hex}.json"
-        write_atomic(self.root / name, json.dumps(record).encode())
+        write_atomic(self.root / name, json.dumps(record).encode(), sync_dir=False)
 
     # -- driver side -----------------------------------------------------------------------
 

@@ -28,11 +28,13 @@ from bench_fns import cc_label, mask, noop  # noqa: E402
 
 from blockbuster.driver import _run_pipeline, make_task, prepare_run, tile_process  # noqa: E402
 from blockbuster.io import create_output  # noqa: E402
+from blockbuster.lease import Lease  # noqa: E402
 from blockbuster.records import TaskRecords  # noqa: E402
 from blockbuster.resolve import resolve  # noqa: E402
 from blockbuster.rundir import RunOptions  # noqa: E402
 from blockbuster.synthetic import make_nuclei_volume  # noqa: E402
 from blockbuster.table import EquivalenceTable  # noqa: E402
+from blockbuster.verify import block_keys  # noqa: E402
 
 
 def _copy_boxes(args: tuple[str, str, list[tuple[tuple[int, int], ...]]]) -> None:
@@ -160,6 +162,7 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
         overwrite=True,
     )
     plan = spec.plan
+    lease = Lease(run.root).acquire()  # workers serve only a run a driver holds
     options = RunOptions(num_workers=workers, timeout=600, max_retries=0)
     seg = make_task("segment", plan, run, options)
     reps, seg_s = _run_pipeline(seg, ["segment"], run, options, False)
@@ -169,13 +172,15 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
     with EquivalenceTable(run.table) as table:
         done = TaskRecords(run.records("segment"), "segment").done_records()
         table.replace_tiles((k, r["n_core"], r["n_labels"]) for k, r in sorted(done.items()))
-        table.replace_edges(TaskRecords(run.records("stitch"), "stitch").edges())
+        stitch = TaskRecords(run.records("stitch"), "stitch")
+        table.replace_edges(stitch.edges(sorted(block_keys(plan, "stitch"))))
         res = resolve(table, plan.num_tiles, True)
         n_edges = len(table.all_edges())
     resolve_s = time.perf_counter() - t
     create_output(out, spec.source, plan, "uint64")
     rl = make_task("relabel", plan, run, options)
     reps3, relabel_s = _run_pipeline(rl, ["relabel"], run, options, False)
+    lease.release()
     assert all(r.ok for r in [*reps.values(), *reps2.values(), *reps3.values()])
     shutil.rmtree(run.root)
     return {
