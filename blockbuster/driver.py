@@ -920,6 +920,12 @@ def _execute(
             whole = whole and not missing
         return whole
 
+    if not (run.stage / "zarr.json").is_file():
+        # the stage array itself is gone: an empty one makes every tile with labels missing,
+        # so the passes below segment them again
+        logger.warning("%s is missing; it is created again", run.stage)
+        remove_created(run.stage)
+        create_stage(run.stage, plan)
     seconds = 0.0
     for attempt in range(MAX_PASSES):
         lease.check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -92,12 +93,15 @@ def test_damaged_state_is_redone_on_resume(
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], _clean(tmp_path, src))
 
 
+@pytest.mark.parametrize("what", ["chunks", "array"])
 def test_every_stage_chunk_deleted_resumes_to_the_clean_output(
-    tmp_path: Path, volume: tuple[str, np.ndarray]
+    tmp_path: Path, volume: tuple[str, np.ndarray], what: str
 ) -> None:
     src, _ = volume
     out, fn, _ = _failed_run(tmp_path, src)
     run = RunDir.for_output(out)
+    if what == "array":
+        shutil.rmtree(run.stage)
     for chunk in (run.stage / "c").rglob("*"):
         if chunk.is_file():
             chunk.unlink()
