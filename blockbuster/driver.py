@@ -44,20 +44,20 @@ from blockbuster.lease import LEASE_FILE, Lease
 from blockbuster.ownership import (
     check_replaceable,
     check_write_to,
+    is_our_run_dir,
     mark_output,
     mark_run_dir,
     new_run_id,
     output_mark,
     remove_created,
     remove_debris,
-    run_dir_marker,
 )
 from blockbuster.records import TaskRecords, TileError
 from blockbuster.resolve import resolve
 from blockbuster.rundir import RunDir, RunOptions, RunSpec, describe_fn, work_digest
 from blockbuster.segment import SegmentFn
 from blockbuster.table import EquivalenceTable
-from blockbuster.verify import block_keys, discard_damaged, missing_blocks
+from blockbuster.verify import block_keys, check_segment, missing_blocks
 
 logger = logging.getLogger("blockbuster")
 
@@ -428,16 +428,13 @@ def _prepare(
     source, plan = plan_run(image, tile_shape, overlap, channels, gpu_budget, level)
     out = Path(write_to).absolute()
     is_label = ome.label_parent(out) is not None
-    check_write_to(out, Path(source.store), is_ome_label=is_label)
+    check_write_to(out, Path(source.store), input_path=source.path, is_ome_label=is_label)
     check_output(out, source)
-    src = Path(source.store).resolve()
-    if out.resolve() in (src, src / source.path):
-        raise ValueError(f"write_to={str(write_to)!r} is the input image; choose another path")
     _check_writable(out)
     run = RunDir.for_output(out)
     if overwrite:
         check_replaceable(out, run.root)
-    elif run.root.exists() and not _ours(run.root):
+    elif run.root.exists() and not is_our_run_dir(run.root):
         raise ValueError(
             f"{str(run.root)!r} (the run directory of write_to) exists and is not a blockbuster "
             "run directory; move it away or choose another write_to"
@@ -501,11 +498,6 @@ def _prepare(
         lease.release()
         raise
     return run, spec, resume, lease
-
-
-def _ours(root: Path) -> bool:
-    """Whether ``root`` is a run directory blockbuster made (or an empty folder)."""
-    return root.is_dir() and (run_dir_marker(root) is not None or not any(root.iterdir()))
 
 
 def _clear_run_dir(run: RunDir) -> None:
@@ -909,13 +901,17 @@ def _execute(
             stage_seconds.update(monitor.seconds)
         return reports, seconds
 
+    done: dict[int, dict[str, Any]] = {}
+
     def verified(names: list[str], reports: dict[str, TaskReport]) -> bool:
         """Hold daisy's counts against the records: a block is done when its record is."""
+        nonlocal done
         whole = True
         for name in names:
-            missing = missing_blocks(run, plan, name)
             if name == "segment":
-                missing = sorted(set(missing) | set(discard_damaged(run, plan)))
+                done, missing = check_segment(run, plan)
+            else:
+                missing = missing_blocks(run, plan, name)
             reports[name] = replace(reports[name], missing=tuple(missing))
             whole = whole and not missing
         return whole
@@ -926,12 +922,12 @@ def _execute(
         logger.warning("%s is missing; it is created again", run.stage)
         remove_created(run.stage)
         create_stage(run.stage, plan)
+    check_segment(run, plan)  # what a resumed run finds damaged is redone in the first pass
     seconds = 0.0
     for attempt in range(MAX_PASSES):
         lease.check()
-        discard_damaged(run, plan)
         # stitch reruns in full: a tile segmented again may carry other local labels
-        _remove_records(run, "stitch")
+        remove_created(run.records("stitch"))
         reports, pass_seconds = run_tasks(["segment", "stitch"])
         seconds += pass_seconds
         daisy_ok = all(r.failed == 0 and r.orphaned == 0 for r in reports.values())
@@ -944,7 +940,6 @@ def _execute(
             "; ".join(f"{len(v)} {n} block(s)" for n, v in lost.items()),
         )
     seg_records = TaskRecords(run.records("segment"), "segment")
-    done = seg_records.done_records()
     result = RunResult(
         output=str(out),
         num_labels=0,
@@ -976,7 +971,7 @@ def _execute(
     mark_output(out, run_id=spec.run_id, complete=False)
 
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
-    _remove_records(run, "relabel")
+    remove_created(run.records("relabel"))
     relabel_seconds = 0.0
     for attempt in range(MAX_PASSES):
         lease.check()
@@ -1010,16 +1005,15 @@ def _execute(
         _fail(result)
     lease.check()
     mark_output(out, complete=True, num_labels=result.num_labels, work=work_digest(spec))
-    if not options.keep_stage:
-        lease.stop_heartbeat()
-        remove_created(run.root)
+    _remove_run_dir(run, options, lease)
     return result
 
 
-def _remove_records(run: RunDir, task: str) -> None:
-    folder = run.records(task)
-    if folder.exists():
-        remove_created(folder)
+def _remove_run_dir(run: RunDir, options: RunOptions, lease: Lease) -> None:
+    """Remove a finished run's directory, lease and all, unless ``keep_stage``."""
+    if not options.keep_stage:
+        lease.stop_heartbeat()
+        remove_created(run.root)
 
 
 def _cleanup_finished(
@@ -1028,9 +1022,7 @@ def _cleanup_finished(
     """Finish the cleanup of a run whose output was completed and marked."""
     result = _finished_result(_Finished(Path(spec.output_store), mark), spec)
     result.run_dir = str(run.root)
-    if not options.keep_stage:
-        lease.stop_heartbeat()
-        remove_created(run.root)
+    _remove_run_dir(run, options, lease)
     return result
 
 

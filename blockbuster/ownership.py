@@ -55,6 +55,11 @@ def run_dir_marker(root: Path) -> dict[str, Any] | None:
     return None
 
 
+def is_our_run_dir(root: Path) -> bool:
+    """Whether ``root`` is a run directory blockbuster made, or an empty folder."""
+    return root.is_dir() and (run_dir_marker(root) is not None or not any(root.iterdir()))
+
+
 def _zarr_attributes(path: Path) -> dict[str, Any] | None:
     """The attributes of the zarr array or group at ``path`` (v3 or v2), or None."""
     try:
@@ -90,7 +95,7 @@ def mark_output(path: Path, **info: Any) -> None:
     node.attrs[OUTPUT_ATTR] = mark
 
 
-def _protected(path: Path, input_store: Path | None) -> str | None:
+def _protected(path: Path, input_store: Path | None, input_path: str = "") -> str | None:
     """Why ``path`` may never be replaced, or None."""
     path = path.resolve()
     cwd = Path.cwd().resolve()
@@ -103,18 +108,20 @@ def _protected(path: Path, input_store: Path | None) -> str | None:
         return "it is the home directory or holds it"
     if input_store is not None:
         src = input_store.resolve()
-        if path == src or path in src.parents:
+        if path in (src, src / input_path) or path in src.parents:
             return "it is the input image or holds it"
     return None
 
 
-def check_write_to(out: Path, input_store: Path | None, *, is_ome_label: bool) -> None:
+def check_write_to(
+    out: Path, input_store: Path | None, *, input_path: str = "", is_ome_label: bool
+) -> None:
     """Refuse a ``write_to`` that is or lies inside what must not be written.
 
     ``write_to`` may lie inside the input store only as an OME-Zarr label image of it
     (``<image>/labels/<name>``), where NGFF puts labels.
     """
-    reason = _protected(out, input_store)
+    reason = _protected(out, input_store, input_path)
     if reason is not None:
         raise ValueError(f"write_to={str(out)!r} cannot be the output: {reason}; choose a new path")
     if input_store is not None and not is_ome_label:
@@ -145,10 +152,7 @@ def check_replaceable(out: Path, run_root: Path) -> None:
             f"write_to={str(out)!r} exists and was not written by blockbuster; overwrite=True "
             "replaces only blockbuster outputs: choose another path or remove it yourself"
         )
-    ours = run_root.is_dir() and (
-        run_dir_marker(run_root) is not None or not any(run_root.iterdir())
-    )
-    if run_root.exists() and not ours:
+    if run_root.exists() and not is_our_run_dir(run_root):
         raise ValueError(
             f"{str(run_root)!r} (the run directory of write_to) exists and is not a blockbuster "
             "run directory; move it away or choose another write_to"

@@ -179,7 +179,7 @@ class TaskRecords:
     def discard(self, tile: int) -> None:
         """Forget the done record of the block keyed by ``tile`` (it is redone)."""
         (self.root / f"{tile}.json").unlink(missing_ok=True)
-        (self.root / f"{tile}.edges.npy").unlink(missing_ok=True)
+        self.edges_file(tile).unlink(missing_ok=True)
 
     def call_started(self, tile: int) -> None:
         (self.root / f"{tile}.call.{uuid.uuid4().hex}").touch()
@@ -188,13 +188,19 @@ class TaskRecords:
         record = {"tile": tile, "host": self.host, "start": start, "seconds": seconds, **info}
         write_atomic(self.root / f"{tile}.json", json.dumps(record).encode(), sync_dir=False)
 
-    def write_edges(self, tile: int, edges: np.ndarray) -> None:
+    def edges_file(self, tile: int) -> Path:
+        return self.root / f"{tile}.edges.npy"
+
+    def write_edges(self, tile: int, edges: np.ndarray) -> Path:
+        """Write the edges of the stitch block keyed by ``tile``; return the file."""
         data = npy_bytes(np.asarray(edges, dtype=np.int64).reshape(-1, 4))
-        write_atomic(self.root / f"{tile}.edges.npy", data, sync_dir=False)
+        path = self.edges_file(tile)
+        write_atomic(path, data, sync_dir=False)
+        return path
 
     def read_edges(self, tile: int) -> np.ndarray | None:
         """The edges of the stitch block keyed by ``tile``; None if missing or unreadable."""
-        path = self.root / f"{tile}.edges.npy"
+        path = self.edges_file(tile)
         try:
             edges = np.load(path)
         except FileNotFoundError:

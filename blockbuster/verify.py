@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,21 @@ def _size(path: os.PathLike[str] | str) -> int | None:
         return None
 
 
+def _damage(run: RunDir, plan: TilePlan, tile: int, record: dict[str, Any]) -> str | None:
+    """What is wrong with the files a segment record promises, or None."""
+    if record["n_labels"] == 0:
+        return None  # nothing staged, no faces: nothing that can go missing
+    size = _size(stage_chunk_file(run.stage, plan.ndim, plan.tile_index(tile)))
+    want = record.get("stage_bytes")
+    if size is None or size == 0 or (want is not None and size != want):
+        return f"its stage chunk is {'missing' if size is None else 'damaged'}"
+    size = _size(face_file(run.faces, tile))
+    want = record.get("faces_bytes")
+    if size is None or (want is not None and size != want):
+        return "its face file is missing" if size is None else "its face file is damaged"
+    return None
+
+
 def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
     """Tiles whose segment record promises files that are missing or not the recorded size.
 
@@ -40,34 +56,31 @@ def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
         Tile -> what is wrong, for every tile whose record must not be trusted.
     """
     records = TaskRecords(run.records("segment"), "segment")
-    bad: dict[int, str] = {}
+    bad = {}
     for tile, record in records.done_records().items():
-        if record["n_labels"] == 0:
-            continue  # nothing staged, no faces: nothing that can go missing
-        index = plan.tile_index(tile)
-        size = _size(stage_chunk_file(run.stage, plan.ndim, index))
-        want = record.get("stage_bytes")
-        if size is None or size == 0 or (want is not None and size != want):
-            bad[tile] = f"its stage chunk is {'missing' if size is None else 'damaged'}"
-            continue
-        size = _size(face_file(run.faces, tile))
-        want = record.get("faces_bytes")
-        if size is None or (want is not None and size != want):
-            bad[tile] = "its face file is missing" if size is None else "its face file is damaged"
+        why = _damage(run, plan, tile, record)
+        if why is not None:
+            bad[tile] = why
     return bad
 
 
-def discard_damaged(run: RunDir, plan: TilePlan) -> dict[int, str]:
-    """Discard the segment records of :func:`damaged_tiles`, so their tiles are redone."""
-    bad = damaged_tiles(run, plan)
-    if bad:
-        records = TaskRecords(run.records("segment"), "segment")
-        for tile in bad:
+def check_segment(run: RunDir, plan: TilePlan) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """Read the segment records once: discard those whose files are damaged (so their tiles
+    are redone) and return the trusted records with the tiles that have none."""
+    records = TaskRecords(run.records("segment"), "segment")
+    done = records.done_records()
+    bad = {}
+    for tile, record in list(done.items()):
+        why = _damage(run, plan, tile, record)
+        if why is not None:
+            bad[tile] = why
             records.discard(tile)
+            del done[tile]
+    if bad:
         shown = ", ".join(f"{t} ({why})" for t, why in sorted(bad.items())[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         logger.warning("%d staged tile(s) will be segmented again: %s%s", len(bad), shown, more)
-    return bad
+    return done, [t for t in range(plan.num_tiles) if t not in done]
 
 
 def block_keys(plan: TilePlan, task: str) -> dict[int, list[int]]:
@@ -80,18 +93,18 @@ def block_keys(plan: TilePlan, task: str) -> dict[int, list[int]]:
 
 
 def missing_blocks(run: RunDir, plan: TilePlan, task: str) -> list[int]:
-    """Blocks of ``task`` (by key tile) that have no valid done record.
+    """Blocks of ``task`` (stitch or relabel, by key tile) that have no valid done record.
 
-    For stitch a block also needs readable edges.
+    A stitch block also needs its edges file at the size its record keeps.
     """
     records = TaskRecords(run.records(task), task)
     done = records.done_records()
     missing = []
     for key, tiles in block_keys(plan, task).items():
         record = done.get(key)
-        if record is None or (task != "segment" and record.get("tiles") != tiles):
+        if record is None or record.get("tiles") != tiles:
             missing.append(key)
-        elif task == "stitch" and records.read_edges(key) is None:
+        elif task == "stitch" and _size(records.edges_file(key)) != record.get("edges_bytes"):
             records.discard(key)
             missing.append(key)
     return missing

@@ -90,7 +90,7 @@ def serve(run: RunDir, task: str) -> int:
                     handle(group)
                 except Exception:
                     block_failed = True
-                    record_failure(plan, records, group, traceback.format_exc())
+                    records.failed(tiles[0], traceback.format_exc(), tiles=tiles)
                     raise
                 finally:
                     write_worker_state(None)
