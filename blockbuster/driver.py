@@ -51,10 +51,18 @@ from blockbuster.ownership import (
     output_mark,
     remove_created,
     remove_debris,
+    run_dir_marker,
 )
 from blockbuster.records import TaskRecords, TileError
 from blockbuster.resolve import resolve
-from blockbuster.rundir import RunDir, RunOptions, RunSpec, describe_fn, work_digest
+from blockbuster.rundir import (
+    RunDir,
+    RunDirError,
+    RunOptions,
+    RunSpec,
+    describe_fn,
+    work_digest,
+)
 from blockbuster.segment import SegmentFn
 from blockbuster.table import EquivalenceTable
 from blockbuster.verify import block_keys, check_segment, missing_blocks
@@ -452,42 +460,40 @@ def _prepare(
         input_fingerprint=input_fingerprint(source.open()),
     )
     resume = False
-    if run.root.is_dir() and not overwrite and not run.spec_file.exists():
-        # a run directory whose spec was never written (a driver killed at its start): redo
-        overwrite_dir = True
-    else:
-        overwrite_dir = overwrite
+    # a run directory without a spec (a driver killed at its start) has nothing to resume
+    resumable = not overwrite and run.root.is_dir() and run.spec_file.exists()
+    if out.exists() and not overwrite and not resumable:
+        mark = output_mark(out)
+        finished = (
+            mark is not None and mark.get("complete") and mark.get("work") == work_digest(spec)
+        )
+        if finished and not run.root.exists():
+            assert mark is not None
+            remove_debris(run.root)
+            return run, spec, False, _Finished(out, mark)
+        raise ValueError(
+            f"write_to={str(out)!r} already exists; pass overwrite=True to replace it or "
+            "choose another path"
+        )
     if not run.root.is_dir():
-        if out.exists() and not overwrite:
-            mark = output_mark(out)
-            if mark is not None and mark.get("complete") and mark.get("work") == work_digest(spec):
-                remove_debris(run.root)
-                return run, spec, False, _Finished(out, mark)
-            raise ValueError(
-                f"write_to={str(out)!r} already exists; pass overwrite=True to replace it or "
-                "choose another path"
-            )
         run.create()
         mark_run_dir(run.root, spec.run_id, out)  # at once: a driver killed now leaves it ours
     lease = Lease(run.root).acquire()
     try:
-        if overwrite_dir:
+        if not resumable:
             _clear_run_dir(run)
-            remove_created(out)
+            remove_created(out)  # absent, or checked replaceable (overwrite=True) above
         else:
-            previous = run.read_spec() if run.spec_file.exists() else None
-            if previous is not None:
-                _check_same_work(run, previous, spec, payload)
-                spec = replace(spec, run_id=previous.run_id)
-                mark = output_mark(out) if out.exists() else None
-                if out.exists() and (mark is None or mark.get("run_id") != spec.run_id):
-                    raise ValueError(
-                        f"write_to={str(out)!r} exists and is not the output of the run in "
-                        f"{run.root}; move it away, or pass overwrite=True to start again"
-                    )
-                resume = True
-            elif out.exists():
-                remove_created(out)  # checked replaceable above (overwrite) or ours
+            previous = run.read_spec()
+            _check_same_work(run, previous, spec, payload)
+            spec = replace(spec, run_id=previous.run_id)
+            mark = output_mark(out) if out.exists() else None
+            if out.exists() and (mark is None or mark.get("run_id") != spec.run_id):
+                raise ValueError(
+                    f"write_to={str(out)!r} exists and is not the output of the run in "
+                    f"{run.root}; move it away, or pass overwrite=True to start again"
+                )
+            resume = True
         mark_run_dir(run.root, spec.run_id, out)
         run.write_spec(spec)
         if not resume:
@@ -842,6 +848,8 @@ def execute_run(
     options = options.validate()
     if lease is None:
         run.read_spec()  # a one-line error for a missing or damaged run directory
+        if run_dir_marker(run.root) is None:
+            raise RunDirError(f"{run.root} is not a run directory blockbuster made")
         if client is None:
             options.check_addresses()
         lease = Lease(run.root).acquire()

@@ -328,13 +328,19 @@ class RunDir:
                 f"{self.spec_file} is damaged ({e.__class__.__name__}: {e}); the run cannot be "
                 "resumed: start it again with overwrite=True (--overwrite)"
             ) from None
+        if not isinstance(data, dict):
+            raise RunDirError(
+                f"{self.spec_file} is damaged (not a JSON object); the run cannot be resumed: "
+                "start it again with overwrite=True (--overwrite)"
+            )
+        version = data.get("version")
+        if version != SPEC_VERSION:
+            raise RunDirError(
+                f"{self.spec_file} was written by another blockbuster release (spec version "
+                f"{version}, this one reads {SPEC_VERSION}); finish it with that release or "
+                "start again with overwrite=True (--overwrite)"
+            )
         try:
-            if int(data["version"]) != SPEC_VERSION:
-                raise RunDirError(
-                    f"{self.spec_file} was written by another blockbuster release (spec version "
-                    f"{data['version']}, this one reads {SPEC_VERSION}); finish it with that "
-                    "release or start again with overwrite=True (--overwrite)"
-                )
             return RunSpec.from_json(data)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise RunDirError(

@@ -22,9 +22,11 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,12 +114,9 @@ def main() -> None:
         drive(args.drive[0], args.drive[1], args.delay)
         return
     rng = random.Random(args.seed)
-    work = Path(args.workdir)
-    if work.exists():
-        import shutil
-
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    # a folder of its own inside --workdir: the script never deletes what it did not make
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="chaos-", dir=args.workdir))
     img = ndi.gaussian_filter(np.random.default_rng(args.seed).random((24, 48, 48)), 2)
     img = ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
     src = str(work / "img.zarr")
@@ -185,6 +184,7 @@ def main() -> None:
         "rounds_detail": rounds,
     }
     (ROOT / "results" / "chaos.json").write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(work)
     print(
         f"{len(rounds)} rounds, {mismatches} mismatches, "
         f"{summary['run_dirs_left']} run directories left behind"

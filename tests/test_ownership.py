@@ -11,7 +11,7 @@ import zarr
 from conftest import blobs, write_zarr
 from fns import cc_label
 
-from blockbuster import tile_process
+from blockbuster import TileFailureError, tile_process
 from blockbuster.ownership import RUN_MARKER, output_mark, remove_created, remove_debris
 from blockbuster.rundir import RunDir
 
@@ -157,3 +157,28 @@ def test_remove_created_renames_aside_first(tmp_path: Path) -> None:
     left.mkdir()
     remove_debris(victim)
     assert not left.exists()
+
+
+def test_run_dir_without_a_spec_never_costs_an_existing_write_to(data: tuple[Path, str]) -> None:
+    folder, src = data
+    out = folder / "labels.zarr"
+    out.mkdir()
+    (out / "mine.txt").write_text("not blockbuster's")
+    RunDir.for_output(out).root.mkdir()  # empty: as a driver killed at its very start leaves it
+    with pytest.raises(ValueError, match="already exists; pass overwrite=True"):
+        _run(src, out)
+    assert (out / "mine.txt").read_text() == "not blockbuster's"
+
+
+def test_spec_of_another_release_is_named_as_such(data: tuple[Path, str]) -> None:
+    import json
+
+    folder, src = data
+    out = folder / "labels.zarr"
+    with pytest.raises(TileFailureError):  # float labels: every tile fails, the run dir is kept
+        tile_process(src, np.ones_like, (10, 10), 0, write_to=out)
+    spec = RunDir.for_output(out).spec_file
+    data_ = json.loads(spec.read_text())
+    spec.write_text(json.dumps({**data_, "version": 1}))
+    with pytest.raises(ValueError, match="written by another blockbuster release .spec version 1"):
+        tile_process(src, np.ones_like, (10, 10), 0, write_to=out)
