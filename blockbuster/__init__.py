@@ -13,18 +13,18 @@ __version__ = "0.1.0"
 __all__ = ["RunResult", "TileFailureError", "make_local_cluster", "tile_process"]
 
 if TYPE_CHECKING:
-    from blockbuster.dask_backend import make_local_cluster
-    from blockbuster.driver import RunResult, TileFailureError, tile_process
+    from blockbuster.pipeline.driver import RunResult, TileFailureError, tile_process
+    from blockbuster.run.dask_engine import make_local_cluster
 
 
 def __getattr__(name: str) -> Any:
-    # imported lazily so that worker processes importing blockbuster.launch stay light
+    # imported lazily so that worker processes importing blockbuster.run.launch stay light
     if name == "make_local_cluster":
-        from blockbuster.dask_backend import make_local_cluster
+        from blockbuster.run.dask_engine import make_local_cluster
 
         return make_local_cluster
     if name in __all__:
-        from blockbuster import driver
+        from blockbuster.pipeline import driver
 
         return getattr(driver, name)
     raise AttributeError(f"module 'blockbuster' has no attribute {name!r}")

@@ -181,8 +181,8 @@ def cli_words(message: str) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from blockbuster.rundir import RunDir
-    from blockbuster.verify import damaged_tiles, verify_inputs
+    from blockbuster.pipeline.verify import damaged_tiles, verify_inputs
+    from blockbuster.run.rundir import RunDir
 
     run = RunDir(args.run_dir)
     plan = run.read_spec().plan
@@ -208,8 +208,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from blockbuster.rundir import RunDir
-    from blockbuster.status import run_status
+    from blockbuster.run.rundir import RunDir
+    from blockbuster.ui.status import run_status
 
     status = run_status(RunDir(args.run_dir))
     print(status.tracebacks() if args.tracebacks else status.format())
@@ -219,8 +219,8 @@ def _status(args: argparse.Namespace) -> int:
 def _resubmit(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from blockbuster.driver import execute_run
-    from blockbuster.rundir import RunDir
+    from blockbuster.pipeline.driver import execute_run
+    from blockbuster.run.rundir import RunDir
 
     run = RunDir(args.run_dir)
     if not run.spec_file.exists():
@@ -242,9 +242,9 @@ def _resubmit(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from blockbuster.driver import TileFailureError, tile_process
-    from blockbuster.lease import LeaseHeldError
-    from blockbuster.rundir import RunDirError
+    from blockbuster.pipeline.driver import TileFailureError, tile_process
+    from blockbuster.run.lease import LeaseHeldError
+    from blockbuster.run.rundir import RunDirError
 
     try:
         if args.command == "status":

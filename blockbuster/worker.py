@@ -18,16 +18,17 @@ from collections.abc import Callable
 
 import daisy
 
-from blockbuster.geometry import Box, TilePlan
-from blockbuster.io import open_array, open_stage
-from blockbuster.launch import server_dir, write_worker_state
-from blockbuster.lease import check_live_lease
-from blockbuster.records import TaskRecords
-from blockbuster.relabel import Relabeler
-from blockbuster.rundir import RunDir, restore_sys_path
-from blockbuster.segment import Segmenter
-from blockbuster.stitch import Stitcher
-from blockbuster.table import EquivalenceTable
+from blockbuster.io.sources import open_array
+from blockbuster.pipeline.plan import Box, TilePlan
+from blockbuster.pipeline.relabel import Relabeler
+from blockbuster.pipeline.segment import Segmenter
+from blockbuster.pipeline.stage import open_stage
+from blockbuster.pipeline.stitch import Stitcher
+from blockbuster.pipeline.table import EquivalenceTable
+from blockbuster.run.launch import server_dir, write_worker_state
+from blockbuster.run.lease import check_live_lease
+from blockbuster.run.records import TaskRecords
+from blockbuster.run.rundir import RunDir, restore_sys_path
 
 TASKS = ("segment", "stitch", "relabel")
 

@@ -26,15 +26,15 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fns import cc_label, mask, noop  # noqa: E402
 
-from blockbuster.driver import _run_pipeline, make_task, prepare_run, tile_process  # noqa: E402
-from blockbuster.io import create_output  # noqa: E402
-from blockbuster.lease import Lease  # noqa: E402
-from blockbuster.records import TaskRecords  # noqa: E402
-from blockbuster.resolve import resolve  # noqa: E402
-from blockbuster.rundir import RunOptions  # noqa: E402
+from blockbuster.io.sources import create_output  # noqa: E402
+from blockbuster.pipeline.driver import _run_pipeline, make_task, prepare_run, tile_process  # noqa: E402
+from blockbuster.pipeline.resolve import resolve  # noqa: E402
+from blockbuster.pipeline.table import EquivalenceTable  # noqa: E402
+from blockbuster.pipeline.verify import block_keys  # noqa: E402
+from blockbuster.run.lease import Lease  # noqa: E402
+from blockbuster.run.records import TaskRecords  # noqa: E402
+from blockbuster.run.rundir import RunOptions  # noqa: E402
 from blockbuster.synthetic import make_nuclei_volume  # noqa: E402
-from blockbuster.table import EquivalenceTable  # noqa: E402
-from blockbuster.verify import block_keys  # noqa: E402
 
 
 def _copy_boxes(args: tuple[str, str, list[tuple[tuple[int, int], ...]]]) -> None:

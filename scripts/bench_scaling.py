@@ -23,8 +23,8 @@ import daisy  # noqa: E402
 from bench_fns import cc_label  # noqa: E402
 from bench_overhead import bench_merge, bench_noop  # noqa: E402
 
-from blockbuster.driver import make_task, prepare_run  # noqa: E402
-from blockbuster.rundir import RunOptions  # noqa: E402
+from blockbuster.pipeline.driver import make_task, prepare_run  # noqa: E402
+from blockbuster.run.rundir import RunOptions  # noqa: E402
 
 TILE = (8, 32, 32)
 

@@ -193,7 +193,7 @@ def main() -> None:
 
 
 def _done(out: Path) -> bool:
-    from blockbuster.ownership import output_mark
+    from blockbuster.run.ownership import output_mark
 
     mark = output_mark(out) if out.exists() else None
     return (

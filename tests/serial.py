@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from blockbuster.io import create_output, open_array
-from blockbuster.ownership import mark_output
-from blockbuster.records import TaskRecords
-from blockbuster.resolve import resolve
-from blockbuster.rundir import RunDir
-from blockbuster.table import EquivalenceTable
-from blockbuster.verify import block_keys
+from blockbuster.io.outputs import create_output
+from blockbuster.io.sources import open_array
+from blockbuster.pipeline.resolve import resolve
+from blockbuster.pipeline.table import EquivalenceTable
+from blockbuster.pipeline.verify import block_keys
+from blockbuster.run.ownership import mark_output
+from blockbuster.run.records import TaskRecords
+from blockbuster.run.rundir import RunDir
 from blockbuster.worker import make_handler
 
 

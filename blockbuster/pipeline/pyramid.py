@@ -1,0 +1,295 @@
+"""The label pyramid: levels 1, 2, ... of an OME-Zarr label image, built blockwise from level 0.
+
+Each voxel of level ``k`` is the *mode* of the cell of level ``k - 1`` it covers (2x2 or
+2x2x2 voxels, or whatever integer factors the level shapes give): the most frequent non-zero
+label, the smallest of those on a tie, and 0 only where the whole cell is background. Unlike
+nearest-neighbour subsampling this keeps small objects visible at coarse levels, and unlike
+averaging it never invents label values.
+
+Every block of level ``k`` is one chunk of it, computed from the matching block of level
+``k - 1`` alone, so no process ever holds more than one block and its source, and blocks
+write disjoint chunks. Levels are built one after the other; the blocks of a level run in
+parallel in daisy worker processes (levels too small to be worth starting workers for run in
+this process, block by block as well).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from blockbuster.io import ome
+from blockbuster.pipeline.plan import Box, box_slices
+
+#: Levels whose source has at most this many voxels are built in this process.
+INLINE_VOXELS = 2**22
+
+#: Cells processed at once by :func:`downsample_mode` (bounds its temporary memory).
+_CELLS_PER_SLAB = 2**20
+
+
+def downsample_mode(labels: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Downsample a label array by the most frequent non-zero label of each cell.
+
+    Parameters
+    ----------
+    labels
+        Integer label array; 0 is background.
+    factors
+        Cell size per axis (1 keeps the axis). A cell at the far edge may be partial: it holds
+        only the voxels that exist.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``ceil(labels.shape / factors)``, same dtype. Each value is the label occurring
+        most often among the cell's non-zero voxels, the smallest such label on a tie, and 0
+        where the cell is all background.
+    """
+    f = tuple(int(v) for v in factors)
+    if len(f) != labels.ndim or any(v < 1 for v in f):
+        raise ValueError(f"factors={tuple(factors)} must give one integer >= 1 per axis")
+    out_shape = tuple(math.ceil(s / v) for s, v in zip(labels.shape, f, strict=True))
+    if all(v == 1 for v in f) or labels.size == 0:
+        return np.array(labels, copy=True).reshape(out_shape)
+    pad = [(0, o * v - s) for o, v, s in zip(out_shape, f, labels.shape, strict=True)]
+    data = np.pad(labels, pad) if any(p for _, p in pad) else labels
+    out = np.empty(out_shape, dtype=labels.dtype)
+    # slabs along the first axis bound the temporary arrays
+    per_row = math.prod(out_shape[1:])
+    rows = max(1, _CELLS_PER_SLAB // max(1, per_row))
+    for start in range(0, out_shape[0], rows):
+        stop = min(out_shape[0], start + rows)
+        slab = data[start * f[0] : stop * f[0]]
+        out[start:stop] = _mode_cells(slab, f)
+    return out
+
+
+def _mode_cells(data: np.ndarray, f: tuple[int, ...]) -> np.ndarray:
+    """:func:`downsample_mode` of an array whose shape is a multiple of ``f``."""
+    # one strided view per position inside the cell: no copy of the whole block
+    views = [
+        data[tuple(slice(o, None, v) for o, v in zip(offset, f, strict=True))]
+        for offset in np.ndindex(*f)
+    ]
+    result = views[0].copy()
+    # most cells of a label image lie inside one object or the background: they keep their
+    # value, and only the mixed ones are sorted
+    mixed = np.zeros(result.shape, dtype=bool)
+    for view in views[1:]:
+        mixed |= view != views[0]
+    n_mixed = int(np.count_nonzero(mixed))
+    if n_mixed > result.size // 2:  # noise-like: one reordering copy beats gathering
+        nd = data.ndim
+        split = [x for pair in zip(result.shape, f, strict=True) for x in pair]
+        order = list(range(0, 2 * nd, 2)) + list(range(1, 2 * nd, 2))
+        cells = data.reshape(split).transpose(order).reshape(-1, math.prod(f))
+        return _mode_rows(cells).reshape(result.shape)
+    if n_mixed:
+        where = np.nonzero(mixed)
+        result[where] = _mode_rows(np.stack([view[where] for view in views], axis=1))
+    return result
+
+
+def _mode_rows(cells: np.ndarray) -> np.ndarray:
+    """Per row, the most frequent non-zero value (smallest on a tie; 0 if all are 0)."""
+    k = cells.shape[1]
+    s = np.sort(cells, axis=1)
+    idx_type = np.int8 if k < 127 else np.int32
+    idx = np.arange(k, dtype=idx_type)
+    zero = idx_type(0)
+    new_run = np.ones(s.shape, dtype=bool)
+    new_run[:, 1:] = s[:, 1:] != s[:, :-1]
+    run_end = np.ones(s.shape, dtype=bool)
+    run_end[:, :-1] = new_run[:, 1:]
+    # index of the first and of the last element of each element's run of equal values
+    first = np.maximum.accumulate(np.where(new_run, idx, zero), axis=1)
+    last_rev = np.maximum.accumulate(np.where(run_end[:, ::-1], idx, zero), axis=1)
+    last = (k - 1 - last_rev)[:, ::-1]
+    count = (last - first + 1).astype(idx_type)
+    count[s == 0] = 0
+    # the first maximum in sorted order is the smallest of the most frequent labels; a cell
+    # of zeros only has all counts 0 and yields s[0] == 0
+    best = np.argmax(count, axis=1)
+    return s[np.arange(len(s)), best]
+
+
+@functools.lru_cache(maxsize=16)
+def _open(store: str, path: str, mode: str) -> zarr.Array:
+    return zarr.open_array(store=store, path=path, mode=mode)
+
+
+@dataclass(frozen=True)
+class LevelBuilder:
+    """Writes blocks of one pyramid level from the level above it (a daisy block function).
+
+    Parameters
+    ----------
+    store
+        The label image group.
+    source, target
+        Dataset paths of levels ``k - 1`` and ``k``.
+    factors
+        Downsampling factor per axis from ``source`` to ``target``.
+    """
+
+    store: str
+    source: str
+    target: str
+    factors: tuple[int, ...]
+
+    def __call__(self, block: Any) -> None:
+        """Process one daisy block (its write ROI is a box of target voxels)."""
+        roi = block.write_roi
+        begin, end = tuple(roi.begin), tuple(roi.end)
+        self.process(tuple((int(a), int(b)) for a, b in zip(begin, end, strict=True)))
+
+    def process(self, box: Box) -> None:
+        """Compute the target voxels ``box`` from the source and write them."""
+        src = _open(self.store, self.source, "r")
+        dst = _open(self.store, self.target, "r+")
+        src_box = tuple(
+            (a * f, min(b * f, n))
+            for (a, b), f, n in zip(box, self.factors, src.shape, strict=True)
+        )
+        want = tuple(b - a for a, b in box)
+        if any(b <= a for a, b in src_box):
+            dst[box_slices(box)] = np.zeros(want, dtype=dst.dtype)
+            return
+        down = downsample_mode(np.asarray(src[box_slices(src_box)]), self.factors)
+        out = np.zeros(want, dtype=dst.dtype)
+        common = tuple(slice(0, min(w, d)) for w, d in zip(want, down.shape, strict=True))
+        out[common] = down[common]
+        dst[box_slices(box)] = out
+
+
+def _blocks(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[Box]:
+    """The chunk boxes of an array, in C order."""
+    grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
+    for corner in np.ndindex(*(len(g) for g in grid)):
+        yield tuple(
+            (g[i], min(g[i] + c, s)) for g, i, c, s in zip(grid, corner, chunks, shape, strict=True)
+        )
+
+
+def _run_level(
+    builder: LevelBuilder,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    num_workers: int,
+    progress: bool,
+    timeout: float | None,
+    max_retries: int,
+) -> None:
+    """Build one level with daisy workers (blocks = target chunks)."""
+    import daisy
+    from funlib.geometry import Roi
+
+    nd = len(shape)
+    task = daisy.Task(
+        f"pyramid_{builder.target}",
+        total_roi=Roi((0,) * nd, shape),
+        read_roi=Roi((0,) * nd, chunks),
+        write_roi=Roi((0,) * nd, chunks),
+        process_function=builder,
+        read_write_conflict=False,
+        fit="shrink",
+        max_workers=num_workers,
+        max_retries=max_retries,
+        timeout=timeout,
+    )
+    states = daisy.Server().run_blockwise(
+        task, progress=progress, block_tracking=False, host="127.0.0.1", summary=False
+    )
+    state = states[task.task_id]
+    if state.completed_count != state.total_block_count:
+        error = state.first_worker_error or state.last_worker_error or "no error recorded"
+        raise RuntimeError(
+            f"building pyramid level {builder.target!r} of {builder.store}: "
+            f"{state.failed_count} blocks failed, {state.orphaned_count} orphaned of "
+            f"{state.total_block_count}; first error:\n{error.strip()}"
+        )
+
+
+def _ensure_levels(store: str, max_levels: int | None) -> ome.Multiscale:
+    """Read the label image's levels; plan and create levels 1.. if it has only level 0."""
+    group = zarr.open(store, mode="r+")
+    ms = ome.read_multiscale(group) if isinstance(group, zarr.Group) else None
+    if ms is None or not isinstance(group, zarr.Group):
+        raise ValueError(f"{store} is not an OME-Zarr image (no multiscales metadata)")
+    if len(ms.levels) > 1 or max_levels == 1:
+        return ms
+    lv0 = ms.levels[0]
+    levels = ome.plan_levels(
+        lv0.shape, lv0.chunks, lv0.scale, lv0.translation, ms.spatial, max_levels
+    )
+    if len(levels) == 1:
+        return ms
+    ome.add_levels(group, ms, levels[1:])
+    updated = ome.read_multiscale(group)
+    assert updated is not None
+    return updated
+
+
+def build_pyramid(
+    store: str | Path,
+    num_workers: int = 1,
+    *,
+    max_levels: int | None = None,
+    progress: bool = False,
+    timeout: float | None = 3600.0,
+    max_retries: int = 2,
+    inline_voxels: int = INLINE_VOXELS,
+) -> list[str]:
+    """Fill levels 1, 2, ... of an OME-Zarr label image from its level 0, blockwise.
+
+    Parameters
+    ----------
+    store
+        Path of the label image group (as made by :func:`.outputs.create_output`, whose
+        levels exist empty; a label image with only level 0 gets levels planned by
+        :func:`blockbuster.io.ome.plan_levels` first).
+    num_workers
+        daisy worker processes per level; 0 builds every level in this process.
+    max_levels
+        Only used when levels are planned here: at most this many levels, level 0 included.
+    progress
+        Show daisy's progress bars.
+    timeout, max_retries
+        Per block, as for daisy tasks.
+    inline_voxels
+        Levels whose source level has at most this many voxels are built in this process
+        (starting workers would cost more than the work).
+
+    Returns
+    -------
+    list of str
+        The dataset paths of all levels, level 0 first.
+
+    Raises
+    ------
+    RuntimeError
+        If blocks of a level failed after their retries.
+    """
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers} must be 0 or more")
+    store = str(Path(store).absolute())
+    _open.cache_clear()
+    ms = _ensure_levels(store, max_levels)
+    for finer, coarser in zip(ms.levels, ms.levels[1:], strict=False):
+        builder = LevelBuilder(store, finer.path, coarser.path, ome.level_factors(finer, coarser))
+        chunks = coarser.chunks or coarser.shape
+        if num_workers == 0 or math.prod(finer.shape) <= inline_voxels:
+            for box in _blocks(coarser.shape, chunks):
+                builder.process(box)
+        else:
+            _run_level(builder, coarser.shape, chunks, num_workers, progress, timeout, max_retries)
+    _open.cache_clear()
+    return [lv.path for lv in ms.levels]

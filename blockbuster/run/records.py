@@ -1,0 +1,315 @@
+"""Per-block records that workers write as files, and the driver gathers.
+
+Workers never write a shared database: each block writes its own small files, created under a
+temporary name and renamed into place, which is safe on the network filesystems that
+multi-node runs share (SQLite is not). Layout under ``<run_dir>/records/<task>/``:
+
+``<tile>.json``
+    The block succeeded: host, start time, seconds, and task-specific counts. A block of
+    several tiles (stitch, relabel) is recorded under its first tile and lists its ``tiles``.
+``<tile>.edges.npy``
+    stitch only: the tile's equivalences, an ``(n, 4)`` int64 array
+    ``(tile_a, label_a, tile_b, label_b)``.
+``<tile>.call.<id>``
+    segment only: one file per call of ``fn``, created just before the call, so calls are
+    counted even when the worker is killed inside ``fn``.
+``<tile>.plane.npy``
+    segment and relabel, tiles crossing the block map's plane only: that plane's piece of the
+    tile (image, or final labels), strided (see :mod:`.thumbnail`).
+``<tile>.error.<id>.json``
+    One per failed attempt: host, time and the traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("blockbuster")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or creation in ``folder`` durable (a no-op where directories can't be
+    opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: Path, data: bytes, mode: int = 0o600, durable: bool = True, sync_dir: bool = True
+) -> None:
+    """Write ``data`` to ``path`` so that readers see all of it or nothing, even after a crash.
+
+    The data is written to a temporary name and, when ``durable``, flushed to disk (fsync)
+    before the rename, and the folder after it: without that, a machine losing power can leave
+    the new name holding zero bytes. Files whose size a record keeps (face files) or that only
+    draw a picture (block map pieces) skip it: a damaged one is caught by its size, or costs
+    nothing. ``sync_dir=False`` skips the folder's fsync: for per-block records, whose loss
+    after a power cut (the rename not yet on disk) only makes their block run again, while
+    the file's own fsync guarantees that a name that survives holds all its bytes.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable and sync_dir:
+        fsync_dir(path.parent)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` in the ``.npy`` format."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is missing, empty, truncated or not an
+    object (each bad file is logged once)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        _warn_once(path, f"unreadable ({e.__class__.__name__}: {e})")
+        return None
+    if not isinstance(data, dict):
+        _warn_once(path, "not a JSON object")
+        return None
+    return data
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(path: Path, why: str) -> None:
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        logger.warning("ignoring %s: %s; its block is treated as not done", path, why)
+
+
+#: fields a done record of each task must hold, with their types
+_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "segment": {"n_core": int, "n_labels": int},
+    "stitch": {"tiles": list},
+    "relabel": {"tiles": list},
+}
+
+
+def valid_record(task: str, tile: int, record: dict[str, Any]) -> bool:
+    """Whether ``record`` is a complete done record of the block keyed by ``tile``."""
+    if record.get("tile") != tile or not isinstance(record.get("seconds"), (int, float)):
+        return False
+    return all(isinstance(record.get(k), t) for k, t in _REQUIRED.get(task, {}).items())
+
+
+@dataclass(frozen=True)
+class TileError:
+    """One failed attempt at a block."""
+
+    task: str
+    tile: int
+    host: str
+    time: float
+    traceback: str
+    tiles: tuple[int, ...] = ()
+    """Every tile of the failed block (stitch and relabel blocks hold several)."""
+
+    @property
+    def message(self) -> str:
+        lines = self.traceback.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+class TaskRecords:
+    """The record files of one task.
+
+    Parameters
+    ----------
+    root
+        ``<run_dir>/records/<task>``; created if missing.
+    task
+        Task name, kept in error records.
+    """
+
+    def __init__(self, root: Path, task: str) -> None:
+        self.root = Path(root)
+        self.task = task
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.host = socket.gethostname()
+
+    # -- worker side -----------------------------------------------------------------------
+
+    def is_done(self, tile: int) -> bool:
+        """Whether ``tile`` has a valid done record (an unreadable one counts as none)."""
+        return self.record(tile) is not None
+
+    def record(self, tile: int) -> dict[str, Any] | None:
+        """The done record of ``tile`` (the block keyed by it), or None if it has no valid one."""
+        record = read_json(self.root / f"{tile}.json")
+        return record if record is not None and valid_record(self.task, tile, record) else None
+
+    def discard(self, tile: int) -> None:
+        """Forget the done record of the block keyed by ``tile`` (it is redone)."""
+        (self.root / f"{tile}.json").unlink(missing_ok=True)
+        self.edges_file(tile).unlink(missing_ok=True)
+
+    def call_started(self, tile: int) -> None:
+        (self.root / f"{tile}.call.{uuid.uuid4().hex}").touch()
+
+    def done(self, tile: int, start: float, seconds: float, **info: Any) -> None:
+        record = {"tile": tile, "host": self.host, "start": start, "seconds": seconds, **info}
+        write_atomic(self.root / f"{tile}.json", json.dumps(record).encode(), sync_dir=False)
+
+    def edges_file(self, tile: int) -> Path:
+        return self.root / f"{tile}.edges.npy"
+
+    def write_edges(self, tile: int, edges: np.ndarray) -> Path:
+        """Write the edges of the stitch block keyed by ``tile``; return the file."""
+        data = npy_bytes(np.asarray(edges, dtype=np.int64).reshape(-1, 4))
+        path = self.edges_file(tile)
+        write_atomic(path, data, sync_dir=False)
+        return path
+
+    def read_edges(self, tile: int) -> np.ndarray | None:
+        """The edges of the stitch block keyed by ``tile``; None if missing or unreadable."""
+        path = self.edges_file(tile)
+        try:
+            edges = np.load(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as e:
+            _warn_once(path, f"unreadable ({e.__class__.__name__}: {e})")
+            return None
+        if edges.ndim != 2 or edges.shape[1] != 4 or edges.dtype != np.int64:
+            _warn_once(path, f"edges of shape {edges.shape} and dtype {edges.dtype}")
+            return None
+        return edges
+
+    def write_plane(self, tile: int, piece: np.ndarray) -> None:
+        """Save the tile's piece of the block map's plane (see :mod:`.thumbnail`)."""
+        write_atomic(self.root / f"{tile}.plane.npy", npy_bytes(piece), durable=False)
+
+    def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
+        record = {
+            "task": self.task,
+            "tile": tile,
+            "tiles": tiles if tiles is not None else [tile],
+            "host": self.host,
+            "time": time.time(),
+            "traceback": traceback,
+        }
+        name = f"{tile}.error.{uuid.uuid4().hex}.json"
+        write_atomic(self.root / name, json.dumps(record).encode(), sync_dir=False)
+
+    # -- driver side -----------------------------------------------------------------------
+
+    def _tiles_with(self, marker: str) -> Iterator[tuple[int, Path]]:
+        if not self.root.exists():
+            return
+        for entry in os.scandir(self.root):
+            name = entry.name
+            if name.startswith(".") or marker not in name:
+                continue
+            head = name.split(".", 1)[0]
+            if head.isdigit():
+                yield int(head), Path(entry.path)
+
+    def done_records(self) -> dict[int, dict[str, Any]]:
+        """Successful blocks by tile (unreadable or invalid records are left out)."""
+        out = {}
+        for tile, path in self._tiles_with(".json"):
+            if path.name == f"{tile}.json":
+                record = read_json(path)
+                if record is not None and valid_record(self.task, tile, record):
+                    out[tile] = record
+        return out
+
+    def done_tiles(self) -> dict[int, float]:
+        """Seconds per finished tile; a block of several tiles splits its seconds evenly."""
+        out: dict[int, float] = {}
+        for tile, record in self.done_records().items():
+            tiles = record.get("tiles", [tile])
+            for t in tiles:
+                out[t] = float(record["seconds"]) / len(tiles)
+        return out
+
+    def edges(self, keys: Iterator[int] | list[int]) -> np.ndarray:
+        """The equivalences of the stitch blocks keyed by ``keys``, ``(n, 4)`` int64.
+
+        Raises
+        ------
+        ValueError
+            If a block's edges are missing or unreadable (verify them first).
+        """
+        parts = []
+        for key in keys:
+            edges = self.read_edges(key)
+            if edges is None:
+                raise ValueError(f"the edges of stitch block {key} are missing or unreadable")
+            parts.append(edges)
+        return np.concatenate(parts) if parts else np.empty((0, 4), dtype=np.int64)
+
+    def call_counts(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for tile, _ in self._tiles_with(".call."):
+            counts[tile] = counts.get(tile, 0) + 1
+        return counts
+
+    def errors(self) -> list[TileError]:
+        out = []
+        for _, path in self._tiles_with(".error."):
+            d = read_json(path)
+            try:
+                assert d is not None
+                tiles = tuple(int(t) for t in d.get("tiles", [d["tile"]]))
+                err = TileError(
+                    str(d["task"]),
+                    int(d["tile"]),
+                    str(d["host"]),
+                    float(d["time"]),
+                    str(d["traceback"]),
+                    tiles,
+                )
+            except (AssertionError, KeyError, TypeError, ValueError):
+                if d is not None:
+                    _warn_once(path, "an error record without its fields")
+                continue
+            out.append(err)
+        return sorted(out, key=lambda e: (e.tile, e.time))
+
+    def failed_tiles(self) -> dict[int, list[TileError]]:
+        """Tiles with failed attempts and no success, each with its errors (oldest first)."""
+        done = self.done_records()
+        out: dict[int, list[TileError]] = {}
+        for err in self.errors():
+            if err.tile not in done:
+                out.setdefault(err.tile, []).append(err)
+        return out

@@ -1,0 +1,340 @@
+"""A live status page of a run, served from a daemon thread while the driver runs.
+
+Pages:
+
+``/``
+    Per task tiles done, running, failed and pending, and the block map; a script refreshes
+    both every few seconds (the counts from ``/status.json``, the picture by reloading
+    ``/block_map.png``).
+``/status.json``
+    The counts, read from the record files on every request (one directory listing per task).
+``/block_map.png``
+    The block map (see :class:`blockbuster.ui.report.BlockMap`), redrawn at most every couple
+    of seconds however many browsers ask.
+
+Only the standard library serves it; it binds to ``127.0.0.1`` unless told otherwise, so it
+is private to the machine (reach it from elsewhere with an SSH tunnel).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from blockbuster.run.rundir import RunDir
+from blockbuster.ui.progress import RecordScanner
+from blockbuster.ui.status import TASKS
+
+__all__ = ["StatusServer", "start_status_server", "status_counts"]
+
+MAX_FAILED_LISTED = 50
+
+
+def status_counts(
+    run: RunDir, total: int, scanners: dict[str, RecordScanner] | None = None
+) -> dict[str, Any]:
+    """The counts ``/status.json`` serves.
+
+    Parameters
+    ----------
+    run
+        The run directory.
+    total
+        Tiles per task.
+    scanners
+        Record scanners per task to reuse between calls (they parse each record once).
+
+    Returns
+    -------
+    dict
+        ``{"run_dir", "total", "time", "tasks": {task: {"done", "failed", "pending",
+        "running"}}, "failed_tiles": {task: [tile, ...]}}``; the four counts of a task add up to
+        ``total``. ``running`` counts the tiles whose ``fn`` was called without a result yet
+        (segment only; ``blockbuster status`` counts them as pending). At most 50 failed tiles
+        are listed per task.
+    """
+    scanners = scanners if scanners is not None else {}
+    tasks: dict[str, dict[str, int]] = {}
+    failed_tiles: dict[str, list[int]] = {}
+    for task in TASKS:
+        scanner = scanners.setdefault(task, RecordScanner(run.records(task)))
+        counts = scanner.scan()
+        running = len(counts.running)
+        tasks[task] = {
+            "done": counts.num_done,
+            "failed": counts.num_failed,
+            "pending": counts.pending(total) - running,
+            "running": running,
+        }
+        failed_tiles[task] = sorted(counts.failed)[:MAX_FAILED_LISTED]
+    return {
+        "run_dir": str(run.root.absolute()),
+        "total": total,
+        "time": time.time(),
+        "tasks": tasks,
+        "failed_tiles": failed_tiles,
+    }
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>blockbuster: {name}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ padding: 0.3em 0.9em; text-align: right; border-bottom: 1px solid #ddd; }}
+th:first-child, td:first-child {{ text-align: left; }}
+td.bad {{ color: #c00; font-weight: bold; }}
+progress {{ width: 12em; }}
+#block-map {{ max-width: 100%; border: 1px solid #ddd; }}
+.muted {{ color: #777; font-size: 0.9em; }}
+</style>
+</head>
+<body>
+<h1>blockbuster run</h1>
+<p class="muted">{run_dir} &middot; {total} tiles &middot;
+<span id="connection">connecting&hellip;</span> &middot; updated <span id="updated">-</span></p>
+<noscript><p>Scripts are off: the counts are at <a href="status.json">status.json</a>.</p>
+</noscript>
+<table>
+<thead><tr><th>task</th><th>done</th><th>running</th><th>failed</th><th>pending</th>
+<th>progress</th></tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+<p id="failed-list" class="muted"></p>
+<img id="block-map" alt="block map" src="block_map.png?t=0">
+<script>
+const TASKS = {tasks_json};
+const KEYS = ["done", "running", "failed", "pending"];
+function show(status) {{
+  for (const task of TASKS) {{
+    const counts = status.tasks[task];
+    for (const key of KEYS) {{
+      document.getElementById(task + "-" + key).textContent = counts[key];
+    }}
+    document.getElementById(task + "-failed").classList.toggle("bad", counts.failed > 0);
+    const bar = document.getElementById(task + "-progress");
+    bar.max = status.total;
+    bar.value = counts.done;
+  }}
+  const failed = TASKS.filter(t => status.failed_tiles[t].length)
+    .map(t => t + " failed tiles: " + status.failed_tiles[t].join(", "));
+  document.getElementById("failed-list").textContent = failed.join("; ");
+  document.getElementById("updated").textContent =
+    new Date(status.time * 1000).toLocaleTimeString();
+}}
+function reloadMap() {{
+  const next = new Image();
+  next.onload = () => {{
+    const img = document.getElementById("block-map");
+    img.src = next.src;
+    img.dataset.loaded = String(next.naturalWidth) + "x" + String(next.naturalHeight);
+  }};
+  next.src = "block_map.png?t=" + Date.now();
+}}
+async function refresh() {{
+  const connection = document.getElementById("connection");
+  try {{
+    const response = await fetch("status.json", {{cache: "no-store"}});
+    if (!response.ok) throw new Error(response.statusText);
+    show(await response.json());
+    connection.textContent = "live";
+    reloadMap();
+  }} catch (err) {{
+    connection.textContent = "no answer from the driver (run finished or stopped)";
+  }}
+}}
+refresh();
+setInterval(refresh, {refresh_ms});
+</script>
+</body>
+</html>
+"""
+
+_ROW = (
+    '<tr><td>{t}</td><td id="{t}-done">&hellip;</td><td id="{t}-running">&hellip;</td>'
+    '<td id="{t}-failed">&hellip;</td><td id="{t}-pending">&hellip;</td>'
+    '<td><progress id="{t}-progress"></progress></td></tr>'
+)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    page: bytes
+    state: _State
+
+
+class _State:
+    """What the handlers share: the run, its scanners and the cached block map."""
+
+    def __init__(self, run: RunDir, labels: Any | None, map_seconds: float) -> None:
+        self.run = run
+        self.total = run.read_spec().plan.num_tiles
+        self.labels = labels
+        self.map_seconds = map_seconds
+        self.scanners: dict[str, RecordScanner] = {}
+        self.status_lock = threading.Lock()
+        self.map_lock = threading.Lock()
+        self.block_map: Any = None
+        self.map_png: bytes | None = None
+        self.map_time = -float("inf")
+
+    def status(self) -> bytes:
+        with self.status_lock:
+            return json.dumps(status_counts(self.run, self.total, self.scanners)).encode()
+
+    def png(self) -> bytes:
+        with self.map_lock:
+            if self.map_png is None or time.monotonic() - self.map_time >= self.map_seconds:
+                if self.block_map is None:
+                    from blockbuster.ui.report import BlockMap
+
+                    self.block_map = BlockMap(self.run, labels=self.labels)
+                self.map_png = self.block_map.png()
+                self.map_time = time.monotonic()
+            return self.map_png
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds an idle kept-alive connection holds its thread
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+        path = urlsplit(self.path).path
+        state = self.server.state
+        try:
+            if path in ("/", "/index.html"):
+                self._send(self.server.page, "text/html; charset=utf-8")
+            elif path == "/status.json":
+                self._send(state.status(), "application/json")
+            elif path == "/block_map.png":
+                self._send(state.png(), "image/png")
+            else:
+                self._send(b"not found\n", "text/plain", HTTPStatus.NOT_FOUND)
+        except Exception as err:  # a broken page must not end the run; say why instead
+            message = f"{type(err).__name__}: {err}\n".encode()
+            self._send(message, "text/plain; charset=utf-8", HTTPStatus.SERVICE_UNAVAILABLE)
+
+    def _send(self, body: bytes, ctype: str, code: HTTPStatus = HTTPStatus.OK) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # requests are not worth a line on the driver's terminal
+
+
+class StatusServer:
+    """A running status page; :func:`start_status_server` makes one.
+
+    Attributes
+    ----------
+    url
+        Address of the page, e.g. ``http://127.0.0.1:40123/``.
+    host, port
+        Where it listens.
+    """
+
+    def __init__(self, server: _Server, host: str) -> None:
+        self._server = server
+        self.port = int(server.server_address[1])
+        self.host = host
+        shown = socket.gethostname() if host in ("", "0.0.0.0", "::") else host
+        self.url = f"http://{shown}:{self.port}/"
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="blockbuster-status-page",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and free the port (waits for the serving thread, not for requests)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+    def __enter__(self) -> StatusServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def start_status_server(
+    run: RunDir,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    labels: Any | None = None,
+    refresh: float = 3.0,
+    map_seconds: float = 2.0,
+) -> StatusServer:
+    """Serve the live status page of ``run`` from a daemon thread.
+
+    Parameters
+    ----------
+    run
+        The run directory (its ``spec.json`` must exist).
+    host
+        Address to listen on; ``127.0.0.1`` (default) keeps the page private to this machine,
+        ``0.0.0.0`` serves every interface.
+    port
+        Port to listen on; 0 (default) takes any free one (see ``.url``).
+    labels
+        Optional label array whose outlines the block map draws.
+    refresh
+        Seconds between two refreshes of the page in the browser.
+    map_seconds
+        Seconds a drawn block map is served before it is drawn again.
+
+    Returns
+    -------
+    StatusServer
+        Running; call ``.close()`` (or use it as a context manager) to stop it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run`` has no ``spec.json``.
+    OSError
+        If the address cannot be bound.
+    """
+    state = _State(run, labels, map_seconds)
+    server = _Server((host, port), _Handler)
+    server.state = state
+    rows = "\n".join(_ROW.format(t=t) for t in TASKS)
+    root = run.root.absolute()
+    page = _PAGE.format(
+        name=html.escape(root.name),
+        run_dir=html.escape(str(root)),
+        total=state.total,
+        rows=rows,
+        tasks_json=json.dumps(list(TASKS)),
+        refresh_ms=int(refresh * 1000),
+    )
+    server.page = page.encode()
+    return StatusServer(server, host)

@@ -1,0 +1,162 @@
+"""The live status page: its JSON and HTML over HTTP, and in a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import blobs, write_zarr
+from fns import cc_label
+
+from blockbuster.pipeline.driver import prepare_run
+from blockbuster.run.records import TaskRecords
+from blockbuster.run.rundir import RunDir
+from blockbuster.ui.live import start_status_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def make_run(tmp_path: Path) -> RunDir:
+    src = write_zarr(tmp_path / "img.zarr", blobs((40, 60)))
+    run, _, _ = prepare_run(
+        src,
+        cc_label,
+        (10, 20),  # 4 x 3 = 12 tiles
+        1,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=False,
+        merge_threshold=0.5,
+        overwrite=True,
+    )
+    return run
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read()
+
+
+def test_status_json_and_page_over_http(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    seg = TaskRecords(run.records("segment"), "segment")
+    for tile in range(5):
+        seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
+    seg.failed(7, "Traceback\nValueError: boom")
+    seg.call_started(9)
+    stitch = TaskRecords(run.records("stitch"), "stitch")
+    stitch.done(0, time.time(), 0.2, tiles=[0, 1, 2])
+
+    with start_status_server(run) as server:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", server.url)
+        code, ctype, body = get(server.url + "status.json")
+        assert code == 200 and ctype == "application/json"
+        status = json.loads(body)
+        assert status["total"] == 12
+        assert status["tasks"] == {
+            "segment": {"done": 5, "failed": 1, "pending": 5, "running": 1},
+            "stitch": {"done": 3, "failed": 0, "pending": 9, "running": 0},
+            "relabel": {"done": 0, "failed": 0, "pending": 12, "running": 0},
+        }
+        assert status["failed_tiles"]["segment"] == [7]
+
+        seg.done(5, time.time(), 0.1, n_core=0, n_labels=0)  # counts are read on every request
+        assert json.loads(get(server.url + "status.json")[2])["tasks"]["segment"]["done"] == 6
+
+        code, ctype, body = get(server.url)
+        page = body.decode()
+        assert code == 200 and ctype.startswith("text/html")
+        for task in ("segment", "stitch", "relabel"):
+            for key in ("done", "failed", "pending", "running"):
+                assert f'id="{task}-{key}"' in page
+        assert 'id="block-map"' in page and "status.json" in page
+
+        code, ctype, png = get(server.url + "block_map.png?t=123")
+        assert code == 200 and ctype == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert get(server.url + "block_map.png")[2] == png  # cached for a couple of seconds
+        assert get(server.url + "nothing")[0] == 404
+    with pytest.raises(OSError):
+        get(server.url + "status.json")  # closed
+
+
+def test_status_server_survives_the_run_dir_records_going(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    with start_status_server(run, port=0) as server:
+        shutil.rmtree(run.root / "records", ignore_errors=True)
+        status = json.loads(get(server.url + "status.json")[2])
+        assert status["tasks"]["segment"] == {"done": 0, "failed": 0, "pending": 12, "running": 0}
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("BLOCKBUSTER_REQUIRE_BROWSER"),
+    reason="needs Debian's chromium for a headless browser: apt-get install -y chromium",
+)
+def test_page_in_a_headless_browser_shows_counts_filled_in_by_its_script(tmp_path: Path) -> None:
+    assert CHROMIUM is not None
+    run = make_run(tmp_path)
+    seg = TaskRecords(run.records("segment"), "segment")
+    relabel = TaskRecords(run.records("relabel"), "relabel")
+    with start_status_server(run, refresh=1.0) as server:
+        page = get(server.url)[2].decode()
+        # the page as served holds placeholders: only the script can put numbers there
+        assert re.search(r'id="segment-done">&hellip;<', page)
+        # records written after the page was served
+        for tile in range(8):
+            seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
+        seg.failed(10, "Traceback\nValueError: boom")
+        seg.call_started(11)
+        relabel.done(0, time.time(), 0.3, tiles=[0, 1, 2, 3])
+        result = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                server.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    dom = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def cell(element_id: str) -> str:
+        match = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
+        assert match, f"no element {element_id} in the DOM:\n{dom[:3000]}"
+        return match.group(1)
+
+    expected = {
+        "segment": {"done": "8", "failed": "1", "pending": "2", "running": "1"},
+        "stitch": {"done": "0", "failed": "0", "pending": "12", "running": "0"},
+        "relabel": {"done": "4", "failed": "0", "pending": "8", "running": "0"},
+    }
+    for task, counts in expected.items():
+        for key, value in counts.items():
+            assert cell(f"{task}-{key}") == value, (task, key)
+    assert cell("connection") == "live"
+    assert re.search(r'id="segment-failed" class="bad"', dom)  # failures stand out
+    assert re.search(r'id="stitch-failed">', dom)
+    assert "segment failed tiles: 10" in cell("failed-list")
+    # the block map was fetched by the browser, decoded as an image, and swapped in
+    img = re.search(r'<img[^>]*id="block-map"[^>]*>', dom)
+    assert img, dom[:3000]
+    assert re.search(r'src="[^"]*block_map\.png\?t=\d+"', img.group(0))
+    size = re.search(r'data-loaded="(\d+)x(\d+)"', img.group(0))
+    assert size and int(size.group(1)) > 100 and int(size.group(2)) > 100
+    assert np.prod([int(v) for v in size.groups()]) > 0

@@ -1,0 +1,204 @@
+"""The end-of-run summary table and the block map picture."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import blobs, write_zarr
+from fns import cc_label
+from serial import run_in_process
+from skimage.segmentation import find_boundaries
+
+from blockbuster.io.sources import ImageSource
+from blockbuster.pipeline.driver import prepare_run
+from blockbuster.pipeline.thumbnail import MapPlane
+from blockbuster.run.records import TaskRecords
+from blockbuster.run.rundir import RunDir
+from blockbuster.ui.report import STATE_COLORS, BlockMap, summary_table, write_block_map
+from blockbuster.ui.status import run_status
+from blockbuster.worker import make_handler
+
+
+def make_run(tmp_path: Path, img: np.ndarray, tile: tuple[int, ...]) -> RunDir:
+    src = write_zarr(tmp_path / "img.zarr", img)
+    run, _, _ = prepare_run(
+        src,
+        cc_label,
+        tile,
+        1,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=False,
+        merge_threshold=0.5,
+        overwrite=True,
+    )
+    return run
+
+
+def test_summary_table_from_counts() -> None:
+    table = summary_table(
+        {"segment": (4, 0), "stitch": (3, 1)},
+        {"segment": 2.0, "stitch": 4.0, "resolve": 0.25, "total": 8.0},
+        num_labels=12345,
+        total=4,
+        voxels=4000,
+    )
+    assert table.splitlines() == [
+        "stage                 tiles  failed   seconds      voxels/s",
+        "segment                 4/4       0      2.00        2.00 k",
+        "stitch                  3/4       1      4.00         750.0",
+        "resolve                                  0.25             -",
+        "total                                    8.00         500.0",
+        "labels          12,345",
+    ]
+
+
+def test_summary_table_from_a_run_dir_and_its_status(tmp_path: Path) -> None:
+    run = make_run(tmp_path, blobs((40, 60)), (10, 20))  # 4 x 3 tiles, 2400 voxels
+    seg = TaskRecords(run.records("segment"), "segment")
+    for tile in range(12):
+        seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
+    stitch = TaskRecords(run.records("stitch"), "stitch")
+    stitch.done(0, time.time(), 0.3, tiles=[0, 1, 2, 3, 4, 5])  # one block of six tiles
+    error = {"task": "stitch", "tile": 6, "tiles": [6, 7], "host": "h", "time": 0.0}
+    (stitch.root / "6.error.abc.json").write_text(json.dumps({**error, "traceback": "x"}))
+    seconds = {"segment+stitch": 2.4, "resolve": 0.1, "relabel": 1.2, "total": 4.8}
+    table = summary_table(run, seconds, num_labels=7)
+    assert table.splitlines() == [
+        "stage                 tiles  failed   seconds      voxels/s",
+        "segment               12/12       0         -             -",
+        "stitch                 6/12       2         -             -",
+        "relabel                0/12       0      1.20             -",
+        "segment+stitch                           2.40        1.00 k",
+        "resolve                                  0.10             -",
+        "total                                    4.80         500.0",
+        "labels          7",
+    ]
+
+
+def test_summary_table_from_a_status_matches_the_run_dir(tmp_path: Path) -> None:
+    run = make_run(tmp_path, blobs((40, 60)), (10, 20))
+    seg = TaskRecords(run.records("segment"), "segment")
+    for tile in range(9):
+        seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
+    seg.failed(10, "Traceback\nValueError: x")
+    seconds = {"segment": 1.0, "total": 2.0}
+    table = summary_table(run, seconds, num_labels=3)
+    assert table.splitlines()[1] == "segment                9/12       1      1.00        1.80 k"
+    assert summary_table(run_status(run), seconds, num_labels=3) == table
+
+
+def _rgb_at(png: np.ndarray, fig: Any, ax: Any, x: float, y: float) -> np.ndarray:
+    """The PNG's colour at data point ``(x, y)`` of ``ax`` (display origin is bottom left)."""
+    px, py = ax.transData.transform((x, y))
+    height = png.shape[0]
+    return png[int(round(height - py)), int(round(px)), :3]
+
+
+def _blend(color: tuple[float, float, float, float], grey: float) -> np.ndarray:
+    rgb, alpha = np.array(color[:3]), color[3]
+    return alpha * rgb + (1 - alpha) * grey
+
+
+def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
+    import matplotlib.image
+    from matplotlib import colormaps
+
+    # a flat mid-grey image (a ramp from 0 to 1 sets the contrast, in the first two columns)
+    img = np.full((40, 60), 0.5, dtype=np.float32)
+    img[:, :2] = np.linspace(0, 1, 80).reshape(40, 2)
+    run = make_run(tmp_path, img, (10, 20))  # grid 4 x 3
+    plan = run.read_spec().plan
+    seg = TaskRecords(run.records("segment"), "segment")
+    done, failed, running = plan.tile_id((1, 1)), plan.tile_id((2, 1)), plan.tile_id((3, 2))
+    pending = plan.tile_id((0, 1))
+    mp = MapPlane.of(plan)
+    for index in plan.tiles():  # the image's pieces, as segment workers save them
+        seg.write_plane(plan.tile_id(index), mp.piece(plan, index, img, (0, 0)))
+    seg.done(done, time.time(), 3.0, n_core=0, n_labels=0)
+    seg.done(plan.tile_id((0, 2)), time.time(), 1.0, n_core=0, n_labels=0)
+    seg.failed(failed, "Traceback\nValueError: boom")
+    seg.call_started(running)
+    stitch_failed = plan.tile_id((2, 2))  # segmented, but its stitch block failed
+    seg.done(stitch_failed, time.time(), 1.0, n_core=0, n_labels=0)
+    TaskRecords(run.records("stitch"), "stitch").failed(stitch_failed, "Traceback\nOSError: x")
+
+    path = write_block_map(run)
+    assert path == run.root / "block_map.png"
+    png = matplotlib.image.imread(path)
+    fig = BlockMap(run).figure()  # the same drawing: its axes give the pixel positions
+    assert png.shape[:2] == (fig.canvas.get_width_height()[1], fig.canvas.get_width_height()[0])
+    ax_state, ax_secs = fig.axes[:2]
+
+    def centre(tile: int) -> tuple[float, float]:
+        (y0, y1), (x0, x1) = plan.core(plan.tile_index(tile))
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+    grey = 0.5  # the flat part of the image, drawn mid-grey
+    expected = {
+        done: _blend(STATE_COLORS["done"], grey),
+        failed: _blend(STATE_COLORS["failed"], grey),
+        stitch_failed: _blend(STATE_COLORS["failed"], grey),
+        running: _blend(STATE_COLORS["running"], grey),
+        pending: np.array([grey] * 3),
+    }
+    for tile, rgb in expected.items():
+        got = _rgb_at(png, fig, ax_state, *centre(tile))
+        np.testing.assert_allclose(got, rgb, atol=0.03, err_msg=f"tile {tile}")
+    # the seconds panel: the slowest tile at the top of viridis, tiles not done in light grey
+    np.testing.assert_allclose(
+        _rgb_at(png, fig, ax_secs, *centre(done)), colormaps["viridis"](1.0)[:3], atol=0.03
+    )
+    np.testing.assert_allclose(_rgb_at(png, fig, ax_secs, *centre(pending)), [0.85] * 3, atol=0.03)
+
+
+def test_block_map_is_drawn_from_the_workers_pieces_without_reading_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = blobs((20, 32, 48))
+    run = make_run(tmp_path, img, (5, 16, 16))
+    labels, _ = run_in_process(run)  # real segment and relabel workers' code, in process
+    reads: list[Any] = []
+    real_open = ImageSource.open
+
+    class Spy:
+        def __init__(self, arr: Any) -> None:
+            self.arr = arr
+
+        def __getitem__(self, index: Any) -> Any:
+            reads.append(index)
+            return self.arr[index]
+
+    monkeypatch.setattr(ImageSource, "open", lambda self: Spy(real_open(self)))
+    bm = BlockMap(run)
+    out = bm.write(tmp_path / "maps" / "map.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert reads == []  # the input is never read
+    np.testing.assert_array_equal(bm.image_plane(), img[10])  # the middle plane, exactly
+    outlines = find_boundaries(labels[10], mode="inner") & (labels[10] != 0)
+    np.testing.assert_array_equal(bm.label_outlines(), outlines)
+    assert outlines.any()
+    assert bm.slab_tiles().tolist() == [[12, 13, 14], [15, 16, 17]]  # z slab 2 of 4
+
+
+def test_block_map_of_a_huge_plane_is_strided(tmp_path: Path) -> None:
+    img = blobs((300, 2100))
+    run = make_run(tmp_path, img, (100, 700))
+    run_in_process(run)
+    bm = BlockMap(run)
+    assert bm.step == 3
+    np.testing.assert_array_equal(bm.image_plane(), img[::3, ::3])
+
+
+def test_block_map_while_tiles_are_missing_leaves_them_blank(tmp_path: Path) -> None:
+    img = blobs((30, 40))
+    run = make_run(tmp_path, img, (10, 20))
+    plan, _, handle = make_handler(run, "segment")
+    handle(((0, 1), (1, 2)))  # tile (0, 1) only
+    plane = BlockMap(run).image_plane()
+    np.testing.assert_array_equal(plane[0:10, 20:40], img[0:10, 20:40])
+    assert np.isnan(plane[10:, :]).all() and np.isnan(plane[:, :20]).all()
