@@ -134,8 +134,6 @@ def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
 @given(plans())
 def test_groups_respect_their_limits(plan: TilePlan) -> None:
     """stitch/relabel groups stay within the voxel and tile budgets and keep enough blocks."""
-    from blockbuster.pipeline import plan
-
     g = plan.group_shape("stitch")
     assert all(1 <= n <= m for n, m in zip(g, plan.grid))
     if g != (1,) * plan.ndim:
