@@ -3,6 +3,8 @@
 >>> from blockbuster import tile_process
 >>> result = tile_process("image.zarr", fn, tile_shape=(64, 256, 256), overlap=16,
 ...                       write_to="labels.zarr", num_workers=2)  # doctest: +SKIP
+
+Your own blockwise steps are :class:`Task` objects, run (and resumed) by :func:`run_tasks`.
 """
 
 from __future__ import annotations
@@ -10,21 +12,40 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["RunResult", "TileFailureError", "make_local_cluster", "tile_process"]
+__all__ = [
+    "Block",
+    "BlockFailureError",
+    "RunResult",
+    "Task",
+    "TileFailureError",
+    "make_local_cluster",
+    "run_tasks",
+    "tile_process",
+]
 
 if TYPE_CHECKING:
-    from blockbuster.pipeline.driver import RunResult, TileFailureError, tile_process
+    from blockbuster.api import tile_process
+    from blockbuster.pipeline.driver import RunResult, TileFailureError
     from blockbuster.run.dask_engine import make_local_cluster
+    from blockbuster.run.driver import BlockFailureError, run_tasks
+    from blockbuster.run.task import Block, Task
+
+#: where each public name lives (imported on first use, so that worker processes stay light)
+_HOMES = {
+    "tile_process": "blockbuster.api",
+    "RunResult": "blockbuster.pipeline.driver",
+    "TileFailureError": "blockbuster.pipeline.driver",
+    "make_local_cluster": "blockbuster.run.dask_engine",
+    "run_tasks": "blockbuster.run.driver",
+    "BlockFailureError": "blockbuster.run.driver",
+    "Task": "blockbuster.run.task",
+    "Block": "blockbuster.run.task",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # imported lazily so that worker processes importing blockbuster.run.launch stay light
-    if name == "make_local_cluster":
-        from blockbuster.run.dask_engine import make_local_cluster
+    if name in _HOMES:
+        import importlib
 
-        return make_local_cluster
-    if name in __all__:
-        from blockbuster.pipeline import driver
-
-        return getattr(driver, name)
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'blockbuster' has no attribute {name!r}")

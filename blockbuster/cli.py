@@ -235,14 +235,17 @@ def _resubmit(args: argparse.Namespace) -> int:
     }
     options = replace(options, status_page=_page(args.status_page))
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
-    result = execute_run(run, options, progress=not args.no_progress)
+    from blockbuster.api import observers
+
+    result = execute_run(run, options, observers=observers(run, options, not args.no_progress))
     print(result.summary(table=args.no_progress))  # with progress, stderr has the table
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from blockbuster.pipeline.driver import TileFailureError, tile_process
+    from blockbuster.api import tile_process
+    from blockbuster.pipeline.driver import TileFailureError
     from blockbuster.run.lease import LeaseHeldError
     from blockbuster.run.rundir import RunDirError
 

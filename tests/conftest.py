@@ -80,3 +80,20 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch, free: list[int] | dict[str, int])
         "nvmlDeviceGetMemoryInfo",
         lambda h: SimpleNamespace(free=table[h], total=2**40),
     )
+
+
+def run_stage(run: Any, name: str, indices: list[tuple[int, ...]] | None = None) -> Any:
+    """Run the blocks of one pipeline stage of a prepared run here (all, or those at the
+    given block-grid ``indices``); return the stage's records."""
+    from blockbuster.pipeline.driver import stage_tasks
+    from blockbuster.run.blocks import process_block
+
+    tasks = {t.name: t for t in stage_tasks(run, run.read_spec().plan)}
+    task = tasks[name]
+    run.write_tasks([task])
+    records = run.task_records(task)
+    with task.opened() as fn:
+        blocks = task.blocks() if indices is None else [task.block_at(i) for i in indices]
+        for block in blocks:
+            process_block(task, fn, records, block)
+    return records

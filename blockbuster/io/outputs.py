@@ -13,8 +13,7 @@ import numpy as np
 import zarr
 from funlib.geometry import Coordinate
 
-from blockbuster.io import ome
-from blockbuster.io.sources import ImageSource
+from blockbuster.io.sources import ImageSource, ome
 from blockbuster.pipeline.plan import TilePlan
 
 logger = logging.getLogger("blockbuster")

@@ -8,37 +8,42 @@ watches: a worker that dies or hangs past ``timeout`` costs one block, which dai
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import daisy
 import numpy as np
-from daisy import logging as daisy_logging
 
-from blockbuster.io import ome
 from blockbuster.io.outputs import check_output, create_output, is_ome_path
-from blockbuster.io.sources import ImageSource, describe_source
-from blockbuster.pipeline.fingerprint import fn_fingerprint, input_fingerprint, same_fn
+from blockbuster.io.sources import ImageSource, describe_source, ome
 from blockbuster.pipeline.plan import TilePlan, normalize_overlap, normalize_tile_shape
+from blockbuster.pipeline.pyramid import pyramid_tasks
+from blockbuster.pipeline.relabel import RelabelTask
 from blockbuster.pipeline.resolve import resolve
-from blockbuster.pipeline.segment import SegmentFn
+from blockbuster.pipeline.segment import SegmentFn, SegmentTask
 from blockbuster.pipeline.stage import create_stage
+from blockbuster.pipeline.stitch import StitchTask
 from blockbuster.pipeline.table import EquivalenceTable
-from blockbuster.pipeline.verify import block_keys, check_segment, missing_blocks
-from blockbuster.run.dask_engine import active_client, check_client, run_task
+from blockbuster.run.dask_engine import active_client, check_client
+from blockbuster.run.driver import (
+    MAX_PASSES,
+    BlockFailureError,
+    choose_engine,
+    execute_tasks,
+    task_infos,
+)
+from blockbuster.run.engines import Engine, TaskReport
+from blockbuster.run.events import Events, Observer, RunFinished, RunStarted
+from blockbuster.run.fingerprint import fn_fingerprint, input_fingerprint, same_fn
 from blockbuster.run.gpu import bytes_per_voxel, find_gpus, size_tile
-from blockbuster.run.launch import LOCAL, WorkerLauncher, server_dir
 from blockbuster.run.lease import LEASE_FILE, Lease
 from blockbuster.run.ownership import (
     check_replaceable,
@@ -52,7 +57,7 @@ from blockbuster.run.ownership import (
     remove_debris,
     run_dir_marker,
 )
-from blockbuster.run.records import TaskRecords, TileError
+from blockbuster.run.records import TileError
 from blockbuster.run.rundir import (
     RunDir,
     RunDirError,
@@ -65,51 +70,6 @@ from blockbuster.run.rundir import (
 logger = logging.getLogger("blockbuster")
 
 DEFAULT_TIMEOUT = 3600.0
-
-
-@dataclass
-class TaskReport:
-    """How one daisy task ended."""
-
-    total: int
-    completed: int
-    failed: int
-    orphaned: int
-    seconds: float
-    error: str | None = None
-    #: blocks (by the tile they are recorded under) that daisy counted as done but that have
-    #: no valid record in the run directory
-    missing: tuple[int, ...] = ()
-    #: why daisy gave the task up (its worker-restart cap), or None
-    abandoned: str | None = None
-
-    @classmethod
-    def from_state(cls, state: Any, seconds: float) -> TaskReport:
-        return cls(
-            total=state.total_block_count,
-            completed=state.completed_count,
-            failed=state.failed_count,
-            orphaned=state.orphaned_count,
-            seconds=seconds,
-            error=state.first_worker_error or state.last_worker_error,
-            abandoned=(
-                f"daisy gave the task up after {state.worker_restart_count} worker restarts "
-                f"({state.abandon_reason or 'its worker-restart cap'}); raise "
-                "max_worker_restarts if workers die for reasons outside the run (preemption, "
-                "time limits), or find why they die in the logs"
-                if state.abandoned
-                else None
-            ),
-        )
-
-    @property
-    def ok_by_daisy(self) -> bool:
-        """Whether daisy counted every block done (what the records say is :attr:`ok`)."""
-        return self.failed == 0 and self.orphaned == 0 and self.completed == self.total
-
-    @property
-    def ok(self) -> bool:
-        return self.ok_by_daisy and not self.missing
 
 
 @dataclass
@@ -204,12 +164,8 @@ class RunResult:
         return "\n".join(lines)
 
 
-class TileFailureError(RuntimeError):
+class TileFailureError(BlockFailureError):
     """Raised when tiles failed; the run directory is kept so the run can be resumed."""
-
-    def __init__(self, message: str, result: RunResult) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 def _validate_fn(fn: Any) -> bytes:
@@ -270,94 +226,6 @@ def plan_run(
         time_axis=source.time_axis,
     )
     return source, plan
-
-
-def _context(name: str, plan: TilePlan) -> tuple[int, ...]:
-    """The context (halo) each task's blocks read around their tile."""
-    # stitch reads the neighbouring tiles; daisy v2 needs the context symmetric to compute the
-    # dependencies right, so it is one tile on both sides
-    stitch = ((0,) + plan.tile[1:]) if plan.time_axis else plan.tile  # time is never stitched
-    return {"segment": plan.overlap, "stitch": stitch}.get(name, (0,) * plan.ndim)
-
-
-def make_task(name: str, plan: TilePlan, run: RunDir, options: RunOptions) -> daisy.Task:
-    """The daisy task ``name`` (segment, stitch or relabel).
-
-    segment has one block per tile; stitch and relabel blocks are groups of tiles
-    (:meth:`TilePlan.group_shape`).
-    """
-    total, read, write = plan.task_rois(_context(name, plan), plan.group_shape(name))
-    gpus = options.gpus if name == "segment" else None
-    return daisy.Task(
-        name,
-        total,
-        read,
-        write,
-        process_function=WorkerLauncher(run.root, name, options.launcher, gpus, options.timeout),
-        read_write_conflict=False,
-        fit="shrink",
-        max_workers=options.num_workers,
-        max_retries=options.max_retries,
-        max_worker_restarts=options.worker_restarts(sum(1 for _ in plan.groups(name))),
-        timeout=options.timeout,
-        # no daisy done markers: the workers' records already make a resumed run skip finished
-        # tiles, and daisy 2.0's tracking writer dies with SIGBUS (taking the driver with it)
-        # when its disk fills up, where a worker's write fails with a clear ENOSPC instead
-        tracking_path=None,
-        # no shared resource pool between tasks: idle stitch workers waiting for a block
-        # would hold the slots a retried segment block needs, and the run would deadlock
-    )
-
-
-class _AddressAnnouncer(threading.Thread):
-    """Prints each task's server address once it is known (for workers on other machines)."""
-
-    def __init__(self, run: RunDir) -> None:
-        super().__init__(daemon=True)
-        self.folder = server_dir(run.root)
-        self.stop = threading.Event()
-        self.seen: set[str] = set()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.5):
-            self.announce()
-        self.announce()  # the last ones, if the run ended within a poll
-
-    def announce(self) -> None:
-        for path in sorted(self.folder.glob("*.json")):
-            if path.name not in self.seen:
-                self.seen.add(path.name)
-                info = json.loads(path.read_text())
-                print(
-                    f"blockbuster: {info['task']} workers connect to "
-                    f"{info['host']}:{info['port']} (recorded in {path})",
-                    flush=True,
-                )
-
-
-def _run_pipeline(
-    pipeline: Any, names: list[str], run: RunDir, options: RunOptions, progress: bool
-) -> tuple[dict[str, TaskReport], float]:
-    start = time.perf_counter()
-    for name in names:  # a stale address from an earlier run would mislead
-        (server_dir(run.root) / f"{name}.json").unlink(missing_ok=True)
-    announcer = _AddressAnnouncer(run) if options.host not in ("127.0.0.1", "localhost") else None
-    if announcer is not None:
-        announcer.start()
-    try:
-        states = daisy.Server().run_blockwise(
-            pipeline,
-            progress=progress,
-            host=options.host,
-            summary=False,
-            block_tracking=False,
-        )
-    finally:
-        if announcer is not None:
-            announcer.stop.set()
-            announcer.join()
-    seconds = time.perf_counter() - start
-    return {n: TaskReport.from_state(states[n], seconds) for n in names}, seconds
 
 
 def _check_parameters(
@@ -569,157 +437,6 @@ def prepare_run(
     return run, spec, resume
 
 
-def tile_process(
-    image: Any,
-    fn: SegmentFn,
-    tile_shape: tuple[int, ...],
-    overlap: int | tuple[int, ...] = 0,
-    *,
-    write_to: str | Path,
-    num_workers: int = 1,
-    progress: bool = False,
-    keep_stage: bool = False,
-    sequential_labels: bool = False,
-    merge_threshold: float = 0.5,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    max_retries: int = 2,
-    overwrite: bool = False,
-    channels: bool | None = None,
-    host: str | None = "127.0.0.1",
-    launcher: str = LOCAL,
-    use_gpu: bool = False,
-    backend: str = "auto",
-    status_page: str | None = "127.0.0.1:0",
-    level: int | str = 0,
-    max_worker_restarts: int | None = None,
-) -> RunResult:
-    """Segment an image tile by tile and stitch the labels into one consistent label array.
-
-    Parameters
-    ----------
-    image
-        Path of a zarr array or OME-Zarr image group, a ``zarr.Array`` or a
-        ``funlib.persistence.Array`` (on disk). 2D or 3D, plus optionally one leading
-        channel axis (see ``channels``).
-    fn
-        Picklable callable ``fn(block) -> labels``: ``block`` is the tile plus its halo (real
-        image data, clipped at the image edges, channels first); ``labels`` is an integer array
-        of the block's spatial shape, 0 = background. Called exactly once per tile.
-    tile_shape
-        Tile size in voxels per spatial axis (clipped to the image).
-    overlap
-        Halo in voxels per side. An int applies to every axis whose tile is longer than one
-        voxel (``(1, 2048, 2048)`` with ``20`` means ``(0, 20, 20)``); a tuple sets each axis.
-    write_to
-        Output path: a zarr array, or an OME-Zarr image group when it ends in ``.ome.zarr``.
-        Output labels are uint32, or uint64 when there are 2**32 labels or more; chunked by
-        tile.
-    num_workers
-        Worker processes the driver starts on this machine.
-    progress
-        Show progress per stage: tqdm bars (tiles done/total, rate, ETA) on a terminal, else
-        one plain line per stage every 10 s and a final line each; then the summary table.
-    level
-        Resolution level of an OME-Zarr input: an index into its multiscale datasets
-        (negative counts from the coarsest) or a dataset path. Default 0, full resolution.
-    status_page
-        ``HOST:PORT`` of a live status page the driver serves while it runs (counts per stage
-        and the block map, refreshed every few seconds); its URL is printed at the start.
-        ``"127.0.0.1:0"`` (default) is private to this machine on any free port; ``None``
-        serves no page.
-    keep_stage
-        Keep the run directory (staged tile labels, equivalence table, logs) after success.
-    sequential_labels
-        Final labels are ``1..N`` without gaps.
-    merge_threshold
-        Fraction in ``[0, 1)``; see :mod:`.stitch` for the merge rule. ``0`` merges
-        any shared voxel (exact for connected-component fns).
-    timeout
-        Seconds a block may run before its worker is killed and the block retried (daisy
-        and Dask backends alike; on Dask the retries of a killed worker's block are Dask's
-        ``distributed.scheduler.allowed-failures``).
-    max_retries
-        Times a failed block is retried before it counts as failed.
-    max_worker_restarts
-        Worker processes daisy may start again per task after one died (OOM, preemption, a
-        job's time limit, SIGKILL) before it gives the task up. None (default) scales with the
-        run: ``max(10, 4 * num_workers, blocks // 10)``.
-    overwrite
-        Replace an existing output and run directory instead of refusing.
-    host
-        Address the task servers listen on and give to workers. ``"127.0.0.1"`` (default)
-        keeps them private to this machine; for workers on other nodes give this node's name
-        or address on the cluster network, or ``None`` to let daisy detect one (it then
-        listens on every interface). The addresses are printed and written to
-        ``<run_dir>/server/<task>.json``.
-    use_gpu
-        Size tiles to the GPU: ``tile_shape`` becomes the largest tile no bigger than asked
-        whose working set (tile plus halo times ``fn.bytes_per_voxel``, 400 if the fn does not
-        say) fits in half the free memory of the smallest GPU (read with ``nvidia-ml-py``;
-        8 GiB assumed, with a warning, without it). Each worker then uses one thread and one
-        GPU (``CUDA_VISIBLE_DEVICES`` cycles over the GPUs); give ``num_workers`` = GPUs.
-    backend
-        ``"auto"`` (default): run on the active Dask distributed client if there is one, else
-        on daisy's workers; ``"daisy"`` or ``"dask"`` to choose. A Dask client whose workers
-        are threads (``processes=False``) is refused with ``RuntimeError``.
-    launcher
-        ``"local"`` (default) starts each worker here as ``python -m blockbuster.worker``;
-        the path of an executable launch script (templates in ``workers/``: ``slurm.sh``,
-        ``lsf.sh``, ``local.sh``) starts each through it, e.g. as a SLURM job.
-    channels
-        Whether ``image`` has one leading channel axis (passed to ``fn`` whole). ``None``
-        accepts one only where the metadata marks it (funlib axis name ending in ``^``, OME axis
-        type ``channel``).
-
-    Returns
-    -------
-    RunResult
-        Output path, label count, tile counts, fn calls and seconds per stage.
-
-    Raises
-    ------
-    TileFailureError
-        If any tile failed; nothing is written to ``write_to`` and the run directory is kept so
-        that running the same call again resumes.
-    """
-    with _arguments():
-        options, client, gpu_budget = _check_run_arguments(
-            fn,
-            num_workers=num_workers,
-            timeout=timeout,
-            max_retries=max_retries,
-            keep_stage=keep_stage,
-            host=host,
-            launcher=launcher,
-            status_page=status_page,
-            max_worker_restarts=max_worker_restarts,
-            progress=progress,
-            use_gpu=use_gpu,
-            backend=backend,
-        )
-        run, spec, _, held = _prepare(
-            image,
-            fn,
-            tile_shape,
-            overlap,
-            write_to=write_to,
-            sequential_labels=sequential_labels,
-            merge_threshold=merge_threshold,
-            overwrite=overwrite,
-            channels=channels,
-            gpu_budget=gpu_budget,
-            level=level,
-        )
-    if isinstance(held, _Finished):
-        return _finished_result(held, spec)
-    try:
-        run.write_options(options)
-    except BaseException:
-        held.release()
-        raise
-    return execute_run(run, options, progress=progress, client=client, lease=held)
-
-
 @contextmanager
 def _arguments() -> Iterator[None]:
     """Mark errors raised while the call's arguments are checked as bad arguments (the CLI's
@@ -761,19 +478,10 @@ def _check_run_arguments(
     for name, value in (("progress", progress), ("keep_stage", keep_stage), ("use_gpu", use_gpu)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name}={value!r} must be True or False")
-    client = None
-    if backend not in ("auto", "daisy", "dask"):
-        raise ValueError(f"backend={backend!r} must be 'auto', 'daisy' or 'dask'")
-    if backend != "daisy":
-        client = active_client()
-        if client is None and backend == "dask":
-            raise ValueError(
-                "backend='dask' needs an active dask.distributed Client; start one with "
-                "client, cluster = blockbuster.make_local_cluster()"
-            )
-        if client is not None:
-            check_client(client)
-    if client is None:
+    engine, client = choose_engine(backend, active_client, check_client)
+    if engine == "serial":
+        options = replace(options, engine="serial")
+    if engine == "daisy":
         options.check_addresses()
     elif options.status_page is not None:
         replace(options, host=None).check_addresses()
@@ -800,38 +508,29 @@ def _finished_result(done: _Finished, spec: RunSpec) -> RunResult:
     )
 
 
-def _run_on_dask(
-    client: Any, run: RunDir, names: list[str], options: RunOptions
-) -> tuple[dict[str, TaskReport], float]:
-    """Run tasks one after the other on a Dask client; a task with failures stops the rest."""
-    plan = run.read_spec().plan
-    start = time.perf_counter()
-    reports: dict[str, TaskReport] = {}
-    for name in names:
-        total = sum(1 for _ in plan.groups(name))
-        if reports and not all(r.ok for r in reports.values()):
-            reports[name] = TaskReport(total, 0, 0, total, 0.0)
-            continue
-        t = time.perf_counter()
-        completed, failed, error = run_task(client, run, name, options.max_retries, options.timeout)
-        reports[name] = TaskReport(total, completed, failed, 0, time.perf_counter() - t, error)
-    return reports, time.perf_counter() - start
+def stage_tasks(run: RunDir, plan: TilePlan) -> tuple[SegmentTask, StitchTask, RelabelTask]:
+    """The pipeline's three tasks for ``run``."""
+    segment = SegmentTask(str(run.root), plan)
+    return (
+        segment,
+        StitchTask(str(run.root), plan, upstream=(segment,)),
+        RelabelTask(str(run.root), plan),
+    )
 
 
 def execute_run(
     run: RunDir,
     options: RunOptions,
-    progress: bool = False,
     client: Any | None = None,
     lease: Lease | None = None,
+    observers: Sequence[Observer] = (),
 ) -> RunResult:
-    """Run (or resume) the three tasks of a prepared run directory.
+    """Run (or resume) the tasks of a prepared run directory.
 
     Tiles already staged are not segmented again (the workers' records), so calling this
     again after failures or a crash redoes only what is missing. With a Dask ``client`` the
-    tasks run on its workers instead of daisy's. The live status page (``options.status_page``)
-    is served while this runs; the summary table and the block map are made at the end,
-    whether the run finished or not.
+    tasks run on its workers instead of daisy's. ``observers`` receive the run's events
+    (progress, the live status page, the summary table and the block map are observers).
 
     Raises
     ------
@@ -848,101 +547,45 @@ def execute_run(
         if client is None:
             options.check_addresses()
         lease = Lease(run.root).acquire()
-    page = None
+    events = Events(tuple(observers))
     try:
-        page = _start_status_page(run, options.status_page)
-        return _execute(run, options, progress, client, lease)
+        return _execute(run, options, client, lease, events)
     finally:
-        if page is not None:
-            page.close()
         lease.release()
 
 
-def _start_status_page(run: RunDir, address: str | None) -> Any:
-    if address is None:
-        return None
-    from blockbuster.ui.live import start_status_server
-
-    host, _, port = address.rpartition(":")
-    page = start_status_server(run, host=host, port=int(port))
-    print(f"blockbuster: live status page at {page.url}", file=sys.stderr, flush=True)
-    return page
-
-
-#: passes over segment+stitch (and over relabel) before blocks that daisy reported done but
-#: that left no valid record fail the run
-MAX_PASSES = 3
-
-
 def _execute(
-    run: RunDir, options: RunOptions, progress: bool, client: Any | None, lease: Lease
+    run: RunDir, options: RunOptions, client: Any | None, lease: Lease, events: Events
 ) -> RunResult:
     t0 = time.perf_counter()
     spec = run.read_spec()
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
-    daisy_logging.set_log_basedir(str(run.logs))
-    stage_seconds: dict[str, float] = {}
+    engine: Engine = "dask" if client is not None else options.engine  # type: ignore[assignment]
+    segment, stitch, relabel = stage_tasks(run, plan)
     mark = output_mark(out) if out.exists() else None
     if mark is not None and mark.get("complete") and mark.get("run_id") == spec.run_id:
         # finished before: the driver was stopped while removing the run directory
         return _cleanup_finished(run, spec, mark, options, lease)
-
-    def run_tasks(names: list[str]) -> tuple[dict[str, TaskReport], float]:
-        """Run ``names`` in order (later tasks wait for the blocks they read)."""
-        from blockbuster.ui.progress import ProgressMonitor
-
-        monitor = ProgressMonitor(run, names, plan.num_tiles) if progress else nullcontext()
-        with monitor:
-            if client is not None:
-                reports, seconds = _run_on_dask(client, run, names, options)
-            else:
-                pipeline = daisy.Pipeline.from_task(make_task(names[0], plan, run, options))
-                for name in names[1:]:
-                    pipeline = pipeline + make_task(name, plan, run, options)
-                reports, seconds = _run_pipeline(pipeline, names, run, options, False)
-        if isinstance(monitor, ProgressMonitor):
-            stage_seconds.update(monitor.seconds)
-        return reports, seconds
-
-    done: dict[int, dict[str, Any]] = {}
-
-    def verified(names: list[str], reports: dict[str, TaskReport]) -> bool:
-        """Hold daisy's counts against the records: a block is done when its record is."""
-        nonlocal done
-        whole = True
-        for name in names:
-            if name == "segment":
-                done, missing = check_segment(run, plan)
-            else:
-                missing = missing_blocks(run, plan, name)
-            reports[name] = replace(reports[name], missing=tuple(missing))
-            whole = whole and not missing
-        return whole
-
+    events.emit(RunStarted(run.root, task_infos([segment, stitch, relabel])))
     if not (run.stage / "zarr.json").is_file():
         # the stage array itself is gone: an empty one makes every tile with labels missing,
         # so the passes below segment them again
         logger.warning("%s is missing; it is created again", run.stage)
         remove_created(run.stage)
         create_stage(run.stage, plan)
-    check_segment(run, plan)  # what a resumed run finds damaged is redone in the first pass
-    seconds = 0.0
-    for attempt in range(MAX_PASSES):
-        lease.check()
+    reports, checked, seconds = execute_tasks(
+        [segment, stitch],
+        run,
+        options,
+        lease,
+        engine=engine,
+        client=client,
+        events=events,
         # stitch reruns in full: a tile segmented again may carry other local labels
-        remove_created(run.records("stitch"))
-        reports, pass_seconds = run_tasks(["segment", "stitch"])
-        seconds += pass_seconds
-        daisy_ok = all(r.failed == 0 and r.orphaned == 0 for r in reports.values())
-        if verified(["segment", "stitch"], reports) or not daisy_ok:
-            break
-        lost = {n: r.missing for n, r in reports.items() if r.missing}
-        logger.warning(
-            "pass %d: daisy counted every block done, but %s left no valid record; redoing them",
-            attempt + 1,
-            "; ".join(f"{len(v)} {n} block(s)" for n, v in lost.items()),
-        )
-    seg_records = TaskRecords(run.records("segment"), "segment")
+        before_pass=lambda: remove_created(run.records("stitch")),
+    )
+    done = checked["segment"].done
+    seg_records = run.task_records(segment)
     result = RunResult(
         output=str(out),
         num_labels=0,
@@ -954,18 +597,16 @@ def _execute(
         tasks=reports,
         run_dir=str(run.root),
     )
-    result.failed = {
-        task: TaskRecords(run.records(task), task).failed_tiles() for task in ("segment", "stitch")
-    }
+    result.failed = {t.name: run.task_records(t).failed_tiles() for t in (segment, stitch)}
     if not all(r.ok for r in reports.values()):
-        _report(run, result, stage_seconds, progress, keep=True)
+        events.emit(RunFinished(run.root, result, keep=True))
         _fail(result)
     lease.check()
     start = time.perf_counter()
     with EquivalenceTable.open_or_rebuild(run.table) as table:
         table.replace_tiles((t, r["n_core"], r["n_labels"]) for t, r in sorted(done.items()))
-        stitch_records = TaskRecords(run.records("stitch"), "stitch")
-        table.replace_edges(stitch_records.edges(sorted(block_keys(plan, "stitch"))))
+        stitch_records = run.task_records(stitch)
+        table.replace_edges(stitch_records.edges(sorted(b.key for b in stitch.blocks())))
         resolution = resolve(table, plan.num_tiles, spec.sequential_labels)
     result.num_labels = resolution.num_labels
     result.seconds["resolve"] = time.perf_counter() - start
@@ -975,35 +616,31 @@ def _execute(
 
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped
     remove_created(run.records("relabel"))
-    relabel_seconds = 0.0
-    for attempt in range(MAX_PASSES):
-        lease.check()
-        rep, pass_seconds = run_tasks(["relabel"])
-        relabel_seconds += pass_seconds
-        if verified(["relabel"], rep) or not rep["relabel"].ok_by_daisy:
-            break
-        logger.warning(
-            "pass %d: daisy counted every relabel block done, but %d left no record; redoing them",
-            attempt + 1,
-            len(rep["relabel"].missing),
-        )
+    rep, _, result.seconds["relabel"] = execute_tasks(
+        [relabel], run, options, lease, engine=engine, client=client, events=events
+    )
     result.tasks.update(rep)
-    result.failed["relabel"] = TaskRecords(run.records("relabel"), "relabel").failed_tiles()
-    result.seconds["relabel"] = relabel_seconds
+    result.failed["relabel"] = run.task_records(relabel).failed_tiles()
     if result.ok and spec.output_path:  # an OME-Zarr label image: fill its lower levels
-        from blockbuster.pipeline.pyramid import build_pyramid
-
         start = time.perf_counter()
-        build_pyramid(
-            out,
-            num_workers=options.num_workers,
-            progress=False,
-            timeout=options.timeout,
-            max_retries=options.max_retries,
-        )
+        for tasks, level_engine in pyramid_tasks(out):
+            for task in tasks:
+                remove_created(run.records(task.name))  # level 0 was written anew
+            rep, _, _ = execute_tasks(
+                tasks,
+                run,
+                options,
+                lease,
+                engine=engine if level_engine is None else level_engine,
+                client=client,
+                events=events,
+            )
+            result.tasks.update(rep)
+            for task in tasks:
+                result.failed[task.name] = run.task_records(task).failed_tiles()
         result.seconds["pyramid"] = time.perf_counter() - start
     result.seconds["total"] = time.perf_counter() - t0
-    _report(run, result, stage_seconds, progress, keep=options.keep_stage)
+    events.emit(RunFinished(run.root, result, keep=options.keep_stage or not result.ok))
     if not result.ok:
         _fail(result)
     lease.check()
@@ -1027,27 +664,6 @@ def _cleanup_finished(
     result.run_dir = str(run.root)
     _remove_run_dir(run, options, lease)
     return result
-
-
-def _report(
-    run: RunDir,
-    result: RunResult,
-    stage_seconds: dict[str, float],
-    progress: bool,
-    keep: bool,
-) -> None:
-    """Fill the summary table and draw the block map (before the run directory goes)."""
-    from blockbuster.ui.report import summary_table, write_block_map
-
-    seconds = {**stage_seconds, **result.seconds}
-    result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
-    path = run.root / "block_map.png" if keep else Path(result.output + ".block_map.png")
-    try:
-        result.block_map = str(write_block_map(run, path))
-    except Exception as e:  # a picture must never fail a run
-        logger.warning("could not draw the block map: %s", e)
-    if progress:
-        print(result.table, file=sys.stderr, flush=True)
 
 
 def _fail(result: RunResult) -> None:

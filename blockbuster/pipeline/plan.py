@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from blockbuster.run.task import Block, Task
+
 Box = tuple[tuple[int, int], ...]
 """Per-axis half-open voxel ranges ``((start, stop), ...)``."""
 
@@ -291,3 +293,61 @@ def box_slices(box: Box, origin: Sequence[int] | None = None) -> tuple[slice, ..
 
 def intersect(a: Box, b: Box) -> Box:
     return tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
+
+
+class TileTask(Task):
+    """A pipeline stage as a :class:`~blockbuster.run.task.Task`: blocks are groups of tiles.
+
+    Parameters
+    ----------
+    name
+        The stage's name.
+    run_root
+        The run directory the stage's workers open.
+    plan
+        The tile plan.
+    group
+        Tiles per block along each axis (:meth:`TilePlan.group_shape`).
+    context
+        Voxels each block reads around its tiles.
+    upstream
+        The stages it reads from.
+    """
+
+    unit_name = "tiles"
+
+    def __init__(
+        self,
+        name: str,
+        run_root: str,
+        plan: TilePlan,
+        group: Sequence[int],
+        context: Sequence[int],
+        upstream: Sequence[Task] = (),
+    ) -> None:
+        self.plan = plan
+        self.group_tiles = tuple(int(g) for g in group)
+        size = tuple(t * g for t, g in zip(plan.tile, self.group_tiles, strict=True))
+        super().__init__(
+            name,
+            plan.image_roi,
+            plan.world(size),
+            context=plan.world(context),
+            fit="shrink",
+            upstream=upstream,
+        )
+        self.run_root = run_root
+
+    def tile_group(self, block: Block) -> Box:
+        """The tiles of ``block``: a box of grid indices."""
+        return tuple(
+            (i * g, min((i + 1) * g, m))
+            for i, g, m in zip(block.index, self.group_tiles, self.plan.grid, strict=True)
+        )
+
+    def units(self, block: Block) -> list[int]:
+        return [self.plan.tile_id(i) for i in self.plan.tiles_in(self.tile_group(block))]
+
+    @property
+    def num_units(self) -> int:
+        return self.plan.num_tiles

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
 
-from blockbuster.io import ome
+from blockbuster.io.sources import ome
 from blockbuster.pipeline.plan import Box, box_slices
+from blockbuster.run.task import Block, Task
 
 #: Levels whose source has at most this many voxels are built in this process.
 INLINE_VOXELS = 2**22
@@ -170,52 +171,68 @@ class LevelBuilder:
         dst[box_slices(box)] = out
 
 
-def _blocks(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[Box]:
-    """The chunk boxes of an array, in C order."""
-    grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
-    for corner in np.ndindex(*(len(g) for g in grid)):
-        yield tuple(
-            (g[i], min(g[i] + c, s)) for g, i, c, s in zip(grid, corner, chunks, shape, strict=True)
-        )
+class LevelTask(Task):
+    """Builds one pyramid level: one block per chunk of the level, from the level above.
+
+    World units are level-0 voxels, so a level's blocks and the finer level's blocks they
+    read cover the same world region, and daisy orders them by ``upstream`` alone.
+    """
+
+    def __init__(
+        self,
+        builder: LevelBuilder,
+        shape: Sequence[int],
+        chunks: Sequence[int],
+        voxel_size: Sequence[int],
+        upstream: Sequence[Task] = (),
+    ) -> None:
+        self.builder = builder
+        self.voxel_size = tuple(int(v) for v in voxel_size)
+        world = [s * v for s, v in zip(shape, self.voxel_size, strict=True)]
+        block = [c * v for c, v in zip(chunks, self.voxel_size, strict=True)]
+        name = "pyramid-" + "".join(c if c.isalnum() else "_" for c in builder.target)
+        super().__init__(name, world, block, fit="shrink", upstream=upstream)
+
+    def process_block_func(self) -> Callable[[Block], None]:
+        _open.cache_clear()  # a level written anew must not be read from an old handle
+
+        def process(block: Block) -> None:
+            begin, end = block.write_roi.begin, block.write_roi.end
+            box = tuple(
+                (int(a) // v, int(b) // v)
+                for a, b, v in zip(begin, end, self.voxel_size, strict=True)
+            )
+            self.builder.process(box)
+
+        return process
 
 
-def _run_level(
-    builder: LevelBuilder,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    num_workers: int,
-    progress: bool,
-    timeout: float | None,
-    max_retries: int,
-) -> None:
-    """Build one level with daisy workers (blocks = target chunks)."""
-    import daisy
-    from funlib.geometry import Roi
-
-    nd = len(shape)
-    task = daisy.Task(
-        f"pyramid_{builder.target}",
-        total_roi=Roi((0,) * nd, shape),
-        read_roi=Roi((0,) * nd, chunks),
-        write_roi=Roi((0,) * nd, chunks),
-        process_function=builder,
-        read_write_conflict=False,
-        fit="shrink",
-        max_workers=num_workers,
-        max_retries=max_retries,
-        timeout=timeout,
-    )
-    states = daisy.Server().run_blockwise(
-        task, progress=progress, block_tracking=False, host="127.0.0.1", summary=False
-    )
-    state = states[task.task_id]
-    if state.completed_count != state.total_block_count:
-        error = state.first_worker_error or state.last_worker_error or "no error recorded"
-        raise RuntimeError(
-            f"building pyramid level {builder.target!r} of {builder.store}: "
-            f"{state.failed_count} blocks failed, {state.orphaned_count} orphaned of "
-            f"{state.total_block_count}; first error:\n{error.strip()}"
-        )
+def pyramid_tasks(
+    store: str | Path, max_levels: int | None = None, inline_voxels: int = INLINE_VOXELS
+) -> list[tuple[list[LevelTask], Literal["serial"] | None]]:
+    """The tasks that fill levels 1, 2, ... of an OME-Zarr label image, in two groups: the
+    levels worth starting workers for (engine None: the run's own), then the small ones,
+    built in this process (``"serial"``)."""
+    store = str(Path(store).absolute())
+    ms = _ensure_levels(store, max_levels)
+    big: list[LevelTask] = []
+    small: list[LevelTask] = []
+    voxel = [1] * len(ms.levels[0].shape)
+    previous: LevelTask | None = None
+    for finer, coarser in zip(ms.levels, ms.levels[1:], strict=False):
+        factors = ome.level_factors(finer, coarser)
+        voxel = [v * f for v, f in zip(voxel, factors, strict=True)]
+        builder = LevelBuilder(store, finer.path, coarser.path, factors)
+        inline = math.prod(finer.shape) <= inline_voxels
+        upstream = (previous,) if previous is not None and (previous in small) == inline else ()
+        task = LevelTask(builder, coarser.shape, coarser.chunks or coarser.shape, voxel, upstream)
+        (small if inline else big).append(task)
+        previous = task
+    groups: list[tuple[list[LevelTask], Literal["serial"] | None]] = [
+        (big, None),
+        (small, "serial"),
+    ]
+    return [(tasks, engine) for tasks, engine in groups if tasks]
 
 
 def _ensure_levels(store: str, max_levels: int | None) -> ome.Multiscale:
@@ -243,12 +260,17 @@ def build_pyramid(
     num_workers: int = 1,
     *,
     max_levels: int | None = None,
-    progress: bool = False,
-    timeout: float | None = 3600.0,
+    timeout: float = 3600.0,
     max_retries: int = 2,
     inline_voxels: int = INLINE_VOXELS,
+    observers: Sequence[Any] = (),
 ) -> list[str]:
     """Fill levels 1, 2, ... of an OME-Zarr label image from its level 0, blockwise.
+
+    Each level is a :class:`~blockbuster.run.task.Task` run by
+    :func:`~blockbuster.run.driver.run_tasks` in the run directory
+    ``<store>.pyramid.blockbuster`` (removed once every level is built), so a build that
+    was interrupted resumes.
 
     Parameters
     ----------
@@ -260,13 +282,13 @@ def build_pyramid(
         daisy worker processes per level; 0 builds every level in this process.
     max_levels
         Only used when levels are planned here: at most this many levels, level 0 included.
-    progress
-        Show daisy's progress bars.
     timeout, max_retries
-        Per block, as for daisy tasks.
+        Per block, as for :func:`blockbuster.tile_process`.
     inline_voxels
         Levels whose source level has at most this many voxels are built in this process
         (starting workers would cost more than the work).
+    observers
+        Receive the runs' events (e.g. a :class:`blockbuster.ui.progress.ProgressMonitor`).
 
     Returns
     -------
@@ -275,21 +297,31 @@ def build_pyramid(
 
     Raises
     ------
-    RuntimeError
+    BlockFailureError
         If blocks of a level failed after their retries.
     """
-    if num_workers < 0:
-        raise ValueError(f"num_workers={num_workers} must be 0 or more")
-    store = str(Path(store).absolute())
+    from blockbuster.run.driver import run_tasks
+    from blockbuster.run.ownership import remove_created
+
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r} must be 0 or more")
+    path = Path(store).absolute()
+    groups = pyramid_tasks(path, max_levels, inline_voxels)
+    run_dir = path.with_name(path.name + ".pyramid.blockbuster")
+    for tasks, engine in groups:
+        run_tasks(
+            tasks,
+            run_dir,
+            num_workers=max(num_workers, 1),
+            backend="serial" if engine == "serial" or num_workers == 0 else "daisy",
+            timeout=timeout,
+            max_retries=max_retries,
+            overwrite=True,
+            observers=observers,
+        )
+    if run_dir.exists():
+        remove_created(run_dir)
     _open.cache_clear()
-    ms = _ensure_levels(store, max_levels)
-    for finer, coarser in zip(ms.levels, ms.levels[1:], strict=False):
-        builder = LevelBuilder(store, finer.path, coarser.path, ome.level_factors(finer, coarser))
-        chunks = coarser.chunks or coarser.shape
-        if num_workers == 0 or math.prod(finer.shape) <= inline_voxels:
-            for box in _blocks(coarser.shape, chunks):
-                builder.process(box)
-        else:
-            _run_level(builder, coarser.shape, chunks, num_workers, progress, timeout, max_retries)
-    _open.cache_clear()
+    ms = ome.open_multiscale(path)
+    assert ms is not None
     return [lv.path for lv in ms.levels]

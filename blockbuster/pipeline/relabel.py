@@ -8,17 +8,18 @@ block handles a group of tiles: one zarr read of their staged labels, one write 
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from blockbuster.pipeline.plan import Box, TilePlan, box_slices
+from blockbuster.pipeline.plan import Box, TilePlan, TileTask, box_slices
 from blockbuster.pipeline.stage import any_chunk_stored, stage_chunk_file
 from blockbuster.pipeline.table import EquivalenceTable
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.records import TaskRecords
+from blockbuster.run.task import Block
 
 
 def tile_lookup(
@@ -70,12 +71,10 @@ class Relabeler:
         self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
 
     def __call__(self, group: Box) -> None:
-        started, start = time.time(), time.perf_counter()
+        """Write the final labels of the tiles of ``group`` (a box of grid indices)."""
         plan = self.plan
         indices = list(plan.tiles_in(group))
         tiles = [plan.tile_id(index) for index in indices]
-        if self.records.is_done(tiles[0]):
-            return  # relabelled by an attempt whose completion never reached the server
         resolutions = [self.table.tile_resolution(tile) for tile in tiles]
         for index, tile, (_, _, n_core, _) in zip(indices, tiles, resolutions, strict=True):
             # a tile with labels reads as zeros where its stage chunk went missing: never
@@ -117,5 +116,30 @@ class Relabeler:
         if staged is not None or any_chunk_stored(self.output, out_box):
             self.output[box_slices(out_box)] = out
         # else: background only, and nothing stored there: the output already reads as zeros
-        seconds = time.perf_counter() - start
-        self.records.done(plan.tile_id(first), started, seconds, tiles=tiles)
+
+
+class RelabelTask(TileTask):
+    """relabel: writes each tile's core with its final labels, read from the resolved
+    equivalence table."""
+
+    record_fields = {"tiles": list}
+
+    def __init__(self, run_root: str, plan: TilePlan) -> None:
+        super().__init__("relabel", run_root, plan, plan.group_shape("relabel"), (0,) * plan.ndim)
+
+    def process_block_func(self) -> Callable[[Block], None]:
+        from blockbuster.io.sources import open_array
+        from blockbuster.pipeline.stage import open_stage
+        from blockbuster.run.rundir import RunDir
+
+        run = RunDir(self.run_root)
+        spec = run.read_spec()
+        relabeler = Relabeler(
+            self.plan,
+            open_stage(run.stage),
+            EquivalenceTable(run.table, readonly=True),
+            open_array(spec.output_store, spec.output_path, mode="r+"),
+            spec.sequential_labels,
+            run.task_records(self),
+        )
+        return lambda block: relabeler(self.tile_group(block))

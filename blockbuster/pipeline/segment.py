@@ -9,8 +9,7 @@ or labels per tile.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ import zarr
 
 from blockbuster.io.sources import read_box
 from blockbuster.pipeline.faces import tile_faces, write_faces
-from blockbuster.pipeline.fingerprint import input_digest
-from blockbuster.pipeline.plan import Box, TilePlan, box_slices
-from blockbuster.pipeline.stage import any_chunk_stored, stage_chunk_file
+from blockbuster.pipeline.plan import Box, TilePlan, TileTask, box_slices
+from blockbuster.pipeline.stage import any_chunk_stored, open_stage, stage_chunk_file
 from blockbuster.pipeline.thumbnail import MapPlane
+from blockbuster.run.fingerprint import input_digest
 from blockbuster.run.records import TaskRecords
+from blockbuster.run.task import Block
 
 SegmentFn = Callable[[np.ndarray], Any]
 
@@ -109,12 +109,10 @@ class Segmenter:
         self.map_plane = MapPlane.of(plan)
         self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
 
-    def __call__(self, index: tuple[int, ...]) -> None:
-        started, start = time.time(), time.perf_counter()
+    def __call__(self, index: tuple[int, ...]) -> dict[str, Any]:
+        """Segment tile ``index`` and stage its labels; return the facts its record keeps."""
         plan = self.plan
         tile = plan.tile_id(index)
-        if self.records.is_done(tile):
-            return  # staged by an attempt whose completion never reached the server
         read = plan.read(index)
         if plan.time_axis:  # fn sees one time point: the time axis is dropped
             (t, _), *space = read
@@ -150,10 +148,7 @@ class Segmenter:
             if self.faces is not None:  # stitch never reads an empty tile's faces
                 path = write_faces(self.faces, tile, tile_faces(plan, index, chunk))
                 sizes["faces_bytes"] = os.stat(path).st_size
-        seconds = time.perf_counter() - start
-        self.records.done(
-            tile, started, seconds, n_core=n_core, n_labels=n_labels, input=digest, **sizes
-        )
+        return {"n_core": n_core, "n_labels": n_labels, "input": digest, **sizes}
 
     def _stored(self, index: tuple[int, ...]) -> bool:
         """Whether this tile's stage chunk is on disk (an earlier attempt wrote it)."""
@@ -169,3 +164,41 @@ class Segmenter:
             plane = plane.mean(axis=0)
         piece = mp.piece(self.plan, index, plane, (space[-2][0], space[-1][0]))
         self.records.write_plane(self.plan.tile_id(index), piece)
+
+
+class SegmentTask(TileTask):
+    """segment: one block per tile; ``fn`` runs on the tile plus its halo (read context)."""
+
+    record_fields = {"n_core": int, "n_labels": int}
+    uses_gpu = True
+
+    def __init__(self, run_root: str, plan: TilePlan) -> None:
+        super().__init__("segment", run_root, plan, (1,) * plan.ndim, plan.overlap)
+
+    def process_block_func(self) -> Callable[[Block], dict[str, Any]]:
+        from blockbuster.run.rundir import RunDir
+
+        run = RunDir(self.run_root)
+        spec = run.read_spec()
+        segmenter = Segmenter(
+            self.plan,
+            spec.source.open(),
+            spec.source.channel_axes,
+            open_stage(run.stage, mode="r+"),
+            run.task_records(self),
+            run.load_fn(),
+            faces=run.faces,
+        )
+        return lambda block: segmenter(block.index)
+
+    def damaged(self, records: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
+        from blockbuster.pipeline.verify import damage
+        from blockbuster.run.rundir import RunDir
+
+        run = RunDir(self.run_root)
+        out = {}
+        for tile, record in records.items():
+            why = damage(run, self.plan, tile, record)
+            if why is not None:
+                out[tile] = why
+        return out

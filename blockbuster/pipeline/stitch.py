@@ -27,17 +27,18 @@ be told apart by that rule, so they merge.
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import zarr
 
-from blockbuster.pipeline.faces import face_views, read_faces
-from blockbuster.pipeline.plan import Box, TilePlan, box_slices
+from blockbuster.pipeline.faces import read_faces
+from blockbuster.pipeline.plan import Box, TilePlan, TileTask
 from blockbuster.run.records import TaskRecords
+from blockbuster.run.task import Block, Task
 
-__all__ = ["Stitcher", "face_views", "match_labels"]
+__all__ = ["StitchTask", "Stitcher", "match_labels"]
 
 
 def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
@@ -81,14 +82,12 @@ class Stitcher:
     def __init__(
         self,
         plan: TilePlan,
-        stage: zarr.Array,
         records: TaskRecords,
         threshold: float,
         segments: TaskRecords | None = None,
         faces: Path | None = None,
     ) -> None:
         self.plan = plan
-        self.stage = stage
         self.records = records
         self.threshold = threshold
         self.segments = segments
@@ -123,7 +122,12 @@ class Stitcher:
             return rows
         views = self._views_from_face_files(todo)
         if views is None:
-            views = self._views_from_stage(group, todo)
+            # a labelled tile's face file is checked before stitch runs (its segment record
+            # keeps the size): one missing now was removed while the run was going
+            raise RuntimeError(
+                f"a face file of the tiles of block {group} is missing from {self.faces}; run "
+                "the same call again to segment those tiles anew"
+            )
         for (index, _, nb), (a, b) in zip(todo, views, strict=True):
             pairs = match_labels(a, b, self.threshold)
             tile, other = plan.tile_id(index), plan.tile_id(nb)
@@ -134,7 +138,7 @@ class Stitcher:
         self, todo: list[tuple[tuple[int, ...], int, tuple[int, ...]]]
     ) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """Both sides of each face from the segment workers' face files (None if any is
-        missing, e.g. a run staged before face files existed)."""
+        missing)."""
         if self.faces is None:
             return None
         loaded: dict[int, dict[str, np.ndarray] | None] = {}
@@ -154,31 +158,54 @@ class Stitcher:
             views.append((a, b))
         return views
 
-    def _views_from_stage(
-        self, group: Box, todo: list[tuple[tuple[int, ...], int, tuple[int, ...]]]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Both sides of each face cut from the staged tiles (one zarr read for the group)."""
-        plan = self.plan
-        # the group and one tile more along each axis (the upper neighbours), in one read
-        reach = tuple((a, min(b + 1, n)) for (a, b), n in zip(group, plan.grid, strict=True))
-        staged = np.asarray(self.stage[box_slices(reach)])
-        views = []
-        for index, axis, nb in todo:
-            mine = staged[tuple(i - a for i, (a, _) in zip(index, reach, strict=True))]
-            theirs = staged[tuple(i - a for i, (a, _) in zip(nb, reach, strict=True))]
-            box_lo, box_hi = face_views(plan, index, axis)
-            a = mine[box_slices(box_lo, plan.stage_origin(index))]
-            b = theirs[box_slices(box_hi, plan.stage_origin(nb))]
-            views.append((a, b))
-        return views
-
-    def __call__(self, group: Box) -> None:
-        started, start = time.time(), time.perf_counter()
-        key = self.plan.tile_id(tuple(a for a, _ in group))
+    def __call__(self, key: int, group: Box) -> dict[str, Any]:
+        """Stitch the tiles of ``group`` (the block ``key``) to their upper neighbours: write
+        the edges file and return the facts the block's record keeps."""
         edges = self.edges(group)
         path = self.records.write_edges(key, np.array(edges, dtype=np.int64).reshape(-1, 4))
-        tiles = [self.plan.tile_id(i) for i in self.plan.tiles_in(group)]
-        seconds = time.perf_counter() - start
         # the size lets the driver check the edges with one stat instead of loading them twice
-        size = os.stat(path).st_size
-        self.records.done(key, started, seconds, edges=len(edges), edges_bytes=size, tiles=tiles)
+        return {"edges": len(edges), "edges_bytes": os.stat(path).st_size}
+
+
+class StitchTask(TileTask):
+    """stitch: compares each tile's faces with its upper neighbours' and records the label
+    pairs that touch; a block reads one tile of context on each side, so it waits for the
+    segment blocks of its tiles and their neighbours."""
+
+    record_fields = {"tiles": list, "edges_bytes": int}
+
+    def __init__(self, run_root: str, plan: TilePlan, upstream: Sequence[Task]) -> None:
+        # daisy v2 needs the context symmetric to compute the dependencies right; time is
+        # never stitched
+        context = ((0,) + plan.tile[1:]) if plan.time_axis else plan.tile
+        super().__init__(
+            "stitch", run_root, plan, plan.group_shape("stitch"), context, upstream=upstream
+        )
+
+    def process_block_func(self) -> Callable[[Block], dict[str, Any]]:
+        from blockbuster.run.rundir import RunDir
+
+        run = RunDir(self.run_root)
+        spec = run.read_spec()
+        stitcher = Stitcher(
+            self.plan,
+            run.task_records(self),
+            spec.merge_threshold,
+            TaskRecords(run.records("segment"), "segment"),
+            run.faces,
+        )
+        return lambda block: stitcher(block.key, self.tile_group(block))
+
+    def damaged(self, records: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
+        from blockbuster.run.rundir import RunDir
+
+        edges = RunDir(self.run_root).task_records(self)
+        out = {}
+        for key, record in records.items():
+            try:
+                size: int | None = os.stat(edges.edges_file(key)).st_size
+            except FileNotFoundError:
+                size = None
+            if size != record.get("edges_bytes"):
+                out[key] = "its edges file is missing" if size is None else "its edges are damaged"
+        return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ def _size(path: os.PathLike[str] | str) -> int | None:
         return None
 
 
-def _damage(run: RunDir, plan: TilePlan, tile: int, record: dict[str, Any]) -> str | None:
+def damage(run: RunDir, plan: TilePlan, tile: int, record: Mapping[str, Any]) -> str | None:
     """What is wrong with the files a segment record promises, or None."""
     if record["n_labels"] == 0:
         return None  # nothing staged, no faces: nothing that can go missing
@@ -59,7 +60,7 @@ def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
     records = TaskRecords(run.records("segment"), "segment")
     bad = {}
     for tile, record in records.done_records().items():
-        why = _damage(run, plan, tile, record)
+        why = damage(run, plan, tile, record)
         if why is not None:
             bad[tile] = why
     return bad
@@ -72,7 +73,7 @@ def check_segment(run: RunDir, plan: TilePlan) -> tuple[dict[int, dict[str, Any]
     done = records.done_records()
     bad = {}
     for tile, record in list(done.items()):
-        why = _damage(run, plan, tile, record)
+        why = damage(run, plan, tile, record)
         if why is not None:
             bad[tile] = why
             records.discard(tile)
@@ -122,7 +123,7 @@ class InputCheck:
 
 def verify_inputs(run: RunDir) -> InputCheck:
     """Read every done tile's input again and compare it with the digest its record holds."""
-    from blockbuster.pipeline.fingerprint import input_digest
+    from blockbuster.run.fingerprint import input_digest
 
     spec = run.read_spec()
     plan = spec.plan

@@ -1,9 +1,9 @@
 """Running the pipeline on a Dask distributed cluster instead of daisy's workers.
 
-The same stage, stitch and relabel code runs in the Dask workers, one Dask task per tile, with
-the same run directory and records: ``fn`` is still called once per tile (a tile whose record
-says it is staged is never segmented again, whatever Dask recomputes or retries), and the
-result is the same as with daisy. Segment, stitch and relabel are separated by barriers.
+The same tasks run in the Dask workers, one Dask task per block, with the same run directory
+and records: a block whose record says it is done is never run again, whatever Dask
+recomputes or retries (so ``fn`` is still called once per tile), and the result is the same
+as with daisy. Tasks are separated by barriers.
 
 Workers must be processes. A ``Client(processes=False)`` runs its worker as a thread of the
 client's process; an fn that holds the GIL (every PyTorch/CUDA evaluation) then starves the
@@ -20,11 +20,15 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from blockbuster.pipeline.plan import Box
+from blockbuster.run.blocks import process_block, record_failure
 from blockbuster.run.gpu import find_gpus, gpu_worker_env
-from blockbuster.run.rundir import RunDir
+from blockbuster.run.rundir import RunDir, RunOptions
+from blockbuster.run.task import Block, Task
+
+if TYPE_CHECKING:
+    from blockbuster.run.engines import TaskReport
 
 IN_PROCESS_ERROR = (
     "Active Dask client uses an in-process worker (processes=False). When fn holds the GIL "
@@ -154,29 +158,34 @@ def check_client(client: Any) -> None:
         raise RuntimeError("the active Dask client has no workers; start some or close it")
 
 
-_HANDLERS: dict[tuple[str, str], Any] = {}
+_OPENED: dict[tuple[str, str], Any] = {}
 
 
-def run_block(run_dir: str, task: str, group: Box, timeout: float | None = None) -> float:
-    """Dask task: run one block of ``task`` in this worker process; returns seconds.
+def run_block(
+    run_dir: str, name: str, index: tuple[int, ...], timeout: float | None = None
+) -> float:
+    """Dask task: run block ``index`` of task ``name`` in this worker process; returns seconds.
 
-    Handlers (and so ``fn``) are built once per worker process and reused. A block still
-    running after ``timeout`` seconds is recorded as failed and its worker process is killed
-    (a hung fn cannot be interrupted otherwise); the nanny restarts the worker and the
-    scheduler runs the block again, up to ``distributed.scheduler.allowed-failures`` times.
+    The task is loaded and opened once per worker process and reused (so ``fn`` is loaded
+    once). A block still running after ``timeout`` seconds is recorded as failed and its
+    worker process is killed (a hung fn cannot be interrupted otherwise); the nanny restarts
+    the worker and the scheduler runs the block again, up to
+    ``distributed.scheduler.allowed-failures`` times.
     """
-    from blockbuster.worker import make_handler, record_failure
-
-    key = (run_dir, task)
-    if key not in _HANDLERS:
-        _HANDLERS[key] = make_handler(RunDir(run_dir), task)
-    plan, records, handle = _HANDLERS[key]
+    key = (run_dir, name)
+    if key not in _OPENED:
+        run = RunDir(run_dir)
+        task = run.load_task(name)
+        opened = task.opened()
+        _OPENED[key] = (task, run.task_records(task), opened.__enter__(), opened)
+    task, records, fn, _ = _OPENED[key]
+    block = task.block_at(index)
 
     def time_out() -> None:
         record_failure(
-            plan,
+            task,
             records,
-            group,
+            block,
             f"TimeoutError: the block ran past timeout={timeout} s; its Dask worker process "
             f"(pid {os.getpid()}) was killed and is restarted by its nanny\n",
         )
@@ -188,37 +197,49 @@ def run_block(run_dir: str, task: str, group: Box, timeout: float | None = None)
         watchdog.daemon = True
         watchdog.start()
     try:
-        handle(group)
-    except Exception:
-        record_failure(plan, records, group, traceback.format_exc())
-        raise
+        process_block(task, fn, records, block)
     finally:
         if watchdog is not None:
             watchdog.cancel()
     return time.perf_counter() - start
 
 
-def run_task(
-    client: Any, run: RunDir, task: str, retries: int, timeout: float | None = None
-) -> tuple[int, int, str | None]:
-    """Run every block of ``task`` on ``client``; a block past ``timeout`` s kills its worker.
+def run_dask(
+    client: Any, tasks: Sequence[Task], run: RunDir, options: RunOptions
+) -> dict[str, TaskReport]:
+    """Run ``tasks`` one after the other on ``client``; a task with failures stops the rest."""
+    from blockbuster.run.engines import TaskReport
 
-    Returns ``(completed, failed, first_error)`` counted in blocks.
-    """
+    reports: dict[str, TaskReport] = {}
+    for task in tasks:
+        blocks = task.blocks()
+        if any(not r.ok_by_engine for r in reports.values()):
+            reports[task.name] = TaskReport(len(blocks), 0, 0, len(blocks), 0.0)
+            continue
+        start = time.perf_counter()
+        completed, failed, error = _run_task(client, run, task, blocks, options)
+        reports[task.name] = TaskReport(
+            len(blocks), completed, failed, 0, time.perf_counter() - start, error
+        )
+    return reports
+
+
+def _run_task(
+    client: Any, run: RunDir, task: Task, blocks: list[Block], options: RunOptions
+) -> tuple[int, int, str | None]:
+    """Every block of ``task`` on ``client``: ``(completed, failed, first_error)``."""
     from distributed import wait
 
-    plan = run.read_spec().plan
-    tiles = list(plan.groups(task))
     stamp = time.time_ns()
     futures = client.map(
         run_block,
-        [str(run.root)] * len(tiles),
-        [task] * len(tiles),
-        tiles,
-        [timeout] * len(tiles),
+        [str(run.root)] * len(blocks),
+        [task.name] * len(blocks),
+        [b.index for b in blocks],
+        [options.timeout] * len(blocks),
         pure=False,
-        retries=retries,
-        key=[f"blockbuster-{task}-{plan.tile_id([a for a, _ in g])}-{stamp}" for g in tiles],
+        retries=options.max_retries,
+        key=[f"blockbuster-{task.name}-{b.key}-{stamp}" for b in blocks],
     )
     wait(futures)
     failed = [f for f in futures if f.status != "finished"]
@@ -227,4 +248,4 @@ def run_task(
         exc = failed[0].exception()
         first = "".join(traceback.format_exception(exc)) if exc is not None else "cancelled"
     client.cancel(futures)
-    return len(tiles) - len(failed), len(failed), first
+    return len(blocks) - len(failed), len(failed), first

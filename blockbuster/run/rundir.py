@@ -25,15 +25,19 @@ import math
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from blockbuster.io.sources import ImageSource
 from blockbuster.pipeline.plan import TilePlan
-from blockbuster.run.records import write_atomic
+from blockbuster.run.records import TaskRecords, write_atomic
+
+if TYPE_CHECKING:
+    from blockbuster.run.task import Task
 
 SPEC_VERSION = 2
 
@@ -57,7 +61,7 @@ class RunSpec:
     version: int = SPEC_VERSION
     #: the run's identity, also written into the output's attributes
     run_id: str = ""
-    #: see :mod:`blockbuster.pipeline.fingerprint`
+    #: see :mod:`blockbuster.run.fingerprint`
     fn_fingerprint: str = ""
     input_fingerprint: str = ""
 
@@ -136,6 +140,8 @@ class RunOptions:
     status_page: str | None = "127.0.0.1:0"
     #: daisy's cap on worker restarts per task; None for :meth:`worker_restarts`' default
     max_worker_restarts: int | None = None
+    #: ``"daisy"`` (workers) or ``"serial"`` (this process); a Dask client overrides it
+    engine: str = "daisy"
 
     def validate(self) -> RunOptions:
         """Check every field; return ``self`` with the launcher as an absolute path."""
@@ -268,6 +274,79 @@ class RunDir:
 
     def records(self, task: str) -> Path:
         return self.root / "records" / task
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @property
+    def tasks_dir(self) -> Path:
+        """``tasks/``: each task's cloudpickle (``<name>.pkl``) and description (``.json``),
+        which workers load by the task's name."""
+        return self.root / "tasks"
+
+    def write_tasks(self, tasks: Sequence[Task]) -> None:
+        """Store ``tasks`` for the workers (their order is the display order)."""
+        from blockbuster.run.fingerprint import task_fingerprint
+
+        self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        order = {name: i for i, name in enumerate(self.task_names())}
+        for task in tasks:
+            meta = {
+                "name": task.name,
+                "order": order.setdefault(task.name, len(order)),
+                "unit_name": task.unit_name,
+                "total": task.num_units,
+                "upstream": [up.name for up in task.upstream],
+                "fingerprint": task_fingerprint(task),
+                "sys_path": [str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
+            }
+            write_atomic(self.tasks_dir / f"{task.name}.pkl", cloudpickle.dumps(task))
+            write_atomic(self.tasks_dir / f"{task.name}.json", json.dumps(meta).encode())
+
+    def task_meta(self, name: str) -> dict[str, Any]:
+        """The description of task ``name``.
+
+        Raises
+        ------
+        RunDirError
+            If the run has no such task (or its file is damaged).
+        """
+        path = self.tasks_dir / f"{name}.json"
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            known = ", ".join(self.task_names()) or "none"
+            raise RunDirError(
+                f"{self.root} has no task {name!r} (its tasks: {known}); give one of them"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{path} is damaged ({e}); start the run again") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path} is damaged (not a JSON object); start the run again")
+        return data
+
+    def task_names(self) -> list[str]:
+        """The run's tasks, in the order they were first written."""
+        metas = []
+        for path in self.tasks_dir.glob("*.json") if self.tasks_dir.is_dir() else ():
+            try:
+                data = json.loads(path.read_bytes())
+                metas.append((int(data["order"]), str(data["name"])))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return [name for _, name in sorted(metas)]
+
+    def load_task(self, name: str) -> Task:
+        """Load task ``name`` as a worker does: the driver's import paths first."""
+        meta = self.task_meta(name)
+        for p in reversed(meta.get("sys_path", [])):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        task: Task = cloudpickle.loads((self.tasks_dir / f"{name}.pkl").read_bytes())
+        return task
+
+    def task_records(self, task: Task) -> TaskRecords:
+        """The record files of ``task``, validated by its ``record_fields``."""
+        return TaskRecords(self.records(task.name), task.name, task.record_fields)
 
     def create(self) -> None:
         """Create the run directory, private to this user (0700): whoever can write it can run

@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -29,11 +30,12 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from blockbuster.run.events import Event, RunFinished, RunStarted
+from blockbuster.run.records import RecordScanner
 from blockbuster.run.rundir import RunDir
-from blockbuster.ui.progress import RecordScanner
 from blockbuster.ui.status import TASKS
 
-__all__ = ["StatusServer", "start_status_server", "status_counts"]
+__all__ = ["StatusPageObserver", "StatusServer", "start_status_server", "status_counts"]
 
 MAX_FAILED_LISTED = 50
 
@@ -338,3 +340,30 @@ def start_status_server(
     )
     server.page = page.encode()
     return StatusServer(server, host)
+
+
+class StatusPageObserver:
+    """An observer that serves the live status page of a pipeline run while it runs.
+
+    Parameters
+    ----------
+    address
+        ``HOST:PORT`` (port 0: any free one); the URL is printed when the run starts.
+    """
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host, int(port)
+        self.server: StatusServer | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted) and self.server is None:
+            run = RunDir(event.run_dir)
+            if not run.spec_file.exists():
+                return  # the page shows tile_process runs
+            self.server = start_status_server(run, host=self.host, port=self.port)
+            url = self.server.url
+            print(f"blockbuster: live status page at {url}", file=sys.stderr, flush=True)
+        elif isinstance(event, RunFinished) and self.server is not None:
+            self.server.close()
+            self.server = None

@@ -1,222 +1,22 @@
-"""Progress of a running task, read from its record files while workers write them.
-
-:class:`RecordScanner` counts a task's tiles done and failed from ``<run_dir>/records/<task>/``
-with one ``os.scandir`` per call, parsing each record file only the first time it appears
-(records are written once, atomically, and never change). A done record may stand for several
-tiles: its optional ``"tiles"`` list names them, and its ``"seconds"`` are then split evenly
-between them (see :func:`record_tiles`).
-
-:class:`ProgressMonitor` polls the scanners of the running tasks from a daemon thread and shows
-one tqdm bar per task on a terminal, or else prints one plain line per task at most every few
-seconds, and a final line per task when it completes or the monitor stops::
-
-    segment: 64/64 tiles, 0 failed, 12.3 s, 5.2 tiles/s
-"""
+"""Progress bars and lines: an observer of a run's events (see :class:`ProgressMonitor`)."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-from blockbuster.run.rundir import RunDir
+from blockbuster.run.events import Event, Progress, StageFinished, StageStarted, TaskInfo
 
-__all__ = [
-    "ProgressMonitor",
-    "RecordScanner",
-    "TileCounts",
-    "record_tiles",
-    "tile_counts",
-]
+__all__ = ["ProgressMonitor", "format_eta", "format_rate"]
 
 
-def record_tiles(record: dict[str, Any], tile: int) -> list[int]:
-    """The tiles a record stands for.
-
-    Parameters
-    ----------
-    record
-        A parsed record file (done or error).
-    tile
-        The tile id in the record's file name (``<tile>.json``, ``<tile>.error.<id>.json``).
-
-    Returns
-    -------
-    list of int
-        The record's ``"tiles"`` list where it has one (a block covering several tiles), else
-        ``[tile]``.
-    """
-    tiles = record.get("tiles")
-    if isinstance(tiles, list) and tiles:
-        return [int(t) for t in tiles]
-    return [tile]
-
-
-@dataclass
-class TileCounts:
-    """The tiles of one task by state.
-
-    Attributes
-    ----------
-    done
-        Seconds per done tile (a record's seconds split evenly over the tiles it covers).
-    failed
-        Tiles with at least one failed attempt and no success.
-    started
-        Tiles whose ``fn`` was called (segment's ``<tile>.call.<id>`` files), done or not.
-    """
-
-    done: dict[int, float] = field(default_factory=dict)
-    failed: set[int] = field(default_factory=set)
-    started: set[int] = field(default_factory=set)
-
-    def copy(self) -> TileCounts:
-        return TileCounts(dict(self.done), set(self.failed), set(self.started))
-
-    @property
-    def num_done(self) -> int:
-        return len(self.done)
-
-    @property
-    def num_failed(self) -> int:
-        return len(self.failed)
-
-    def pending(self, total: int) -> int:
-        """Tiles of ``total`` neither done nor failed."""
-        return max(total - self.num_done - self.num_failed, 0)
-
-    @property
-    def running(self) -> set[int]:
-        """Tiles started and neither done nor failed (running, or their worker died)."""
-        return self.started - self.done.keys() - self.failed
-
-
-def _tile_of(name: str) -> tuple[int, str] | None:
-    """``(tile, kind)`` of a record file name; kind is ``"done"``, ``"error"`` or ``"call"``."""
-    if name.startswith("."):
-        return None
-    head, _, rest = name.partition(".")
-    if not head.isdigit():
-        return None
-    if rest.startswith("call."):
-        return int(head), "call"
-    if rest == "json":
-        return int(head), "done"
-    if rest.startswith("error.") and rest.endswith(".json"):
-        return int(head), "error"
-    return None
-
-
-class RecordScanner:
-    """Counts one task's tiles from its record folder, cheaply and repeatedly.
-
-    Parameters
-    ----------
-    root
-        The task's record folder, ``<run_dir>/records/<task>``. It may not exist yet (or any
-        more): it then counts no tiles.
-
-    Notes
-    -----
-    Each :meth:`scan` lists the folder once and parses only record files it has not seen
-    before, so polling a folder of thousands of records costs one directory listing (about
-    20 ms for 10,000 tiles). A file that disappears (a task's records are cleared before it
-    reruns) is forgotten.
-    """
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-        self._seen: set[str] = set()  # names handled (parsed, or not records)
-        self._done: dict[str, tuple[list[int], float]] = {}
-        self._errors: dict[str, list[int]] = {}
-        self._calls: dict[str, int] = {}
-        self._counts: TileCounts | None = None
-        self._lock = threading.Lock()
-
-    def scan(self) -> TileCounts:
-        """Read the folder now.
-
-        Returns
-        -------
-        TileCounts
-            Done tiles with their seconds, failed tiles (errors without a success) and
-            started tiles.
-        """
-        with self._lock:
-            try:
-                names = set(os.listdir(self.root))
-            except FileNotFoundError:
-                names = set()
-            gone, new = self._seen - names, names - self._seen
-            if not gone and not new and self._counts is not None:
-                return self._counts.copy()  # nothing changed since the last scan
-            for name in gone:
-                self._seen.discard(name)
-                self._done.pop(name, None)
-                self._errors.pop(name, None)
-                self._calls.pop(name, None)
-            unread: list[tuple[int, str]] = []  # records not readable yet: counted by name
-            for name in new:
-                parsed = _tile_of(name)
-                if parsed is None:
-                    self._seen.add(name)
-                elif parsed[1] == "call":
-                    self._calls[name] = parsed[0]
-                    self._seen.add(name)
-                elif self._parse(name, *parsed):
-                    self._seen.add(name)
-                else:
-                    unread.append(parsed)
-            done = list(self._done.values()) + [([t], 0.0) for t, k in unread if k == "done"]
-            errors = list(self._errors.values()) + [[t] for t, k in unread if k == "error"]
-            counts = TileCounts(started=set(self._calls.values()))
-            for tiles, seconds in done:
-                for t in tiles:
-                    counts.done[t] = seconds / len(tiles)
-            for tiles in errors:
-                counts.failed.update(t for t in tiles if t not in counts.done)
-            self._counts = None if unread else counts.copy()
-            return counts
-
-    def _parse(self, name: str, tile: int, kind: str) -> bool:
-        """Cache the record ``name``; False when it could not be read (try again next scan)."""
-        try:
-            record = json.loads((self.root / name).read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(record, dict):
-            return False
-        tiles = record_tiles(record, tile)
-        if kind == "done":
-            self._done[name] = (tiles, float(record.get("seconds", 0.0)))
-        else:
-            self._errors[name] = tiles
-        return True
-
-
-def tile_counts(run: RunDir, task: str) -> TileCounts:
-    """One task's tiles by state, read once from ``run``'s record files.
-
-    Parameters
-    ----------
-    run
-        The run directory.
-    task
-        ``"segment"``, ``"stitch"`` or ``"relabel"``.
-    """
-    return RecordScanner(run.records(task)).scan()
-
-
-def format_rate(done: int, seconds: float) -> str:
+def format_rate(done: int, seconds: float, unit: str = "tiles") -> str:
     """``"5.2 tiles/s"`` (or ``"-"`` before any time passed)."""
-    return f"{done / seconds:.1f} tiles/s" if seconds > 0 else "- tiles/s"
+    return f"{done / seconds:.1f} {unit}/s" if seconds > 0 else f"- {unit}/s"
 
 
 def format_eta(seconds: float) -> str:
@@ -231,9 +31,8 @@ def format_eta(seconds: float) -> str:
 
 @dataclass
 class _Stage:
-    name: str
-    scanner: RecordScanner
-    initial: int = -1  # tiles done when the monitor first looked (resumed runs)
+    info: TaskInfo
+    initial: int = -1  # units done when the monitor first heard of the task (resumed runs)
     done: int = 0
     failed: int = 0
     printed: tuple[int, int] | None = None
@@ -241,30 +40,30 @@ class _Stage:
     final_printed: bool = False
     bar: Any = None
 
+    @property
+    def name(self) -> str:
+        return self.info.name
+
 
 class ProgressMonitor:
-    """Shows the progress of running tasks from their record files.
+    """Shows the progress of a run's stages: an observer of its events.
 
-    Use as a context manager around the code that runs the tasks; a daemon thread polls the
-    record folders until the block exits.
+    Each :class:`~blockbuster.run.events.StageStarted` opens one tqdm bar per task on a
+    terminal (or, elsewhere, plain lines at most every ``interval`` seconds); each
+    :class:`~blockbuster.run.events.Progress` updates them; the
+    :class:`~blockbuster.run.events.StageFinished` closes them and prints a final line per
+    task::
+
+        segment: 64/64 tiles, 0 failed, 12.3 s, 5.2 tiles/s
 
     Parameters
     ----------
-    run
-        The run directory whose ``records/<task>/`` folders are read.
-    tasks
-        Names of the tasks to follow, in display order.
-    total
-        Tiles per task.
     interactive
         One tqdm bar per task when True; plain lines when False; None (default) chooses bars
         when ``stream`` is a terminal.
     interval
         Plain mode: least seconds between two rounds of lines (one line per task with news);
-        a task's final line comes as soon as all its tiles are done.
-    poll
-        Seconds between two looks at the record folders (more where one look takes over a
-        twentieth of that).
+        a task's final line comes as soon as all its units are done.
     stream
         Where to write (default ``sys.stderr``).
     clock
@@ -273,65 +72,62 @@ class ProgressMonitor:
     Attributes
     ----------
     seconds
-        Per task, seconds from the start of the monitor until the task had all its tiles
-        done (or until the monitor stopped, for a task that did not finish). Filled when the
-        monitor stops.
+        Per task, seconds from the start of its stage until it had all its units done (or
+        until the stage ended, for a task that did not finish).
 
     Examples
     --------
-    >>> with ProgressMonitor(run, ["segment", "stitch"], plan.num_tiles) as monitor:
-    ...     run_tasks(["segment", "stitch"])
-    >>> monitor.seconds
-    {'segment': 12.3, 'stitch': 14.0}
+    >>> import io
+    >>> from blockbuster.run.events import TaskInfo
+    >>> from blockbuster.run.records import TileCounts
+    >>> out = io.StringIO()
+    >>> monitor = ProgressMonitor(interactive=False, stream=out, clock=iter(range(99)).__next__)
+    >>> monitor(StageStarted((TaskInfo("segment", 2, "tiles"),)))
+    >>> monitor(Progress("segment", TileCounts(done={0: 1.0, 1: 1.0})))
+    >>> monitor(StageFinished({}, 2.0))
+    >>> print(out.getvalue().strip())
+    segment: 2/2 tiles, 0 failed, 1.0 s, 2.0 tiles/s
     """
 
     def __init__(
         self,
-        run: RunDir,
-        tasks: Sequence[str],
-        total: int,
         interactive: bool | None = None,
         *,
         interval: float = 10.0,
-        poll: float = 0.5,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.run = run
-        self.total = int(total)
         self.stream = stream if stream is not None else sys.stderr
         if interactive is None:
             isatty = getattr(self.stream, "isatty", None)
             interactive = bool(isatty()) if isatty is not None else False
         self.interactive = interactive
         self.interval = float(interval)
-        self.poll = float(poll)
         self.clock = clock
-        self.stages = [_Stage(name, RecordScanner(run.records(name))) for name in tasks]
+        self.stages: list[_Stage] = []
         self.seconds: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._start = 0.0
         self._last_print = -float("inf")
 
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            self.begin(event.tasks)
+        elif isinstance(event, Progress):
+            self.update(event.task, event.counts.num_done, event.counts.num_failed)
+        elif isinstance(event, StageFinished):
+            self.end()
+
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> ProgressMonitor:
-        """Take the first look at the records and start polling."""
-        self._start = self.clock()
-        self.update()
-        self._thread = threading.Thread(target=self._loop, name="blockbuster-progress", daemon=True)
-        self._thread.start()
-        return self
+    def begin(self, tasks: Sequence[TaskInfo]) -> None:
+        """Start following ``tasks`` (a stage)."""
+        with self._lock:
+            self._start = self.clock()
+            self.stages = [_Stage(info) for info in tasks]
 
-    def stop(self) -> None:
-        """Stop polling, take a last look, close the bars and print the final lines."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self.update()
+    def end(self) -> None:
+        """Close the bars and print the final lines of the stage."""
         with self._lock:
             now = self.clock()
             for stage in self.stages:
@@ -343,43 +139,23 @@ class ProgressMonitor:
                 self.seconds[stage.name] = end - self._start
                 if not stage.final_printed:
                     self._final_line(stage, now)
+            self.stages = []
             self.stream.flush()
 
-    def __enter__(self) -> ProgressMonitor:
-        return self.start()
+    # -- updates ------------------------------------------------------------------------------
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _loop(self) -> None:
-        # poll no more than 5% of the time: huge runs have big record folders to list
-        wait = self.poll
-        while not self._stop.wait(wait):
-            started = time.perf_counter()
-            try:
-                self.update()
-            except Exception as err:  # never let a display problem end the run
-                print(f"blockbuster progress: {err}", file=self.stream)
-            wait = max(self.poll, 20 * (time.perf_counter() - started))
-
-    # -- polling ------------------------------------------------------------------------------
-
-    def update(self) -> None:
-        """Read the record folders once and update the display."""
+    def update(self, task: str, done: int, failed: int) -> None:
+        """A task's units done and failed changed: update the display."""
         with self._lock:
             now = self.clock()
             for stage in self.stages:
-                counts = stage.scanner.scan()
-                stage.done, stage.failed = counts.num_done, counts.num_failed
+                if stage.name != task:
+                    continue
+                stage.done, stage.failed = done, failed
                 if stage.initial < 0:
                     stage.initial = stage.done
                     stage.printed = (stage.done, stage.failed)
-                if stage.finished_at is None and stage.done >= self.total:
+                if stage.finished_at is None and stage.done >= stage.info.total:
                     stage.finished_at = now
             if self.interactive:
                 self._update_bars()
@@ -390,12 +166,15 @@ class ProgressMonitor:
         from tqdm.auto import tqdm
 
         for position, stage in enumerate(self.stages):
+            if stage.initial < 0:
+                continue  # not heard of yet
+            total = stage.info.total
             if stage.bar is None:
                 stage.bar = tqdm(
-                    total=self.total,
+                    total=total,
                     initial=stage.done,
                     desc=stage.name,
-                    unit="tile",
+                    unit=stage.info.unit_name.rstrip("s"),
                     position=position,
                     file=self.stream,
                     dynamic_ncols=True,
@@ -408,7 +187,7 @@ class ProgressMonitor:
             if stage.done > bar.n:
                 bar.update(stage.done - bar.n)
             elif stage.done < bar.n:  # records cleared (the task reruns)
-                bar.reset(total=self.total)
+                bar.reset(total=total)
                 bar.update(stage.done)
             else:
                 bar.refresh()
@@ -419,7 +198,7 @@ class ProgressMonitor:
         due = now - self._last_print >= self.interval
         printed = False
         for stage in self.stages:
-            if stage.final_printed:
+            if stage.final_printed or stage.initial < 0:
                 continue
             if stage.finished_at is not None:
                 self._final_line(stage, now)
@@ -428,12 +207,13 @@ class ProgressMonitor:
             state = (stage.done, stage.failed)
             if due and state != stage.printed:
                 new = stage.done - stage.initial
+                total, unit = stage.info.total, stage.info.unit_name
                 line = (
-                    f"{stage.name}: {stage.done}/{self.total} tiles, {stage.failed} failed, "
-                    f"{format_rate(new, elapsed)}"
+                    f"{stage.name}: {stage.done}/{total} {unit}, {stage.failed} failed, "
+                    f"{format_rate(new, elapsed, unit)}"
                 )
                 if new > 0 and elapsed > 0:
-                    line += f", ETA {format_eta((self.total - stage.done) * elapsed / new)}"
+                    line += f", ETA {format_eta((total - stage.done) * elapsed / new)}"
                 print(line, file=self.stream)
                 stage.printed = state
                 printed = True
@@ -444,9 +224,11 @@ class ProgressMonitor:
     def _final_line(self, stage: _Stage, now: float) -> None:
         end = stage.finished_at if stage.finished_at is not None else now
         seconds = end - self._start
+        unit = stage.info.unit_name
+        initial = max(stage.initial, 0)
         print(
-            f"{stage.name}: {stage.done}/{self.total} tiles, {stage.failed} failed, "
-            f"{seconds:.1f} s, {format_rate(stage.done - stage.initial, seconds)}",
+            f"{stage.name}: {stage.done}/{stage.info.total} {unit}, {stage.failed} failed, "
+            f"{seconds:.1f} s, {format_rate(stage.done - initial, seconds, unit)}",
             file=self.stream,
         )
         stage.final_printed = True

@@ -9,8 +9,10 @@ keeps the image plane in memory for redrawing while a run goes on (the live stat
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from blockbuster.pipeline.thumbnail import MapPlane
+from blockbuster.run.events import Event, Progress, RunFinished, StageFinished, StageStarted
+from blockbuster.run.records import RecordScanner, TileCounts
 from blockbuster.run.rundir import RunDir, RunSpec
-from blockbuster.ui.progress import RecordScanner, TileCounts
 from blockbuster.ui.status import TASKS, RunStatus
 
 if TYPE_CHECKING:
@@ -38,6 +41,9 @@ StageCounts = TileCounts | tuple[int, int]
 
 
 # -- summary table ------------------------------------------------------------------------------
+
+
+logger = logging.getLogger("blockbuster")
 
 
 def _si(value: float) -> str:
@@ -420,3 +426,50 @@ def write_block_map(run: RunDir, path: Path | None = None, labels: Any | None = 
         The PNG written.
     """
     return BlockMap(run, labels=labels).write(path or run.root / "block_map.png")
+
+
+class Reporter:
+    """An observer that fills a finished pipeline run's summary table and block map.
+
+    It times each task from the start of its stage until its records say every unit is
+    done; at :class:`~blockbuster.run.events.RunFinished` it writes the table into
+    ``result.table`` (printed too with ``print_table``) and draws the block map into
+    ``result.block_map``: ``<run_dir>/block_map.png`` while the run directory is kept, else
+    ``<write_to>.block_map.png``.
+    """
+
+    def __init__(self, print_table: bool = False) -> None:
+        self.print_table = print_table
+        self.seconds: dict[str, float] = {}
+        self._started = 0.0
+        self._totals: dict[str, int] = {}
+
+    def __call__(self, event: Event) -> None:
+        import time
+
+        if isinstance(event, StageStarted):
+            self._started = time.monotonic()
+            self._totals = {t.name: t.total for t in event.tasks}
+        elif isinstance(event, Progress):
+            total = self._totals.get(event.task)
+            if total is not None and event.counts.num_done >= total:
+                self.seconds.setdefault(event.task, time.monotonic() - self._started)
+        elif isinstance(event, StageFinished):
+            for name in self._totals:
+                self.seconds.setdefault(name, time.monotonic() - self._started)
+            self._totals = {}
+        elif isinstance(event, RunFinished):
+            self.finish(RunDir(event.run_dir), event.result, event.keep)
+
+    def finish(self, run: RunDir, result: Any, keep: bool) -> None:
+        if not hasattr(result, "block_map") or not run.spec_file.exists():
+            return  # not a tile_process run: no table of tiles, no map
+        seconds = {**self.seconds, **result.seconds}
+        result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
+        path = run.root / "block_map.png" if keep else Path(result.output + ".block_map.png")
+        try:
+            result.block_map = str(write_block_map(run, path))
+        except Exception as e:  # a picture must never fail a run
+            logger.warning("could not draw the block map: %s", e)
+        if self.print_table:
+            print(result.table, file=sys.stderr, flush=True)

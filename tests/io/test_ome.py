@@ -11,9 +11,8 @@ import pytest
 import zarr
 from ngff import plan_for, space, write_ngff
 
-from blockbuster.io import ome
 from blockbuster.io.outputs import check_output, create_output, is_ome_path
-from blockbuster.io.sources import describe_source
+from blockbuster.io.sources import describe_source, ome
 
 VERSIONS = ["0.4", "0.5"]
 

@@ -17,9 +17,8 @@ from ngff import plan_for, space, write_ngff
 from scipy import ndimage as ndi
 
 from blockbuster import tile_process
-from blockbuster.io import ome
 from blockbuster.io.outputs import create_output
-from blockbuster.io.sources import describe_source
+from blockbuster.io.sources import describe_source, ome
 from blockbuster.pipeline.pyramid import build_pyramid, downsample_mode
 
 

@@ -12,8 +12,9 @@ from serial import run_in_process
 from blockbuster.io.sources import open_array
 from blockbuster.pipeline.driver import prepare_run
 from blockbuster.pipeline.relabel import Relabeler
-from blockbuster.pipeline.stage import any_chunk_stored
-from blockbuster.worker import make_handler
+from blockbuster.pipeline.stage import any_chunk_stored, open_stage
+from blockbuster.pipeline.table import EquivalenceTable
+from blockbuster.run.records import TaskRecords
 
 
 def test_background_blocks_skip_the_stage_and_clear_stale_output(tmp_path: Path) -> None:
@@ -38,8 +39,12 @@ def test_background_blocks_skip_the_stage_and_clear_stale_output(tmp_path: Path)
     assert not any_chunk_stored(output, ((8, 16), (0, 56)))  # background never written
     for record in run.records("relabel").glob("*.json"):
         record.unlink()  # the driver forgets relabel's records before it relabels again
-    plan, _, handler = make_handler(run, "relabel")
-    assert isinstance(handler, Relabeler)
+    plan = spec.plan
+    records = TaskRecords(run.records("relabel"), "relabel")
+    table = EquivalenceTable(run.table, readonly=True)
+    handler = Relabeler(
+        plan, open_stage(run.stage), table, output, spec.sequential_labels, records
+    )
     counting = CountingReads(handler.stage)
     handler.stage = counting  # type: ignore[assignment]
     groups = list(plan.groups("relabel"))

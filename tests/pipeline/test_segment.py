@@ -4,13 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_zarr
+from conftest import run_stage, write_zarr
 from fns import zeros
 
 from blockbuster.pipeline.driver import prepare_run
 from blockbuster.pipeline.segment import check_labels, renumber_core_first
 from blockbuster.pipeline.stage import any_chunk_stored, open_stage
-from blockbuster.worker import make_handler
 
 
 def test_renumber_puts_core_labels_first() -> None:
@@ -84,9 +83,7 @@ def test_an_empty_retry_clears_what_an_earlier_attempt_staged(tmp_path: Path) ->
     )
     stage = open_stage(run.stage, mode="r+")
     stage[1, 1] = 5  # what an earlier attempt (with other results) left before it died
-    _, records, segment = make_handler(run, "segment")
-    for group in spec.plan.groups("segment"):
-        segment(group)
+    records = run_stage(run, "segment")
     assert not stage[:].any()
     assert not any_chunk_stored(stage, ((0, 1), (0, 1), (0, 6), (0, 8)))  # never written
     assert {r["n_labels"] for r in records.done_records().values()} == {0}

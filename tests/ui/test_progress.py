@@ -1,4 +1,5 @@
-"""Progress from record files: the tile counter, and the monitor's bars and lines."""
+"""Progress from record files: the tile counter, and the monitor's bars and lines (an
+observer of the record watcher's events, as in a run)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,40 @@ import threading
 import time
 from pathlib import Path
 
-from blockbuster.run.records import TaskRecords
+from blockbuster.run.events import Events, RecordWatcher, StageFinished, StageStarted, TaskInfo
+from blockbuster.run.records import RecordScanner, TaskRecords, record_tiles
 from blockbuster.run.rundir import RunDir
-from blockbuster.ui.progress import ProgressMonitor, RecordScanner, record_tiles, tile_counts
+from blockbuster.ui.progress import ProgressMonitor
+
+
+def tile_counts(run: RunDir, task: str):
+    return RecordScanner(run.records(task)).scan()
+
+
+class Watched:
+    """A stage as the driver runs one: the monitor observes the record watcher's events."""
+
+    def __init__(self, run: RunDir, tasks: list[str], total: int, poll: float = 3600.0, **kw):
+        self.monitor = ProgressMonitor(**kw)
+        self.events = Events([self.monitor])
+        self.infos = tuple(TaskInfo(t, total, "tiles") for t in tasks)
+        self.watcher = RecordWatcher(self.events, [(t, run.records(t)) for t in tasks], poll)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return self.monitor.seconds
+
+    def __enter__(self) -> Watched:
+        self.events.emit(StageStarted(self.infos))
+        self.watcher.__enter__()
+        return self
+
+    def update(self) -> None:
+        self.watcher.look()
+
+    def __exit__(self, *exc: object) -> None:
+        self.watcher.__exit__()
+        self.events.emit(StageFinished({}, 0.0))
 
 
 class FakeClock:
@@ -72,9 +104,7 @@ def test_scanner_sees_started_segment_calls(tmp_path: Path) -> None:
 
 def _monitor(run: RunDir, stream: io.StringIO, clock: FakeClock, tasks: list[str]):
     # poll is huge: the test drives update() itself, the thread only waits to be stopped
-    return ProgressMonitor(
-        run, tasks, 4, interactive=False, interval=10.0, poll=3600.0, stream=stream, clock=clock
-    )
+    return Watched(run, tasks, 4, interactive=False, interval=10.0, stream=stream, clock=clock)
 
 
 def test_plain_lines_are_throttled_and_final_lines_exact(tmp_path: Path) -> None:
@@ -138,8 +168,8 @@ def test_monitor_thread_follows_records_written_over_time(tmp_path: Path) -> Non
         relabel.done(0, time.time(), 0.1, tiles=[0, 1, 2])
         relabel.done(3, time.time(), 0.1, tiles=[3, 4, 5])
 
-    monitor = ProgressMonitor(
-        run, ["segment", "relabel"], 6, interactive=False, interval=0.0, poll=0.02, stream=out
+    monitor = Watched(
+        run, ["segment", "relabel"], 6, 0.02, interactive=False, interval=0.0, stream=out
     )
     with monitor:
         writer = threading.Thread(target=work)
@@ -163,9 +193,7 @@ def test_interactive_mode_draws_bars_then_final_lines(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     seg = TaskRecords(run.records("segment"), "segment")
     out, clock = io.StringIO(), FakeClock()
-    with ProgressMonitor(
-        run, ["segment"], 2, interactive=True, poll=3600.0, stream=out, clock=clock
-    ) as monitor:
+    with Watched(run, ["segment"], 2, interactive=True, stream=out, clock=clock) as monitor:
         seg.done(0, 0.0, 1.0, n_core=0, n_labels=0)
         seg.done(1, 0.0, 1.0, n_core=0, n_labels=0)
         clock.now = 4.0

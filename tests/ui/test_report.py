@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import blobs, write_zarr
+from conftest import blobs, run_stage, write_zarr
 from fns import cc_label
 from serial import run_in_process
 from skimage.segmentation import find_boundaries
@@ -21,7 +21,6 @@ from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
 from blockbuster.ui.report import STATE_COLORS, BlockMap, summary_table, write_block_map
 from blockbuster.ui.status import run_status
-from blockbuster.worker import make_handler
 
 
 def make_run(tmp_path: Path, img: np.ndarray, tile: tuple[int, ...]) -> RunDir:
@@ -197,8 +196,7 @@ def test_block_map_of_a_huge_plane_is_strided(tmp_path: Path) -> None:
 def test_block_map_while_tiles_are_missing_leaves_them_blank(tmp_path: Path) -> None:
     img = blobs((30, 40))
     run = make_run(tmp_path, img, (10, 20))
-    plan, _, handle = make_handler(run, "segment")
-    handle(((0, 1), (1, 2)))  # tile (0, 1) only
+    run_stage(run, "segment", [(0, 1)])  # tile (0, 1) only
     plane = BlockMap(run).image_plane()
     np.testing.assert_array_equal(plane[0:10, 20:40], img[0:10, 20:40])
     assert np.isnan(plane[10:, :]).all() and np.isnan(plane[:, :20]).all()

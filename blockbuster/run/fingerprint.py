@@ -88,3 +88,27 @@ def input_fingerprint(array: Any) -> str:
         )
         h.update(input_digest(np.asarray(array[box])).encode())
     return h.hexdigest()
+
+
+def task_fingerprint(task: Any) -> str:
+    """Fingerprint of a :class:`~blockbuster.run.task.Task`: its geometry, its upstream tasks
+    and the source of its class and block function, so a resumed run refuses a changed one."""
+    h = hashlib.sha256()
+    geometry = [
+        type(task).__module__,
+        type(task).__qualname__,
+        str(task.roi),
+        list(task.block_shape),
+        list(task.context),
+        task.fit,
+        [up.name for up in task.upstream],
+    ]
+    h.update(json.dumps(geometry).encode())
+    if type(task).__module__ != "blockbuster.run.task":
+        h.update(_source_of(type(task)).encode())
+    func = getattr(task, "_process_block_func", None)
+    if func is not None:
+        h.update(_source_of(func).encode())
+        if isinstance(func, functools.partial):
+            h.update(repr(sorted(func.keywords.items())).encode())
+    return h.hexdigest()

@@ -1,0 +1,78 @@
+"""Running one block, the same way on every engine: skip it when done, record it either way.
+
+A block is done when its done record is written, after its function returned; its failure is
+recorded with the traceback before daisy (or Dask) hears of it, so that the run can name the
+block and the error whatever engine ran it. While a block runs, the worker tells its
+supervisor which block it holds (:func:`~blockbuster.run.launch.write_worker_state`), so a
+worker that dies or freezes inside it is named too.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from blockbuster.run.launch import write_worker_state
+from blockbuster.run.records import TaskRecords
+from blockbuster.run.task import Block, BlockFunction, Task
+
+
+def process_block(
+    task: Task, fn: BlockFunction, records: TaskRecords, block: Block
+) -> dict[str, Any] | None:
+    """Run ``fn`` on ``block`` unless it is done; return its record (None: it was done).
+
+    Raises
+    ------
+    Exception
+        Whatever ``fn`` raised, after recording it as a failed attempt.
+    """
+    if records.is_done(block.key):
+        return None  # done by an attempt whose completion never reached the server
+    units = task.units(block)
+    write_worker_state({"key": block.key, "tiles": units})
+    started, start = time.time(), time.perf_counter()
+    try:
+        info = fn(block)
+    except Exception:
+        records.failed(block.key, traceback.format_exc(), tiles=units)
+        raise
+    finally:
+        write_worker_state(None)
+    record = {"tiles": units, **(dict(info) if info else {})}
+    records.done(block.key, started, time.perf_counter() - start, **record)
+    return record
+
+
+def record_failure(task: Task, records: TaskRecords, block: Block, text: str) -> None:
+    """Record a failed attempt at ``block`` that its function could not report (a timeout)."""
+    records.failed(block.key, text, tiles=task.units(block))
+
+
+def serve_daisy(task: Task, records: TaskRecords, fn: BlockFunction) -> int:
+    """Take blocks of ``task`` from its daisy server until it has none; return how many
+    failed."""
+    import daisy
+
+    client = daisy.Client()
+    failed = 0
+    while True:
+        block_failed = False
+        try:
+            with client.acquire_block() as handed:
+                if handed is None:
+                    break
+                block = task.block_of(handed.read_roi, handed.write_roi)
+                try:
+                    process_block(task, fn, records, block)
+                except Exception:
+                    block_failed = True
+                    raise
+        except Exception:
+            if not block_failed:
+                raise  # the server is gone or daisy failed: this worker's run is over
+            # daisy's acquire_block logged the traceback and reported the block failed (the
+            # server retries it or counts it failed); keep serving
+            failed += 1
+    return failed
