@@ -42,9 +42,7 @@ def test_background_blocks_skip_the_stage_and_clear_stale_output(tmp_path: Path)
     plan = spec.plan
     records = TaskRecords(run.records("relabel"), "relabel")
     table = EquivalenceTable(run.table, readonly=True)
-    handler = Relabeler(
-        plan, open_stage(run.stage), table, output, spec.sequential_labels, records
-    )
+    handler = Relabeler(plan, open_stage(run.stage), table, output, spec.sequential_labels, records)
     counting = CountingReads(handler.stage)
     handler.stage = counting  # type: ignore[assignment]
     groups = list(plan.groups("relabel"))
