@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Block",
     "BlockFailureError",
+    "RunConfig",
     "RunResult",
     "Task",
     "TileFailureError",
@@ -24,10 +25,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from blockbuster.api import tile_process
+    from blockbuster.api import run_tasks, tile_process
+    from blockbuster.config import RunConfig
     from blockbuster.pipeline.driver import RunResult, TileFailureError
     from blockbuster.run.dask_engine import make_local_cluster
-    from blockbuster.run.driver import BlockFailureError, run_tasks
+    from blockbuster.run.driver import BlockFailureError
     from blockbuster.run.task import Block, Task
 
 #: where each public name lives (imported on first use, so that worker processes stay light)
@@ -36,7 +38,8 @@ _HOMES = {
     "RunResult": "blockbuster.pipeline.driver",
     "TileFailureError": "blockbuster.pipeline.driver",
     "make_local_cluster": "blockbuster.run.dask_engine",
-    "run_tasks": "blockbuster.run.driver",
+    "run_tasks": "blockbuster.api",
+    "RunConfig": "blockbuster.config",
     "BlockFailureError": "blockbuster.run.driver",
     "Task": "blockbuster.run.task",
     "Block": "blockbuster.run.task",

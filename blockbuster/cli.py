@@ -21,6 +21,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from blockbuster.pipeline.spec import read_spec
+
 
 def load_fn(
     spec: str | None, kwargs: dict[str, Any], plugin: str = "watershed"
@@ -63,15 +65,81 @@ def _overlap(text: str) -> int | tuple[int, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def _level(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _or_none(word: str) -> Callable[[str], str | None]:
+    def parse(text: str) -> str | None:
+        return None if text == word else text
+
+    return parse
+
+
+#: how the command line spells values that are not plain numbers or strings
+_PARSE: dict[str, Callable[[str], Any]] = {
+    "tile_shape": _ints,
+    "overlap": _overlap,
+    "level": _level,
+    "host": _or_none("auto"),
+    "status_page": _or_none("off"),
+}
+_METAVAR = {"tile_shape": "Z,Y,X", "overlap": "N|Z,Y,X", "status_page": "HOST:PORT"}
+
+
+def _add_config_flags(
+    parser: argparse.ArgumentParser, names: list[str], keep_run_values: bool = False
+) -> None:
+    """Add the flags of ``names`` with the help, type and default :class:`RunConfig` gives
+    them (``keep_run_values``: no defaults, an absent flag keeps the run's value)."""
+    from blockbuster.config import RunConfig
+
+    for name in names:
+        f = RunConfig.field(name)
+        flag, default = f.metadata["flag"], f.default
+        help_text = f.metadata["help"]
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text}
+        if keep_run_values:
+            kwargs["default"] = argparse.SUPPRESS
+        elif name == "channels":
+            kwargs.update(action="store_const", const=True, default=None)
+        elif isinstance(default, bool):
+            kwargs.update(action="store_true", default=default)
+        else:
+            kwargs["default"] = default
+        if "action" not in kwargs:
+            kind: Any = _PARSE.get(name)
+            if kind is None:
+                kind = type(default) if isinstance(default, (int, float)) else str
+                if name == "max_worker_restarts":
+                    kind = int
+            kwargs["type"] = kind
+            if name in _METAVAR:
+                kwargs["metavar"] = _METAVAR[name]
+            if name == "backend":
+                from blockbuster.config import BACKENDS
+
+                kwargs["choices"] = BACKENDS
+        if name == "tile_shape" and not keep_run_values:
+            kwargs["required"] = True
+            del kwargs["default"]
+        parser.add_argument(flag, **kwargs)
+
+
+#: the run options ``resubmit`` may change
+RESUBMIT = ["num_workers", "timeout", "max_retries", "max_worker_restarts", "launcher", "backend"]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; every run parameter's flag, help and default come from
+    :class:`blockbuster.config.RunConfig`."""
+    from blockbuster.config import RunConfig
+
     parser = argparse.ArgumentParser(prog="blockbuster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment SRC tile by tile into DST")
     seg.add_argument("src", help="input zarr array or OME-Zarr image group")
     seg.add_argument("dst", help="output label array (.ome.zarr for an OME-Zarr group)")
-    seg.add_argument(
-        "--level", default="0", help="resolution level of an OME-Zarr input: index or path"
-    )
     seg.add_argument("--fn", help="package.module:function (default: the --plugin)")
     seg.add_argument(
         "--plugin",
@@ -81,41 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         '\'{"model": "cyto3", "gpu": true, "diameter": 30}\' for cellpose',
     )
     seg.add_argument("--fn-kwargs", default="{}", help="JSON object of keyword arguments")
-    seg.add_argument("--gpu", action="store_true", help="size tiles to the free GPU memory")
-    seg.add_argument("--tile", type=_ints, required=True, help="tile shape, e.g. 64,256,256")
-    seg.add_argument("--overlap", type=_overlap, default=0, help="halo voxels: int or per axis")
-    seg.add_argument("--workers", type=int, default=1)
-    seg.add_argument("--merge-threshold", type=float, default=0.5)
-    seg.add_argument("--timeout", type=float, default=3600.0, help="seconds per block")
-    seg.add_argument("--max-retries", type=int, default=2)
-    seg.add_argument(
-        "--max-worker-restarts",
-        type=int,
-        default=None,
-        help="worker deaths per task daisy restarts before giving it up (default: scales "
-        "with the run, max(10, 4 x workers, blocks / 10))",
-    )
-    seg.add_argument("--channels", action="store_true", help="first axis holds channels")
-    seg.add_argument("--sequential", action="store_true", help="final labels 1..N, no gaps")
-    seg.add_argument("--keep-stage", action="store_true")
-    seg.add_argument("--overwrite", action="store_true")
-    seg.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address the task servers give workers; 'auto' lets daisy choose "
-        "(needed for workers on other nodes)",
-    )
-    seg.add_argument(
-        "--launcher", default="local", help="'local' or a launch script such as workers/slurm.sh"
-    )
-    seg.add_argument("--no-progress", action="store_true")
-    seg.add_argument(
-        "--status-page",
-        default="127.0.0.1:0",
-        metavar="HOST:PORT",
-        help="where the live status page listens while the run goes (default 127.0.0.1:0, any "
-        "free port on this machine; its URL is printed); 'off' for none",
-    )
+    _add_config_flags(seg, list(RunConfig.flags()))
+    seg.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
     st = sub.add_parser("status", help="tiles done/failed/pending per task of a run directory")
     st.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
@@ -126,53 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vf.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
 
-    rs = sub.add_parser("resubmit", help="redo failed or missing tiles, then stitch and relabel")
-    rs.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
-    rs.add_argument("--workers", type=int, help="override the run's number of workers")
-    rs.add_argument("--timeout", type=float, help="override the run's block timeout")
-    rs.add_argument("--max-retries", type=int, help="override the run's retries")
-    rs.add_argument("--launcher", help="override the run's launcher")
-    rs.add_argument("--max-worker-restarts", type=int, help="override the restart cap")
-    rs.add_argument("--no-progress", action="store_true")
-    rs.add_argument(
-        "--status-page",
-        default="127.0.0.1:0",
-        metavar="HOST:PORT",
-        help="where the live status page listens while the run goes (default 127.0.0.1:0, any "
-        "free port on this machine; its URL is printed); 'off' for none",
+    rs = sub.add_parser(
+        "resubmit",
+        help="redo failed or missing tiles, then stitch and relabel; flags given replace the "
+        "run's own settings",
     )
+    rs.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
+    _add_config_flags(rs, RESUBMIT, keep_run_values=True)
+    _add_config_flags(rs, ["status_page"])
+    rs.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     return parser
-
-
-def _page(value: str) -> str | None:
-    return None if value == "off" else value
-
-
-#: ``tile_process`` parameters as the command line spells them
-FLAGS = {
-    "tile_shape": "--tile",
-    "overlap": "--overlap",
-    "num_workers": "--workers",
-    "merge_threshold": "--merge-threshold",
-    "timeout": "--timeout",
-    "max_retries": "--max-retries",
-    "max_worker_restarts": "--max-worker-restarts",
-    "sequential_labels": "--sequential",
-    "keep_stage": "--keep-stage",
-    "channels": "--channels",
-    "host": "--host",
-    "launcher": "--launcher",
-    "status_page": "--status-page",
-    "level": "--level",
-    "write_to": "DST",
-    "image": "SRC",
-}
 
 
 def cli_words(message: str) -> str:
     """A library error message in the command line's words (flags, not parameters)."""
+    from blockbuster.config import RunConfig
+
+    flags = {**RunConfig.flags(), "write_to": "DST", "image": "SRC"}
     message = message.replace("overwrite=True", "--overwrite")
-    for param, flag in FLAGS.items():
+    for param, flag in flags.items():
         message = re.sub(
             rf"\b{param}=", f"{flag} " if flag.startswith("-") else f"{flag}=", message
         )
@@ -185,7 +192,7 @@ def _verify(args: argparse.Namespace) -> int:
     from blockbuster.run.rundir import RunDir
 
     run = RunDir(args.run_dir)
-    plan = run.read_spec().plan
+    plan = read_spec(run).plan
     damaged = damaged_tiles(run, plan)
     inputs = verify_inputs(run)
     print(f"run dir   {run.root.absolute()}")
@@ -217,34 +224,23 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _resubmit(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from blockbuster.pipeline.driver import execute_run
+    from blockbuster.api import resubmit
     from blockbuster.run.rundir import RunDir
 
     run = RunDir(args.run_dir)
     if not run.spec_file.exists():
         raise FileNotFoundError(f"{run.root} is not a blockbuster run directory (no spec.json)")
-    options = run.read_options()
-    overrides = {
-        "num_workers": args.workers,
-        "timeout": args.timeout,
-        "max_retries": args.max_retries,
-        "launcher": args.launcher,
-        "max_worker_restarts": args.max_worker_restarts,
-    }
-    options = replace(options, status_page=_page(args.status_page))
-    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
-    from blockbuster.api import observers
-
-    result = execute_run(run, options, observers=observers(run, options, not args.no_progress))
+    overrides = {name: getattr(args, name) for name in RESUBMIT if hasattr(args, name)}
+    result = resubmit(
+        run.root, progress=not args.no_progress, status_page=args.status_page, **overrides
+    )
     print(result.summary(table=args.no_progress))  # with progress, stderr has the table
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from blockbuster.api import tile_process
+    from blockbuster.api import run_config
     from blockbuster.pipeline.driver import TileFailureError
     from blockbuster.run.lease import LeaseHeldError
     from blockbuster.run.rundir import RunDirError
@@ -266,28 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             fn = load_fn(args.fn, kwargs, args.plugin)
         except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
             raise _argument_error(e) from None
-        result = tile_process(
-            args.src,
-            fn,
-            args.tile,
-            args.overlap,
-            write_to=args.dst,
-            num_workers=args.workers,
-            progress=not args.no_progress,
-            keep_stage=args.keep_stage,
-            sequential_labels=args.sequential,
-            merge_threshold=args.merge_threshold,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-            overwrite=args.overwrite,
-            channels=True if args.channels else None,
-            host=None if args.host == "auto" else args.host,
-            launcher=args.launcher,
-            use_gpu=args.gpu,
-            status_page=_page(args.status_page),
-            level=int(args.level) if args.level.lstrip("-").isdigit() else args.level,
-            max_worker_restarts=args.max_worker_restarts,
-        )
+        from blockbuster.config import RunConfig
+
+        values = {name: getattr(args, name) for name in RunConfig.flags()}
+        config = RunConfig(**values, progress=not args.no_progress)
+        result = run_config(args.src, fn, config, args.dst)
     except TileFailureError as e:
         print(e.result.summary(), file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)

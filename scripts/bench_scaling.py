@@ -23,8 +23,9 @@ import daisy  # noqa: E402
 from bench_fns import cc_label  # noqa: E402
 from bench_overhead import bench_merge, bench_noop  # noqa: E402
 
-from blockbuster.pipeline.driver import make_task, prepare_run  # noqa: E402
-from blockbuster.run.rundir import RunOptions  # noqa: E402
+from blockbuster.config import RunConfig  # noqa: E402
+from blockbuster.pipeline.driver import prepare_run, stage_tasks  # noqa: E402
+from blockbuster.run.engines import daisy_pipeline  # noqa: E402
 
 TILE = (8, 32, 32)
 
@@ -50,9 +51,8 @@ def planning_seconds(tmp: Path, n_tiles: int) -> float:
         merge_threshold=0.0,
         overwrite=True,
     )
-    options = RunOptions()
-    tasks = [make_task(n, spec.plan, run, options) for n in ("segment", "stitch")]
-    daisy.Scheduler(tasks[0] + tasks[1])
+    segment, stitch, _ = stage_tasks(run, spec.plan)
+    daisy.Scheduler(daisy_pipeline([segment, stitch], run, RunConfig()))
     seconds = time.perf_counter() - start
     shutil.rmtree(run.root)
     return seconds

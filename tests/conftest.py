@@ -9,6 +9,8 @@ import pytest
 import zarr
 from scipy import ndimage as ndi
 
+from blockbuster.pipeline.spec import read_spec
+
 
 def blobs(shape: tuple[int, ...], sigma: float = 2.0, seed: int = 0) -> np.ndarray:
     """Smooth random field in [0, 1]: thresholding at 0.5 gives irregular blobs."""
@@ -88,7 +90,7 @@ def run_stage(run: Any, name: str, indices: list[tuple[int, ...]] | None = None)
     from blockbuster.pipeline.driver import stage_tasks
     from blockbuster.run.blocks import process_block
 
-    tasks = {t.name: t for t in stage_tasks(run, run.read_spec().plan)}
+    tasks = {t.name: t for t in stage_tasks(run, read_spec(run).plan)}
     task = tasks[name]
     run.write_tasks([task])
     records = run.task_records(task)

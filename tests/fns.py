@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -204,3 +206,49 @@ def always_sigkill(block: np.ndarray, trigger: float) -> np.ndarray:
     if (block == np.float32(trigger)).any():
         os.kill(os.getpid(), signal.SIGKILL)
     return cc_label(block)
+
+
+# -- user tasks (blockbuster.Task): opened once per worker, then called per block ---------------
+
+
+def smooth_blocks(
+    src: str, dst: str, sigma: float, calls_dir: str, flag: str | None = None
+) -> Callable[[Any], dict[str, Any]]:
+    """A Gaussian smoothing task's block function: reads the block's read ROI (clipped to the
+    image), writes its write ROI. Logs every call; fails blocks while ``flag`` exists (those
+    whose key is odd)."""
+    import zarr
+    from funlib.geometry import Roi
+
+    source = zarr.open_array(src, mode="r")
+    target = zarr.open_array(dst, mode="r+")
+    image = Roi((0,) * source.ndim, source.shape)
+
+    def block(b: Any) -> dict[str, Any]:
+        Path(calls_dir, f"{b.task}.{b.key}.{uuid.uuid4().hex}").touch()
+        if flag is not None and Path(flag).exists() and b.key % 2:
+            raise RuntimeError("deliberate failure until the flag is removed")
+        read = b.read_roi.intersect(image)
+        data = np.asarray(source[read.to_slices()], dtype=np.float64)
+        out = ndi.gaussian_filter(data, sigma, truncate=4.0)
+        write = b.write_roi.intersect(image)
+        inner = (write - read.begin).to_slices()
+        target[write.to_slices()] = out[inner]
+        return {"mean": float(out[inner].mean())}
+
+    return block
+
+
+def threshold_blocks(src: str, dst: str, level: float, calls_dir: str) -> Callable[[Any], None]:
+    """A task reading another task's output: 1 where it exceeds ``level``."""
+    import zarr
+
+    source = zarr.open_array(src, mode="r")
+    target = zarr.open_array(dst, mode="r+")
+
+    def block(b: Any) -> None:
+        Path(calls_dir, f"{b.task}.{b.key}.{uuid.uuid4().hex}").touch()
+        sl = b.write_roi.to_slices()
+        target[sl] = (np.asarray(source[sl]) > level).astype(np.uint8)
+
+    return block

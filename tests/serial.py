@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from blockbuster.config import RunConfig
 from blockbuster.io.sources import open_array
-from blockbuster.run.rundir import RunDir, RunOptions
+from blockbuster.pipeline.spec import read_spec
+from blockbuster.run.rundir import RunDir
 
 
 def run_in_process(run: RunDir) -> tuple[np.ndarray, int]:
     from blockbuster.pipeline.driver import execute_run
 
-    options = RunOptions(engine="serial", status_page=None, keep_stage=True, max_retries=0)
+    options = RunConfig(backend="serial", status_page=None, keep_stage=True, max_retries=0)
     result = execute_run(run, options)
-    spec = run.read_spec()
+    spec = read_spec(run)
     return open_array(spec.output_store, spec.output_path)[:], result.num_labels

@@ -261,13 +261,13 @@ def test_errors_name_the_flag_not_the_parameter(tmp_path: Path) -> None:
 def test_an_internal_error_is_exit_3_with_its_traceback(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import blockbuster.pipeline.driver
+    import blockbuster.api
     from blockbuster import cli as cli_module
 
     def broken(*args: object, **kwargs: object) -> None:
         raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
 
-    monkeypatch.setattr(blockbuster.pipeline.driver, "tile_process", broken)
+    monkeypatch.setattr(blockbuster.api, "run_config", broken)
     src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
     rc = cli_module.main(["segment", src, str(tmp_path / "o.zarr"), "--tile", "8,8"])
     err = capsys.readouterr().err

@@ -29,6 +29,14 @@ from blockbuster.pipeline.pyramid import pyramid_tasks
 from blockbuster.pipeline.relabel import RelabelTask
 from blockbuster.pipeline.resolve import resolve
 from blockbuster.pipeline.segment import SegmentFn, SegmentTask
+from blockbuster.pipeline.spec import (
+    RunSpec,
+    describe_fn,
+    read_spec,
+    work_digest,
+    write_fn,
+    write_spec,
+)
 from blockbuster.pipeline.stage import create_stage
 from blockbuster.pipeline.stitch import StitchTask
 from blockbuster.pipeline.table import EquivalenceTable
@@ -40,7 +48,7 @@ from blockbuster.run.driver import (
     execute_tasks,
     task_infos,
 )
-from blockbuster.run.engines import Engine, TaskReport
+from blockbuster.run.engines import TaskReport, engine_for
 from blockbuster.run.events import Events, Observer, RunFinished, RunStarted
 from blockbuster.run.fingerprint import fn_fingerprint, input_fingerprint, same_fn
 from blockbuster.run.gpu import bytes_per_voxel, find_gpus, size_tile
@@ -58,18 +66,9 @@ from blockbuster.run.ownership import (
     run_dir_marker,
 )
 from blockbuster.run.records import TileError
-from blockbuster.run.rundir import (
-    RunDir,
-    RunDirError,
-    RunOptions,
-    RunSpec,
-    describe_fn,
-    work_digest,
-)
+from blockbuster.run.rundir import RunConfig, RunDir, RunDirError
 
 logger = logging.getLogger("blockbuster")
-
-DEFAULT_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -154,10 +153,15 @@ class RunResult:
                         f"  {len(t.missing)} block(s) counted done by daisy left no valid "
                         f"record (tiles {shown}{', ...' if len(t.missing) > 10 else ''})"
                     )
-                for tile, errors in sorted(self.failed.get(name, {}).items()):
+                for key, errors in sorted(self.failed.get(name, {}).items()):
                     err = errors[-1]
+                    where = (
+                        f"tile {key}"
+                        if len(err.tiles) <= 1
+                        else f"block {key} ({len(err.tiles)} tiles from tile {err.tiles[0]})"
+                    )
                     lines.append(
-                        f"  tile {tile} on {err.host}, {len(errors)} attempt(s): {err.message}"
+                        f"  {where} on {err.host}, {len(errors)} attempt(s): {err.message}"
                     )
                 if t.error and not self.failed.get(name):
                     lines.append("  first error: " + t.error.strip().splitlines()[-1])
@@ -228,62 +232,21 @@ def plan_run(
     return source, plan
 
 
-def _check_parameters(
-    tile_shape: Any, overlap: Any, merge_threshold: Any, sequential_labels: Any, overwrite: Any
-) -> None:
-    """Type checks that must come before anything else (the messages name the parameter)."""
-    if isinstance(tile_shape, (str, bytes)) or not (
-        isinstance(tile_shape, (int, np.integer)) or hasattr(tile_shape, "__iter__")
-    ):
-        raise TypeError(
-            f"tile_shape={tile_shape!r} must be a tuple of ints, one per spatial axis, "
-            "e.g. (64, 256, 256)"
-        )
-    if not isinstance(tile_shape, (int, np.integer)):
-        for v in tile_shape:
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(
-                    f"tile_shape={tuple(tile_shape)!r} must hold ints, e.g. (64, 256, 256)"
-                )
-    values = [overlap] if isinstance(overlap, (int, np.integer)) else overlap
-    if isinstance(overlap, (str, bytes, bool)) or not hasattr(values, "__iter__"):
-        raise TypeError(f"overlap={overlap!r} must be an int or a tuple of ints (voxels per side)")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"overlap={overlap!r} must be an int or a tuple of ints")
-    if isinstance(merge_threshold, bool) or not isinstance(
-        merge_threshold, (int, float, np.floating, np.integer)
-    ):
-        raise TypeError(f"merge_threshold={merge_threshold!r} must be a number in [0, 1)")
-    if not (0 <= float(merge_threshold) < 1):
-        raise ValueError(f"merge_threshold={merge_threshold} must be in [0, 1)")
-    for name, value in (("sequential_labels", sequential_labels), ("overwrite", overwrite)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name}={value!r} must be True or False")
-
-
 @dataclass(frozen=True)
-class _Finished:
+class Finished:
     """A ``write_to`` that already holds the finished output of the same work."""
 
     output: Path
     mark: dict[str, Any]
 
 
-def _prepare(
+def prepare(
     image: Any,
     fn: SegmentFn,
-    tile_shape: tuple[int, ...],
-    overlap: int | tuple[int, ...],
-    *,
+    config: RunConfig,
     write_to: str | Path,
-    sequential_labels: bool,
-    merge_threshold: float,
-    overwrite: bool,
-    channels: bool | None = None,
     gpu_budget: tuple[int, int] | None = None,
-    level: int | str = 0,
-) -> tuple[RunDir, RunSpec, bool, Lease | _Finished]:
+) -> tuple[RunDir, RunSpec, bool, Lease | Finished]:
     """Validate every parameter, take the run's lease, then write the run directory.
 
     Nothing is written before all checks pass (the lease is taken last, and released again if
@@ -293,10 +256,12 @@ def _prepare(
         raise ValueError("write_to is required: the path of the output label array")
     if not isinstance(write_to, (str, os.PathLike)):
         raise TypeError(f"write_to={write_to!r} must be a path")
-    _check_parameters(tile_shape, overlap, merge_threshold, sequential_labels, overwrite)
+    overwrite = config.overwrite
     payload = _validate_fn(fn)
     ref = describe_fn(fn)
-    source, plan = plan_run(image, tile_shape, overlap, channels, gpu_budget, level)
+    source, plan = plan_run(
+        image, config.tile_shape, config.overlap, config.channels, gpu_budget, config.level
+    )
     out = Path(write_to).absolute()
     is_label = ome.label_parent(out) is not None
     check_write_to(out, Path(source.store), input_path=source.path, is_ome_label=is_label)
@@ -315,8 +280,8 @@ def _prepare(
         plan=plan,
         output_store=str(out),
         output_path="0" if is_ome_path(out) else "",
-        merge_threshold=float(merge_threshold),
-        sequential_labels=bool(sequential_labels),
+        merge_threshold=float(config.merge_threshold),
+        sequential_labels=bool(config.sequential_labels),
         sys_path=[str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
         run_id=new_run_id(),
         fn_fingerprint=fn_fingerprint(ref, fn),
@@ -333,7 +298,7 @@ def _prepare(
         if finished and not run.root.exists():
             assert mark is not None
             remove_debris(run.root)
-            return run, spec, False, _Finished(out, mark)
+            return run, spec, False, Finished(out, mark)
         raise ValueError(
             f"write_to={str(out)!r} already exists; pass overwrite=True to replace it or "
             "choose another path"
@@ -347,7 +312,7 @@ def _prepare(
             _clear_run_dir(run)
             remove_created(out)  # absent, or checked replaceable (overwrite=True) above
         else:
-            previous = run.read_spec()
+            previous = read_spec(run)
             _check_same_work(run, previous, spec, payload)
             spec = replace(spec, run_id=previous.run_id)
             mark = output_mark(out) if out.exists() else None
@@ -358,9 +323,9 @@ def _prepare(
                 )
             resume = True
         mark_run_dir(run.root, spec.run_id, out)
-        run.write_spec(spec)
+        write_spec(run, spec)
         if not resume:
-            run.write_fn(payload, ref)
+            write_fn(run, payload, ref)
             create_stage(run.stage, plan)
         EquivalenceTable.open_or_rebuild(run.table).close()
     except BaseException:
@@ -406,39 +371,36 @@ def prepare_run(
     overlap: int | tuple[int, ...],
     *,
     write_to: str | Path,
-    sequential_labels: bool,
-    merge_threshold: float,
-    overwrite: bool,
-    channels: bool | None = None,
+    sequential_labels: bool = RunConfig.sequential_labels,
+    merge_threshold: float = RunConfig.merge_threshold,
+    overwrite: bool = RunConfig.overwrite,
+    channels: bool | None = RunConfig.channels,
     gpu_budget: tuple[int, int] | None = None,
-    level: int | str = 0,
+    level: int | str = RunConfig.level,
 ) -> tuple[RunDir, RunSpec, bool]:
     """Validate every parameter, then write the run directory (spec, fn, stage, table).
 
     Nothing is written before all checks pass. Returns ``(run_dir, spec, resume)``; the lease
     taken meanwhile is released (:func:`execute_run` takes it again).
     """
-    run, spec, resume, held = _prepare(
-        image,
-        fn,
-        tile_shape,
-        overlap,
-        write_to=write_to,
+    config = RunConfig(
+        tile_shape=tile_shape,
+        overlap=overlap,
         sequential_labels=sequential_labels,
         merge_threshold=merge_threshold,
         overwrite=overwrite,
         channels=channels,
-        gpu_budget=gpu_budget,
         level=level,
-    )
-    if isinstance(held, _Finished):
+    ).validate()
+    run, spec, resume, held = prepare(image, fn, config, write_to, gpu_budget)
+    if isinstance(held, Finished):
         raise ValueError(f"write_to={str(held.output)!r} already holds this run's finished output")
     held.release()
     return run, spec, resume
 
 
 @contextmanager
-def _arguments() -> Iterator[None]:
+def arguments() -> Iterator[None]:
     """Mark errors raised while the call's arguments are checked as bad arguments (the CLI's
     exit status 2); the same types raised later are internal errors (3)."""
     try:
@@ -448,52 +410,22 @@ def _arguments() -> Iterator[None]:
         raise
 
 
-def _check_run_arguments(
-    fn: Any,
-    *,
-    num_workers: int,
-    timeout: float | None,
-    max_retries: int,
-    keep_stage: bool,
-    host: str | None,
-    launcher: str,
-    status_page: str | None,
-    max_worker_restarts: int | None,
-    progress: bool,
-    use_gpu: bool,
-    backend: str,
-) -> tuple[RunOptions, Any, tuple[int, int] | None]:
-    """Check how the call wants to run; return the options, the Dask client and the GPU
-    budget."""
-    options = RunOptions(
-        num_workers=num_workers,
-        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-        max_retries=max_retries,
-        keep_stage=keep_stage,
-        host=host,
-        launcher=launcher,
-        status_page=status_page,
-        max_worker_restarts=max_worker_restarts,
-    ).validate()
-    for name, value in (("progress", progress), ("keep_stage", keep_stage), ("use_gpu", use_gpu)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name}={value!r} must be True or False")
-    engine, client = choose_engine(backend, active_client, check_client)
-    if engine == "serial":
-        options = replace(options, engine="serial")
-    if engine == "daisy":
-        options.check_addresses()
-    elif options.status_page is not None:
-        replace(options, host=None).check_addresses()
+def check_config(config: RunConfig, fn: Any) -> tuple[RunConfig, Any, tuple[int, int] | None]:
+    """Check how the call wants to run; return the validated config (with the GPUs), the Dask
+    client and the GPU budget ``(free bytes, bytes per voxel)``."""
+    config = config.validate()
+    engine, client = choose_engine(config.backend, active_client, check_client)
+    if engine != "serial" or config.status_page is not None:
+        config.check_addresses(servers=engine == "daisy")
     gpu_budget = None
-    if use_gpu:
+    if config.use_gpu:
         gpus = find_gpus()
         gpu_budget = (min(gpus.free), bytes_per_voxel(fn))
-        options = replace(options, gpus=gpus.devices)
-    return options, client, gpu_budget
+        config = replace(config, gpus=gpus.devices)
+    return config, client, gpu_budget
 
 
-def _finished_result(done: _Finished, spec: RunSpec) -> RunResult:
+def finished_result(done: Finished, spec: RunSpec) -> RunResult:
     """The result of a call whose output was already finished by an earlier run."""
     logger.warning("%s already holds the finished output of this call; nothing to do", done.output)
     total = spec.plan.num_tiles
@@ -520,7 +452,7 @@ def stage_tasks(run: RunDir, plan: TilePlan) -> tuple[SegmentTask, StitchTask, R
 
 def execute_run(
     run: RunDir,
-    options: RunOptions,
+    options: RunConfig,
     client: Any | None = None,
     lease: Lease | None = None,
     observers: Sequence[Observer] = (),
@@ -541,7 +473,7 @@ def execute_run(
     """
     options = options.validate()
     if lease is None:
-        run.read_spec()  # a one-line error for a missing or damaged run directory
+        read_spec(run)  # a one-line error for a missing or damaged run directory
         if run_dir_marker(run.root) is None:
             raise RunDirError(f"{run.root} is not a run directory blockbuster made")
         if client is None:
@@ -555,12 +487,12 @@ def execute_run(
 
 
 def _execute(
-    run: RunDir, options: RunOptions, client: Any | None, lease: Lease, events: Events
+    run: RunDir, options: RunConfig, client: Any | None, lease: Lease, events: Events
 ) -> RunResult:
     t0 = time.perf_counter()
-    spec = run.read_spec()
+    spec = read_spec(run)
     plan, source, out = spec.plan, spec.source, Path(spec.output_store)
-    engine: Engine = "dask" if client is not None else options.engine  # type: ignore[assignment]
+    engine = engine_for(options.backend, client)
     segment, stitch, relabel = stage_tasks(run, plan)
     mark = output_mark(out) if out.exists() else None
     if mark is not None and mark.get("complete") and mark.get("run_id") == spec.run_id:
@@ -649,7 +581,7 @@ def _execute(
     return result
 
 
-def _remove_run_dir(run: RunDir, options: RunOptions, lease: Lease) -> None:
+def _remove_run_dir(run: RunDir, options: RunConfig, lease: Lease) -> None:
     """Remove a finished run's directory, lease and all, unless ``keep_stage``."""
     if not options.keep_stage:
         lease.stop_heartbeat()
@@ -657,10 +589,10 @@ def _remove_run_dir(run: RunDir, options: RunOptions, lease: Lease) -> None:
 
 
 def _cleanup_finished(
-    run: RunDir, spec: RunSpec, mark: dict[str, Any], options: RunOptions, lease: Lease
+    run: RunDir, spec: RunSpec, mark: dict[str, Any], options: RunConfig, lease: Lease
 ) -> RunResult:
     """Finish the cleanup of a run whose output was completed and marked."""
-    result = _finished_result(_Finished(Path(spec.output_store), mark), spec)
+    result = finished_result(Finished(Path(spec.output_store), mark), spec)
     result.run_dir = str(run.root)
     _remove_run_dir(run, options, lease)
     return result

@@ -300,6 +300,7 @@ def build_pyramid(
     BlockFailureError
         If blocks of a level failed after their retries.
     """
+    from blockbuster.config import RunConfig
     from blockbuster.run.driver import run_tasks
     from blockbuster.run.ownership import remove_created
 
@@ -309,16 +310,15 @@ def build_pyramid(
     groups = pyramid_tasks(path, max_levels, inline_voxels)
     run_dir = path.with_name(path.name + ".pyramid.blockbuster")
     for tasks, engine in groups:
-        run_tasks(
-            tasks,
-            run_dir,
+        config = RunConfig(
             num_workers=max(num_workers, 1),
             backend="serial" if engine == "serial" or num_workers == 0 else "daisy",
             timeout=timeout,
             max_retries=max_retries,
             overwrite=True,
-            observers=observers,
+            status_page=None,
         )
+        run_tasks(tasks, run_dir, config, observers)
     if run_dir.exists():
         remove_created(run_dir)
     _open.cache_clear()

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from blockbuster.pipeline.plan import Box, TilePlan, TileTask, box_slices
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.stage import any_chunk_stored, stage_chunk_file
 from blockbuster.pipeline.table import EquivalenceTable
 from blockbuster.pipeline.thumbnail import MapPlane
@@ -133,7 +134,7 @@ class RelabelTask(TileTask):
         from blockbuster.run.rundir import RunDir
 
         run = RunDir(self.run_root)
-        spec = run.read_spec()
+        spec = read_spec(run)
         relabeler = Relabeler(
             self.plan,
             open_stage(run.stage),

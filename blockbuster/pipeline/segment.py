@@ -20,6 +20,7 @@ import zarr
 from blockbuster.io.sources import read_box
 from blockbuster.pipeline.faces import tile_faces, write_faces
 from blockbuster.pipeline.plan import Box, TilePlan, TileTask, box_slices
+from blockbuster.pipeline.spec import load_fn, read_spec
 from blockbuster.pipeline.stage import any_chunk_stored, open_stage, stage_chunk_file
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.fingerprint import input_digest
@@ -179,14 +180,14 @@ class SegmentTask(TileTask):
         from blockbuster.run.rundir import RunDir
 
         run = RunDir(self.run_root)
-        spec = run.read_spec()
+        spec = read_spec(run)
         segmenter = Segmenter(
             self.plan,
             spec.source.open(),
             spec.source.channel_axes,
             open_stage(run.stage, mode="r+"),
             run.task_records(self),
-            run.load_fn(),
+            load_fn(run),
             faces=run.faces,
         )
         return lambda block: segmenter(block.index)

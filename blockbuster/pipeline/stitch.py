@@ -35,6 +35,7 @@ import numpy as np
 
 from blockbuster.pipeline.faces import read_faces
 from blockbuster.pipeline.plan import Box, TilePlan, TileTask
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.task import Block, Task
 
@@ -186,7 +187,7 @@ class StitchTask(TileTask):
         from blockbuster.run.rundir import RunDir
 
         run = RunDir(self.run_root)
-        spec = run.read_spec()
+        spec = read_spec(run)
         stitcher = Stitcher(
             self.plan,
             run.task_records(self),

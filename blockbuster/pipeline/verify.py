@@ -20,6 +20,7 @@ import numpy as np
 from blockbuster.io.sources import read_box
 from blockbuster.pipeline.faces import face_file
 from blockbuster.pipeline.plan import TilePlan
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.stage import stage_chunk_file
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
@@ -125,7 +126,7 @@ def verify_inputs(run: RunDir) -> InputCheck:
     """Read every done tile's input again and compare it with the digest its record holds."""
     from blockbuster.run.fingerprint import input_digest
 
-    spec = run.read_spec()
+    spec = read_spec(run)
     plan = spec.plan
     image = spec.source.open()
     records = TaskRecords(run.records("segment"), "segment")

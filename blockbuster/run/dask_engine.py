@@ -22,9 +22,10 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from blockbuster.config import RunConfig
 from blockbuster.run.blocks import process_block, record_failure
 from blockbuster.run.gpu import find_gpus, gpu_worker_env
-from blockbuster.run.rundir import RunDir, RunOptions
+from blockbuster.run.rundir import RunDir
 from blockbuster.run.task import Block, Task
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ def run_block(
 
 
 def run_dask(
-    client: Any, tasks: Sequence[Task], run: RunDir, options: RunOptions
+    client: Any, tasks: Sequence[Task], run: RunDir, options: RunConfig
 ) -> dict[str, TaskReport]:
     """Run ``tasks`` one after the other on ``client``; a task with failures stops the rest."""
     from blockbuster.run.engines import TaskReport
@@ -225,7 +226,7 @@ def run_dask(
 
 
 def _run_task(
-    client: Any, run: RunDir, task: Task, blocks: list[Block], options: RunOptions
+    client: Any, run: RunDir, task: Task, blocks: list[Block], options: RunConfig
 ) -> tuple[int, int, str | None]:
     """Every block of ``task`` on ``client``: ``(completed, failed, first_error)``."""
     from distributed import wait

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from blockbuster.config import RunConfig
 from blockbuster.run.engines import Engine, TaskReport, in_order, run_engine
 from blockbuster.run.events import (
     Events,
@@ -30,7 +31,7 @@ from blockbuster.run.events import (
 )
 from blockbuster.run.lease import Lease
 from blockbuster.run.records import TileError
-from blockbuster.run.rundir import RunDir, RunDirError, RunOptions
+from blockbuster.run.rundir import RunDir, RunDirError
 from blockbuster.run.task import Task
 
 logger = logging.getLogger("blockbuster")
@@ -83,7 +84,7 @@ def task_infos(tasks: Sequence[Task]) -> tuple[TaskInfo, ...]:
 def execute_tasks(
     tasks: Sequence[Task],
     run: RunDir,
-    options: RunOptions,
+    options: RunConfig,
     lease: Lease,
     *,
     engine: Engine = "daisy",
@@ -228,44 +229,11 @@ def prepare_task_run(tasks: Sequence[Task], run: RunDir, overwrite: bool) -> Non
 def run_tasks(
     tasks: Sequence[Task],
     run_dir: str | Path,
-    *,
-    num_workers: int = 1,
-    backend: str = "auto",
-    timeout: float = 3600.0,
-    max_retries: int = 2,
-    max_worker_restarts: int | None = None,
-    host: str | None = "127.0.0.1",
-    launcher: str = "local",
-    overwrite: bool = False,
+    config: RunConfig,
     observers: Sequence[Observer] = (),
 ) -> TasksResult:
-    """Run blockwise tasks, recording each block in ``run_dir``; resume what is not done.
-
-    Parameters
-    ----------
-    tasks
-        The tasks; those they read from (``upstream``) must be among them. A block starts
-        once the upstream blocks it reads are done.
-    run_dir
-        A folder blockbuster creates (or an empty one): the tasks, per-block records, logs.
-        Running the same tasks again with it skips every block already done.
-    num_workers, timeout, max_retries, max_worker_restarts, host, launcher
-        As for :func:`blockbuster.tile_process`: workers per task, seconds a block may run,
-        retries of a failed block, worker restarts per task, the task servers' address, and
-        ``"local"`` or a launch script (``workers/slurm.sh``) that starts each worker.
-    backend
-        ``"auto"``: the active Dask client if there is one, else daisy; ``"daisy"``,
-        ``"dask"``, or ``"serial"`` (every block in this process, in order).
-    overwrite
-        Start again when ``run_dir`` holds these tasks' run with other code or geometry
-        (their records are removed) instead of refusing.
-    observers
-        Callables that receive the run's events (:mod:`blockbuster.run.events`), e.g. a
-        :class:`blockbuster.ui.progress.ProgressMonitor`.
-
-    Returns
-    -------
-    TasksResult
+    """Run ``tasks`` in ``run_dir`` as ``config`` says (see :func:`blockbuster.run_tasks`,
+    the public entry, for the parameters).
 
     Raises
     ------
@@ -275,26 +243,18 @@ def run_tasks(
     from blockbuster.run.dask_engine import active_client, check_client
 
     ordered = in_order(list(tasks))
-    options = RunOptions(
-        num_workers=num_workers,
-        timeout=timeout,
-        max_retries=max_retries,
-        host=host,
-        launcher=launcher,
-        status_page=None,
-        max_worker_restarts=max_worker_restarts,
-    ).validate()
-    engine, client = choose_engine(backend, active_client, check_client)
+    config = config.validate()
+    engine, client = choose_engine(config.backend, active_client, check_client)
     if engine == "daisy":
-        options.check_addresses()
+        config.check_addresses()
     run = RunDir(Path(run_dir).absolute())
-    prepare_task_run(ordered, run, overwrite)
+    prepare_task_run(ordered, run, config.overwrite)
     events = Events(tuple(observers))
     with Lease(run.root) as lease:
-        run.write_options(options)
+        run.write_config(config)
         events.emit(RunStarted(run.root, task_infos(ordered)))
         reports, _, seconds = execute_tasks(
-            ordered, run, options, lease, engine=engine, client=client, events=events
+            ordered, run, config, lease, engine=engine, client=client, events=events
         )
         result = TasksResult(
             str(run.root),

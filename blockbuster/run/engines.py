@@ -26,9 +26,10 @@ from typing import Any, Literal
 import daisy
 from funlib.geometry import Roi
 
+from blockbuster.config import RunConfig
 from blockbuster.run.blocks import process_block
 from blockbuster.run.launch import WorkerLauncher, server_dir
-from blockbuster.run.rundir import RunDir, RunOptions
+from blockbuster.run.rundir import RunDir
 from blockbuster.run.task import Task
 
 Engine = Literal["daisy", "dask", "serial"]
@@ -119,7 +120,7 @@ def in_order(tasks: Sequence[Task]) -> list[Task]:
 # -- daisy -------------------------------------------------------------------------------------
 
 
-def daisy_task(task: Task, run: RunDir, options: RunOptions) -> daisy.Task:
+def daisy_task(task: Task, run: RunDir, options: RunConfig) -> daisy.Task:
     """The daisy task that runs ``task``'s blocks in blockbuster workers."""
     write = Roi(task.roi.begin, task.block_shape)
     return daisy.Task(
@@ -149,7 +150,7 @@ def daisy_task(task: Task, run: RunDir, options: RunOptions) -> daisy.Task:
     )
 
 
-def daisy_pipeline(tasks: Sequence[Task], run: RunDir, options: RunOptions) -> Any:
+def daisy_pipeline(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> Any:
     """One daisy pipeline over ``tasks`` with an edge for each upstream relation."""
     made = {t.name: daisy.Pipeline.from_task(daisy_task(t, run, options)) for t in tasks}
     pipe = made[tasks[0].name]
@@ -187,7 +188,7 @@ class _AddressAnnouncer(threading.Thread):
                 )
 
 
-def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunOptions) -> dict[str, TaskReport]:
+def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[str, TaskReport]:
     """Run ``tasks`` as one daisy pipeline."""
     from daisy import logging as daisy_logging
 
@@ -217,7 +218,7 @@ def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunOptions) -> dict[s
 # -- this process --------------------------------------------------------------------------------
 
 
-def run_serial(tasks: Sequence[Task], run: RunDir, options: RunOptions) -> dict[str, TaskReport]:
+def run_serial(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[str, TaskReport]:
     """Run every block of ``tasks`` in this process, in dependency order, with retries.
 
     A task whose blocks failed stops the tasks after it (they would read missing data).
@@ -249,11 +250,18 @@ def run_serial(tasks: Sequence[Task], run: RunDir, options: RunOptions) -> dict[
     return reports
 
 
+def engine_for(backend: str, client: Any | None) -> Engine:
+    """The engine a run with ``backend`` uses: Dask when it has a client."""
+    if client is not None:
+        return "dask"
+    return "serial" if backend == "serial" else "daisy"
+
+
 def run_engine(
     engine: Engine,
     tasks: Sequence[Task],
     run: RunDir,
-    options: RunOptions,
+    options: RunConfig,
     client: Any | None = None,
 ) -> dict[str, TaskReport]:
     """Run ``tasks`` (in dependency order) on ``engine``; the tasks must be written to the run

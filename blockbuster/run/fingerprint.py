@@ -107,8 +107,21 @@ def task_fingerprint(task: Any) -> str:
     if type(task).__module__ != "blockbuster.run.task":
         h.update(_source_of(type(task)).encode())
     func = getattr(task, "_process_block_func", None)
+    state = {k: v for k, v in vars(task).items() if k not in ("upstream", "_process_block_func")}
+    bound: Any = ()
     if func is not None:
         h.update(_source_of(func).encode())
         if isinstance(func, functools.partial):
-            h.update(repr(sorted(func.keywords.items())).encode())
+            bound = (func.args, sorted(func.keywords.items()))
+    # what the block function is bound to (paths, parameters) and the task's own attributes
+    h.update(_stable_bytes((bound, sorted(state.items(), key=lambda kv: kv[0]))))
     return h.hexdigest()
+
+
+def _stable_bytes(value: Any) -> bytes:
+    """``value`` as bytes that do not change between processes (its pickle; its repr where
+    it cannot be pickled)."""
+    try:
+        return cloudpickle.dumps(value)
+    except Exception:
+        return repr(value).encode()

@@ -378,6 +378,17 @@ class TileCounts:
         """Tiles started and neither done nor failed (running, or their worker died)."""
         return self.started - self.done.keys() - self.failed
 
+    def states(self, total: int) -> dict[str, int]:
+        """``{"done", "running", "failed", "pending"}`` of ``total`` tiles: the four add up
+        to ``total`` (``running``: ``fn`` was called without a result yet, segment only)."""
+        running = len(self.running)
+        return {
+            "done": self.num_done,
+            "running": running,
+            "failed": self.num_failed,
+            "pending": max(self.pending(total) - running, 0),
+        }
+
 
 def _tile_of(name: str) -> tuple[int, str] | None:
     """``(tile, kind)`` of a record file name; kind is ``"done"``, ``"error"`` or ``"call"``."""

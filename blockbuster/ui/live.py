@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.events import Event, RunFinished, RunStarted
 from blockbuster.run.records import RecordScanner
 from blockbuster.run.rundir import RunDir
@@ -69,13 +70,7 @@ def status_counts(
     for task in TASKS:
         scanner = scanners.setdefault(task, RecordScanner(run.records(task)))
         counts = scanner.scan()
-        running = len(counts.running)
-        tasks[task] = {
-            "done": counts.num_done,
-            "failed": counts.num_failed,
-            "pending": counts.pending(total) - running,
-            "running": running,
-        }
+        tasks[task] = counts.states(total)
         failed_tiles[task] = sorted(counts.failed)[:MAX_FAILED_LISTED]
     return {
         "run_dir": str(run.root.absolute()),
@@ -183,7 +178,7 @@ class _State:
 
     def __init__(self, run: RunDir, labels: Any | None, map_seconds: float) -> None:
         self.run = run
-        self.total = run.read_spec().plan.num_tiles
+        self.total = read_spec(run).plan.num_tiles
         self.labels = labels
         self.map_seconds = map_seconds
         self.scanners: dict[str, RecordScanner] = {}

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from blockbuster.pipeline.spec import RunSpec, read_spec
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.events import Event, Progress, RunFinished, StageFinished, StageStarted
 from blockbuster.run.records import RecordScanner, TileCounts
-from blockbuster.run.rundir import RunDir, RunSpec
+from blockbuster.run.rundir import RunDir
 from blockbuster.ui.status import TASKS, RunStatus
 
 if TYPE_CHECKING:
@@ -108,12 +109,12 @@ def summary_table(
     counts: dict[str, tuple[int, int]] = {}
     if isinstance(source, RunDir):
         if source.spec_file.exists():
-            spec = source.read_spec()
+            spec = read_spec(source)
         counts = {t: _done_failed(RecordScanner(source.records(t)).scan()) for t in TASKS}
     elif isinstance(source, RunStatus):
         run = RunDir(source.run_dir)
         if voxels is None and run.spec_file.exists():
-            spec = run.read_spec()
+            spec = read_spec(run)
         total = source.num_tiles if total is None else total
         counts = {name: _done_failed(t) for name, t in source.tasks.items()}
     else:
@@ -186,7 +187,7 @@ class BlockMap:
 
     def __init__(self, run: RunDir, labels: Any | None = None) -> None:
         self.run = run
-        self.spec = run.read_spec()
+        self.spec = read_spec(run)
         #: the drawn plane: the middle z, a time series' first time point (as the workers save)
         self.map = MapPlane.of(self.spec.plan)
         self.t, self.z, self.step = self.map.t, self.map.z, self.map.step

@@ -1,4 +1,4 @@
-"""What a run directory says about its run: tiles done, failed and pending per task.
+"""What a run directory says about its run: units done, failed, pending, running per task.
 
 Read from the per-block record files only, so it works while a run is going, after a crash,
 and from any machine that sees the run directory.
@@ -6,13 +6,14 @@ and from any machine that sees the run directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.lease import read_holder
-from blockbuster.run.records import TaskRecords, TileError
+from blockbuster.run.records import RecordScanner, TaskRecords, TileCounts, TileError
 from blockbuster.run.rundir import RunDir
 
 TASKS = ("segment", "stitch", "relabel")
@@ -20,64 +21,89 @@ TASKS = ("segment", "stitch", "relabel")
 
 @dataclass
 class TaskStatus:
-    """Tiles of one task by state, with timings of the finished ones."""
+    """The units (tiles, or blocks of a user task) of one task by state."""
 
-    done: int
+    total: int
+    counts: TileCounts
+    #: units with failed attempts and no success, each with its errors (oldest first)
     failed: dict[int, list[TileError]]
-    pending: int
-    seconds: list[float] = field(default_factory=list)
+    unit_name: str = "tiles"
     fn_calls: int = 0
 
     @property
+    def states(self) -> dict[str, int]:
+        """done, running, failed, pending: the same four as the live status page."""
+        return self.counts.states(self.total)
+
+    @property
+    def done(self) -> int:
+        return self.counts.num_done
+
+    @property
     def failed_count(self) -> int:
-        """Tiles whose block failed (a stitch or relabel block holds several tiles)."""
-        return len({t for errors in self.failed.values() for t in errors[-1].tiles})
+        return self.counts.num_failed
+
+    @property
+    def seconds(self) -> list[float]:
+        return list(self.counts.done.values())
 
 
 @dataclass
 class RunStatus:
-    """The state of a run directory."""
+    """The state of a run directory (a ``tile_process`` run, or a ``run_tasks`` one)."""
 
     run_dir: Path
-    output: str
-    output_written: bool
-    num_tiles: int
-    grid: tuple[int, ...]
-    tile: tuple[int, ...]
-    overlap: tuple[int, ...]
     tasks: dict[str, TaskStatus]
+    #: the output of a tile_process run, None for user tasks
+    output: str | None = None
+    output_written: bool = False
+    num_tiles: int = 0
+    grid: tuple[int, ...] = ()
+    tile: tuple[int, ...] = ()
+    overlap: tuple[int, ...] = ()
     #: who holds the run's lease, in words
     driver: str = "none"
 
     @property
     def complete(self) -> bool:
-        return all(t.done == self.num_tiles for t in self.tasks.values())
+        return all(t.done == t.total for t in self.tasks.values())
 
     def format(self) -> str:
-        lines = [
-            f"run dir   {self.run_dir}",
-            f"output    {self.output} ({'finished' if self.complete else 'not finished'})",
-            f"tiles     {self.num_tiles} (grid {'x'.join(map(str, self.grid))}, tile "
-            f"{'x'.join(map(str, self.tile))}, overlap {','.join(map(str, self.overlap))})",
+        state = "finished" if self.complete else "not finished"
+        lines = [f"run dir   {self.run_dir}"]
+        if self.output is not None:
+            lines += [
+                f"output    {self.output} ({state})",
+                f"tiles     {self.num_tiles} (grid {'x'.join(map(str, self.grid))}, tile "
+                f"{'x'.join(map(str, self.tile))}, overlap {','.join(map(str, self.overlap))})",
+            ]
+        else:
+            lines.append(f"tasks     {len(self.tasks)} ({state})")
+        lines += [
             f"driver    {self.driver}",
             "",
-            f"{'task':<9}{'done':>7}{'failed':>8}{'pending':>9}{'s/tile':>9}{'max s':>8}"
-            f"{'fn calls':>10}",
+            f"{'task':<12}{'done':>7}{'failed':>8}{'pending':>9}{'running':>9}{'s/unit':>9}"
+            f"{'max s':>8}{'fn calls':>10}",
         ]
         for name, t in self.tasks.items():
             mean = f"{np.mean(t.seconds):.2f}" if t.seconds else "-"
             peak = f"{np.max(t.seconds):.2f}" if t.seconds else "-"
-            calls = str(t.fn_calls) if name == "segment" else ""
+            calls = str(t.fn_calls) if t.fn_calls else ""
+            s = t.states
             lines.append(
-                f"{name:<9}{t.done:>7}{t.failed_count:>8}{t.pending:>9}{mean:>9}{peak:>8}{calls:>10}"
+                f"{name:<12}{s['done']:>7}{s['failed']:>8}{s['pending']:>9}{s['running']:>9}"
+                f"{mean:>9}{peak:>8}{calls:>10}"
             )
-        failures = [(n, tile, e) for n, t in self.tasks.items() for tile, e in t.failed.items()]
+        failures = [(n, key, e) for n, t in self.tasks.items() for key, e in t.failed.items()]
         if failures:
-            lines += ["", "failed tiles:"]
-            for name, tile, errors in sorted(failures):
+            lines += ["", "failed blocks:"]
+            for name, key, errors in sorted(failures):
                 err = errors[-1]
-                where = f"tile {tile}" + (
-                    f" (block of {len(err.tiles)} tiles)" if len(err.tiles) > 1 else ""
+                unit = self.tasks[name].unit_name.rstrip("s")
+                where = (
+                    f"{unit} {key}"
+                    if len(err.tiles) <= 1
+                    else f"block {key} ({len(err.tiles)} {unit}s from {unit} {err.tiles[0]})"
                 )
                 lines.append(
                     f"  {name} {where} on {err.host}, {len(errors)} attempt(s): {err.message}"
@@ -88,8 +114,8 @@ class RunStatus:
     def tracebacks(self) -> str:
         out = []
         for name, t in self.tasks.items():
-            for tile, errors in sorted(t.failed.items()):
-                out.append(f"=== {name} tile {tile} on {errors[-1].host}")
+            for key, errors in sorted(t.failed.items()):
+                out.append(f"=== {name} {t.unit_name.rstrip('s')} {key} on {errors[-1].host}")
                 out.append(errors[-1].traceback.rstrip())
         return "\n".join(out)
 
@@ -102,12 +128,12 @@ def run_status(run: RunDir) -> RunStatus:
     FileNotFoundError
         If ``run`` is not a run directory.
     """
-    if not run.spec_file.exists():
+    names = run.task_names()
+    if not run.spec_file.exists() and not names:
         raise FileNotFoundError(
-            f"{run.root} is not a blockbuster run directory (no spec.json); pass the "
-            "<write_to>.blockbuster directory of a run"
+            f"{run.root} is not a blockbuster run directory (no spec.json, no tasks); pass the "
+            "<write_to>.blockbuster directory of a run, or the run_dir of run_tasks"
         )
-    spec = run.read_spec()
     holder = read_holder(run.root)
     if holder is None:
         driver = "none running"
@@ -115,29 +141,35 @@ def run_status(run: RunDir) -> RunStatus:
         driver = f"none running (stale lease: {holder.describe()})"
     else:
         driver = holder.describe()
-    plan = spec.plan
+    spec = read_spec(run) if run.spec_file.exists() else None
+    if spec is not None:
+        for name in reversed(TASKS):  # stages not run yet show as pending
+            if name not in names:
+                names.insert(0 if name == "segment" else len(names), name)
+        names = [n for n in TASKS if n in names] + [n for n in names if n not in TASKS]
     tasks = {}
-    for name in TASKS:
+    for name in names:
+        meta = run.task_meta(name) if (run.tasks_dir / f"{name}.json").exists() else {}
+        total = int(meta.get("total", spec.plan.num_tiles if spec is not None else 0))
         records = TaskRecords(run.records(name), name)
-        done = records.done_tiles()
-        failed = records.failed_tiles()
-        status = TaskStatus(
-            done=len(done),
-            failed=failed,
-            pending=0,
-            seconds=list(done.values()),
+        tasks[name] = TaskStatus(
+            total=total,
+            counts=RecordScanner(run.records(name)).scan(),
+            failed=records.failed_tiles(),
+            unit_name=str(meta.get("unit_name", "tiles")),
             fn_calls=sum(records.call_counts().values()) if name == "segment" else 0,
         )
-        status.pending = plan.num_tiles - status.done - status.failed_count
-        tasks[name] = status
+    if spec is None:
+        return RunStatus(run_dir=run.root.absolute(), tasks=tasks, driver=driver)
+    plan = spec.plan
     return RunStatus(
         run_dir=run.root.absolute(),
+        tasks=tasks,
         output=spec.output_store,
         output_written=Path(spec.output_store).exists(),
         num_tiles=plan.num_tiles,
         grid=plan.grid,
         tile=plan.tile,
         overlap=plan.overlap,
-        tasks=tasks,
         driver=driver,
     )

@@ -22,6 +22,7 @@ from fns import (
 from scipy import ndimage as ndi
 
 from blockbuster import TileFailureError, tile_process
+from blockbuster.pipeline.spec import describe_fn, load_fn, load_fn_ref
 from blockbuster.run.rundir import RunDir
 
 CASES = [
@@ -221,7 +222,6 @@ def test_fn_defined_in_main_and_in_a_module_added_at_run_time(tmp_path: Path) ->
 
 
 def test_importable_fns_are_stored_by_import_path(tmp_path: Path) -> None:
-    from blockbuster.run.rundir import describe_fn, load_fn_ref
 
     ref = describe_fn(functools.partial(fail_on_value, bad_value=7.0))
     assert ref == {"ref": "fns:fail_on_value", "kwargs": {"bad_value": 7.0}}
@@ -233,4 +233,4 @@ def test_importable_fns_are_stored_by_import_path(tmp_path: Path) -> None:
     tile_process(src, cc_label, (10, 10), write_to=tmp_path / "o.zarr", keep_stage=True)
     run = RunDir.for_output(tmp_path / "o.zarr")
     assert run.fn_ref_file.exists() and run.fn_file.exists()
-    assert run.load_fn() is cc_label
+    assert load_fn(run) is cc_label

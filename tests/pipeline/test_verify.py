@@ -18,6 +18,7 @@ from fns import cc_label, fail_while_flag
 
 from blockbuster import TileFailureError, tile_process
 from blockbuster.pipeline.faces import face_file
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.stage import stage_chunk_file
 from blockbuster.pipeline.verify import damaged_tiles, verify_inputs
 from blockbuster.run.records import TaskRecords
@@ -67,7 +68,7 @@ def test_damaged_state_is_redone_on_resume(
     src, _ = volume
     out, fn, calls = _failed_run(tmp_path, src)
     run = RunDir.for_output(out)
-    plan = run.read_spec().plan
+    plan = read_spec(run).plan
     records = TaskRecords(run.records("segment"), "segment")
     victim = next(t for t, r in sorted(records.done_records().items()) if r["n_labels"])
     index = plan.tile_index(victim)
@@ -165,7 +166,7 @@ def test_resume_with_another_fn_or_a_changed_input_is_refused(
         _resume(out, fn, src=src)
     # blockbuster verify names the tiles whose input is not what fn was given
     report = verify_inputs(RunDir.for_output(out))
-    plan = RunDir.for_output(out).read_spec().plan
+    plan = read_spec(RunDir.for_output(out)).plan
     assert report.checked == 11
     assert set(report.changed) == {t for t in range(plan.num_tiles) if t < 8 and t != 11}
     cli = subprocess.run(

@@ -28,6 +28,7 @@ from fns import (
 
 from blockbuster import TileFailureError, tile_process
 from blockbuster.pipeline.plan import TilePlan, box_slices
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.rundir import RunDir
 
 TRIGGER = 1.5  # outside the blobs' [0, 1] range, and foreground like them
@@ -171,7 +172,7 @@ def test_killed_driver_resumes_without_redoing_staged_tiles(tmp_path: Path) -> N
     _wait_for_workers_to_exit(run.root)
     staged = {int(p.name.split(".")[0]) for p in run.records("segment").glob("*.json")}
     assert 0 < len(staged) < 48
-    plan = run.read_spec().plan
+    plan = read_spec(run).plan
     keys = _block_keys(img, plan)
     before = _calls_per_tile(calls, keys)
 

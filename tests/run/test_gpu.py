@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import blockbuster.run.gpu as gpu
 from blockbuster import tile_process
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.rundir import RunDir
 
 
@@ -174,7 +175,7 @@ def test_use_gpu_sizes_tiles_and_pins_workers(
         keep_stage=True,
         merge_threshold=0.0,
     )
-    plan = RunDir.for_output(tmp_path / "o.zarr").read_spec().plan
+    plan = RunDir.for_output(tmp_path / read_spec("o.zarr")).plan
     assert need(plan.tile, plan.overlap, 1000) <= 1000 * 28 * 28
     assert plan.tile[0] >= 20 and plan.tile[1] >= 20
     assert result.fn_calls == plan.num_tiles

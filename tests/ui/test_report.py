@@ -16,6 +16,7 @@ from skimage.segmentation import find_boundaries
 
 from blockbuster.io.sources import ImageSource
 from blockbuster.pipeline.driver import prepare_run
+from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
@@ -111,7 +112,7 @@ def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
     img = np.full((40, 60), 0.5, dtype=np.float32)
     img[:, :2] = np.linspace(0, 1, 80).reshape(40, 2)
     run = make_run(tmp_path, img, (10, 20))  # grid 4 x 3
-    plan = run.read_spec().plan
+    plan = read_spec(run).plan
     seg = TaskRecords(run.records("segment"), "segment")
     done, failed, running = plan.tile_id((1, 1)), plan.tile_id((2, 1)), plan.tile_id((3, 2))
     pending = plan.tile_id((0, 1))

@@ -1,0 +1,179 @@
+"""User tasks end to end: tiled equals whole, dependencies, resume, refusal of changed work,
+every engine, and the command line on a task run's directory."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from fns import smooth_blocks, threshold_blocks
+from scipy import ndimage as ndi
+
+from blockbuster import BlockFailureError, Task, run_tasks
+from blockbuster.run.rundir import RunDir
+
+TESTS = str(Path(__file__).parents[1])
+SHAPE = (48, 40)
+SIGMA = 2.0  # truncate 4: the kernel reaches 8 voxels, the context below
+
+
+def _image(tmp_path: Path) -> tuple[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    img = rng.random(SHAPE)
+    src = zarr.create_array(str(tmp_path / "img.zarr"), shape=SHAPE, chunks=(16, 16), dtype="f8")
+    src[:] = img
+    return str(tmp_path / "img.zarr"), img
+
+
+def _array(path: Path, dtype: str, chunks: tuple[int, int]) -> str:
+    # chunks = the task's blocks: blocks run in parallel, so they must not share a chunk
+    zarr.create_array(
+        str(path), shape=SHAPE, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True
+    )
+    return str(path)
+
+
+def _tasks(tmp_path: Path, src: str, flag: str | None = None, sigma: float = SIGMA):
+    calls = tmp_path / "calls"
+    calls.mkdir(exist_ok=True)
+    smooth_out = _array(tmp_path / "smooth.zarr", "f8", (16, 16))
+    mask_out = _array(tmp_path / "mask.zarr", "u1", (24, 20))
+    smooth = Task(
+        "smooth",
+        SHAPE,
+        (16, 16),
+        functools.partial(smooth_blocks, src, smooth_out, sigma, str(calls), flag),
+        context=8,
+        fit="shrink",
+    )
+    mask = Task(
+        "mask",
+        SHAPE,
+        (24, 20),
+        functools.partial(threshold_blocks, smooth_out, mask_out, 0.5, str(calls)),
+        fit="shrink",
+        upstream=[smooth],
+    )
+    return smooth, mask, calls
+
+
+def _calls(calls: Path, task: str) -> list[int]:
+    return sorted(int(p.name.split(".")[1]) for p in calls.iterdir() if p.name.startswith(task))
+
+
+def test_two_tasks_on_daisy_workers_equal_the_whole_image(tmp_path: Path) -> None:
+    src, img = _image(tmp_path)
+    smooth, mask, calls = _tasks(tmp_path, src)
+    result = run_tasks([mask, smooth], tmp_path / "run", num_workers=2)
+    whole = ndi.gaussian_filter(img, SIGMA, truncate=4.0)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "smooth.zarr"))[:], whole)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
+    assert result.ok and set(result.tasks) == {"smooth", "mask"}
+    assert _calls(calls, "smooth") == list(range(9)) and _calls(calls, "mask") == [0, 1, 2, 3]
+    # each block's record keeps what its function returned
+    record = RunDir(tmp_path / "run").task_records(smooth).record(5)
+    assert record is not None and record["mean"] > 0
+
+
+def test_failed_blocks_resume_without_redoing_done_ones(tmp_path: Path) -> None:
+    src, img = _image(tmp_path)
+    flag = tmp_path / "flag"
+    flag.touch()
+    smooth, mask, calls = _tasks(tmp_path, src, flag=str(flag))
+    with pytest.raises(BlockFailureError, match="run the same tasks again to resume") as err:
+        run_tasks([smooth, mask], tmp_path / "run", num_workers=2, max_retries=1)
+    failed = err.value.result.failed["smooth"]
+    assert sorted(failed) == [1, 3, 5, 7]
+    assert all(len(errors) == 2 for errors in failed.values())  # tried, retried once
+    assert "deliberate failure" in failed[1][-1].traceback
+    before = _calls(calls, "smooth")
+    assert sorted(set(before)) == list(range(9))
+
+    status = subprocess.run(
+        [sys.executable, "-m", "blockbuster", "status", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": TESTS, "PATH": "/usr/bin:/bin"},
+    )
+    rows = {line.split()[0]: line.split()[1:5] for line in status.stdout.splitlines()[4:6]}
+    assert rows["smooth"] == ["5", "4", "0", "0"], status.stdout  # done failed pending running
+    assert status.returncode == 1 and "smooth block 1 on" in status.stdout
+
+    flag.unlink()
+    result = run_tasks([smooth, mask], tmp_path / "run", num_workers=2, max_retries=1)
+    assert result.ok
+    again = _calls(calls, "smooth")
+    # only the failed blocks ran again
+    assert sorted(set(again) - set(before)) == [] and len(again) - len(before) == 4
+    whole = ndi.gaussian_filter(img, SIGMA, truncate=4.0)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
+
+
+def test_a_changed_task_is_refused_until_overwrite(tmp_path: Path) -> None:
+    src, img = _image(tmp_path)
+    smooth, _, calls = _tasks(tmp_path, src)
+    run_tasks([smooth], tmp_path / "run", backend="serial")
+    smooth3, _, _ = _tasks(tmp_path, src, sigma=3.0)
+    with pytest.raises(ValueError, match=r"task\(s\) smooth were different"):
+        run_tasks([smooth3], tmp_path / "run", backend="serial")
+    n = len(_calls(calls, "smooth"))
+    run_tasks([smooth], tmp_path / "run", backend="serial")  # the same task: nothing to do
+    assert len(_calls(calls, "smooth")) == n
+    run_tasks([smooth3], tmp_path / "run", backend="serial", overwrite=True)
+    assert len(_calls(calls, "smooth")) == n + 9
+    # context 8 is short of the sigma-3 kernel (12 voxels): the blocks differ from the whole,
+    # which is what a changed task must never be allowed to mix into a resumed run
+    whole = ndi.gaussian_filter(img, 3.0, truncate=4.0)
+    assert not np.array_equal(zarr.open_array(str(tmp_path / "smooth.zarr"))[:], whole)
+
+
+def test_serial_and_dask_engines_give_the_same_output(tmp_path: Path) -> None:
+    from blockbuster import make_local_cluster
+
+    src, img = _image(tmp_path)
+    whole = ndi.gaussian_filter(img, SIGMA, truncate=4.0)
+    smooth, mask, _ = _tasks(tmp_path, src)
+    run_tasks([smooth, mask], tmp_path / "serial", backend="serial")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
+    smooth, mask, _ = _tasks(tmp_path, src)  # fresh, empty outputs
+    client, cluster = make_local_cluster(n_workers=2, dashboard_address=":0")
+    try:
+        result = run_tasks([smooth, mask], tmp_path / "dask")
+    finally:
+        client.close()
+        cluster.close()
+    assert result.ok
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "smooth.zarr"))[:], whole)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
+
+
+def test_a_worker_started_for_an_unknown_task_names_the_tasks(tmp_path: Path) -> None:
+    from blockbuster.run.lease import Lease
+
+    src, _ = _image(tmp_path)
+    smooth, _, _ = _tasks(tmp_path, src)
+    run_tasks([smooth], tmp_path / "run", backend="serial")
+    with Lease(tmp_path / "run"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "blockbuster.worker", str(tmp_path / "run"), "segment"],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": TESTS, "PATH": "/usr/bin:/bin"},
+        )
+    assert proc.returncode != 0
+    assert "has no task 'segment' (its tasks: smooth)" in proc.stderr
+
+
+def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path: Path) -> None:
+    src, _ = _image(tmp_path)
+    smooth, _, _ = _tasks(tmp_path, src)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "data.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a blockbuster run directory"):
+        run_tasks([smooth], tmp_path / "busy")
+    assert (tmp_path / "busy" / "data.txt").read_text() == "mine"
