@@ -1,8 +1,12 @@
 """blockbuster: segment images far larger than memory tile by tile, stitched into one label image.
 
->>> from blockbuster import tile_process
->>> result = tile_process("image.zarr", fn, tile_shape=(64, 256, 256), overlap=16,
-...                       write_to="labels.zarr", num_workers=2)  # doctest: +SKIP
+Segment a zarr image on two worker processes::
+
+    from blockbuster import tile_process
+    from blockbuster.plugins import watershed_fn
+
+    result = tile_process("image.zarr", watershed_fn(threshold=700), (64, 256, 256), 16,
+                          write_to="labels.zarr", num_workers=2)
 
 Your own blockwise steps are :class:`Task` objects, run (and resumed) by :func:`run_tasks`.
 """

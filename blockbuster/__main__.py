@@ -1,5 +1,8 @@
+"""``python -m blockbuster``: the command line (:mod:`blockbuster.cli`)."""
+
 import sys
 
 from blockbuster.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -69,7 +69,7 @@ def tile_process(
         Parameters
         ----------
         image
-            Path of a zarr array or OME-Zarr image group, a ``zarr.Array`` or a
+            Path of a zarr array or OME-Zarr image group, a ``zarr.Array[Any]`` or a
             ``funlib.persistence.Array`` (on disk). 2D or 3D, plus optionally one leading
             channel axis (see ``channels``).
         fn

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
+from numpy.typing import NDArray
 
 
 def nuclei_centres(
     shape: Sequence[int], count: int, radius: Sequence[float], seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """Random nucleus centres and per-nucleus radii (about ``radius`` per axis, +-25%)."""
     rng = np.random.default_rng(seed)
     centres = rng.random((count, len(shape))) * np.asarray(shape, dtype=np.float64)
@@ -26,13 +28,13 @@ def nuclei_centres(
 def render_box(
     start: Sequence[int],
     stop: Sequence[int],
-    centres: np.ndarray,
-    radii: np.ndarray,
+    centres: NDArray[Any],
+    radii: NDArray[Any],
     seed: int = 0,
     background: float = 200.0,
     brightness: float = 1500.0,
     noise: float = 60.0,
-) -> np.ndarray:
+) -> NDArray[Any]:
     """Render the voxels ``start:stop`` of the volume as uint16."""
     start_a, stop_a = np.asarray(start), np.asarray(stop)
     shape = tuple(int(v) for v in stop_a - start_a)
@@ -60,7 +62,7 @@ def make_nuclei_volume(
     radius: Sequence[float] = (4.0, 5.0, 5.0),
     chunks: Sequence[int] = (64, 256, 256),
     seed: int = 0,
-) -> zarr.Array:
+) -> zarr.Array[Any]:
     """Write a synthetic nuclei volume to a zarr array, one chunk at a time.
 
     Parameters

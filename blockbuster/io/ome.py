@@ -485,7 +485,7 @@ def write_label_image(
     version: str,
     axes: Sequence[Axis],
     levels: Sequence[Level],
-    dtype: np.dtype | str,
+    dtype: np.dtype[Any] | str,
     source_image: str | None = None,
     name: str | None = None,
 ) -> zarr.Group:

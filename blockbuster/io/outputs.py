@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
 from funlib.geometry import Coordinate
 
-from blockbuster.io.sources import ImageSource, ome
+from blockbuster.io import ome
+from blockbuster.io.sources import ImageSource
 from blockbuster.pipeline.plan import TilePlan
 
 logger = logging.getLogger("blockbuster")
@@ -123,7 +125,7 @@ def create_output(
     path: Path,
     source: ImageSource,
     plan: TilePlan,
-    dtype: np.dtype | str,
+    dtype: np.dtype[Any] | str,
     *,
     max_levels: int | None = None,
     keep_time: bool = False,

@@ -1,4 +1,4 @@
-"""Opening the input image: zarr arrays (a path, a ``zarr.Array`` or a
+"""Opening the input image: zarr arrays (a path, a ``zarr.Array[Any]`` or a
 ``funlib.persistence.Array``) or OME-Zarr image groups (NGFF 0.4 or 0.5; any resolution level,
 see :func:`describe_source`).
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from numpy.typing import NDArray
 
 from blockbuster.io import ome
 from blockbuster.pipeline.plan import Box, box_slices
@@ -75,16 +76,11 @@ class ImageSource:
         return self.shape[self.channel_axes :]
 
     @property
-    def time_index(self) -> int | None:
-        """Index of the time axis among the leading axes (always 0), or None."""
-        return 0 if self.time_axis else None
-
-    @property
     def time_points(self) -> int:
         """Number of time points (1 without a time axis)."""
         return self.shape[0] if self.time_axis else 1
 
-    def open(self) -> zarr.Array:
+    def open(self) -> zarr.Array[Any]:
         return open_array(self.store, self.path)
 
     def to_json(self) -> dict[str, Any]:
@@ -98,12 +94,12 @@ class ImageSource:
         return cls(**fields)
 
 
-def open_array(store: str, path: str = "", mode: str = "r") -> zarr.Array:
+def open_array(store: str, path: str = "", mode: str = "r") -> zarr.Array[Any]:
     """Open one zarr array from a store root and an in-store path."""
     return zarr.open_array(store=store, path=path or None, mode=mode)  # type: ignore[arg-type]
 
 
-def _store_root(arr: zarr.Array, param: str) -> tuple[str, str]:
+def _store_root(arr: zarr.Array[Any], param: str) -> tuple[str, str]:
     store = arr.store
     root = getattr(store, "root", None)
     if root is None:
@@ -188,7 +184,7 @@ def describe_source(
     Parameters
     ----------
     image
-        Path to a zarr array or an OME-Zarr image group (NGFF 0.4 or 0.5), a ``zarr.Array`` or
+        Path to a zarr array or an OME-Zarr image group (NGFF 0.4 or 0.5), a ``zarr.Array[Any]`` or
         a ``funlib.persistence.Array``.
     spatial_ndim
         Number of trailing spatial axes (the length of ``tile_shape``).
@@ -269,7 +265,7 @@ def describe_source(
             units = tuple(attrs["units"])[-spatial_ndim:]
     else:
         raise TypeError(
-            f"{param} must be a zarr array path, a zarr.Array or a funlib.persistence.Array, "
+            f"{param} must be a zarr array path, a zarr.Array[Any] or a funlib.persistence.Array, "
             f"not {type(image).__name__}"
         )
     if level not in (0, "0"):
@@ -311,8 +307,8 @@ def describe_source(
 
 
 def read_box(
-    arr: zarr.Array, box: Box, channel_axes: int, lead: tuple[int, ...] = ()
-) -> np.ndarray:
+    arr: zarr.Array[Any], box: Box, channel_axes: int, lead: tuple[int, ...] = ()
+) -> NDArray[Any]:
     """Read a spatial voxel box (all channels) from the input array.
 
     ``lead`` indexes axes before the channel axes (the time point), which are dropped.

@@ -22,8 +22,10 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from blockbuster.config import RunConfig
+from blockbuster.io import ome
 from blockbuster.io.outputs import check_output, create_output, is_ome_path
-from blockbuster.io.sources import ImageSource, describe_source, ome
+from blockbuster.io.sources import ImageSource, describe_source
 from blockbuster.pipeline.plan import TilePlan, normalize_overlap, normalize_tile_shape
 from blockbuster.pipeline.pyramid import pyramid_tasks
 from blockbuster.pipeline.relabel import RelabelTask
@@ -66,7 +68,7 @@ from blockbuster.run.ownership import (
     run_dir_marker,
 )
 from blockbuster.run.records import TileError
-from blockbuster.run.rundir import RunConfig, RunDir, RunDirError
+from blockbuster.run.rundir import RunDir, RunDirError
 
 logger = logging.getLogger("blockbuster")
 
@@ -176,7 +178,7 @@ def _validate_fn(fn: Any) -> bytes:
     if not callable(fn):
         raise TypeError(f"fn must be a callable taking a numpy block, got {type(fn).__name__}")
     try:
-        return cloudpickle.dumps(fn)
+        return bytes(cloudpickle.dumps(fn))
     except Exception as e:
         raise TypeError(
             f"fn cannot be sent to worker processes ({e}); define it at module level or build "

@@ -14,12 +14,14 @@ import json
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numcodecs import Zstd
+from numpy.typing import NDArray
 
 from blockbuster.pipeline.plan import Box, TilePlan, box_slices, intersect
-from blockbuster.run.records import write_atomic
+from blockbuster.run.files import write_atomic
 
 _CODEC = Zstd(level=1)
 
@@ -44,14 +46,16 @@ def face_views(plan: TilePlan, lower: tuple[int, ...], axis: int) -> tuple[Box, 
     return tuple(box_lo), tuple(box_hi)
 
 
-def tile_faces(plan: TilePlan, index: tuple[int, ...], chunk: np.ndarray) -> dict[str, np.ndarray]:
+def tile_faces(
+    plan: TilePlan, index: tuple[int, ...], chunk: NDArray[Any]
+) -> dict[str, NDArray[Any]]:
     """The tile's side of each of its faces, cut from its stage ``chunk``.
 
     Keys are ``"up<axis>"`` (the face with the upper neighbour along ``axis``) and
     ``"down<axis>"`` (the face with the lower one); only faces that exist are present.
     """
     origin = plan.stage_origin(index)
-    faces: dict[str, np.ndarray] = {}
+    faces: dict[str, NDArray[Any]] = {}
     for axis, _ in plan.upper_neighbors(index):
         box_lo, _ = face_views(plan, index, axis)
         faces[f"up{axis}"] = chunk[box_slices(box_lo, origin)]
@@ -69,7 +73,7 @@ def face_file(root: Path, tile: int) -> Path:
     return Path(root) / f"{tile}.faces.zst"
 
 
-def write_faces(root: Path, tile: int, faces: dict[str, np.ndarray]) -> Path:
+def write_faces(root: Path, tile: int, faces: dict[str, NDArray[Any]]) -> Path:
     """Write ``faces`` for ``tile`` (whole, then renamed into place).
 
     The file is zstd over ``header length (4 bytes, little endian) + JSON header + the arrays'
@@ -87,7 +91,7 @@ def write_faces(root: Path, tile: int, faces: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def read_faces(root: Path, tile: int) -> dict[str, np.ndarray] | None:
+def read_faces(root: Path, tile: int) -> dict[str, NDArray[Any]] | None:
     """The faces written for ``tile``, or None when it has no face file."""
     try:
         data = face_file(root, tile).read_bytes()
@@ -96,7 +100,7 @@ def read_faces(root: Path, tile: int) -> dict[str, np.ndarray] | None:
     payload = memoryview(bytes(_CODEC.decode(data)))
     (n,) = struct.unpack_from("<I", payload)
     pos = 4 + n
-    faces: dict[str, np.ndarray] = {}
+    faces: dict[str, NDArray[Any]] = {}
     for name, dtype, shape in json.loads(bytes(payload[4:pos])):
         dt = np.dtype(dtype)
         count = math.prod(shape)

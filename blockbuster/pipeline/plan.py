@@ -197,22 +197,19 @@ class TilePlan:
         for rel in np.ndindex(*(b - a for a, b in group)):
             yield tuple(int(a + r) for (a, _), r in zip(group, rel, strict=True))
 
-    def group_shape(self, task: str) -> tuple[int, ...]:
-        """Tiles per block along each axis for ``task``.
+    def group_shape(self) -> tuple[int, ...]:
+        """Tiles per block along each axis for the stages that group tiles (stitch, relabel).
 
-        segment blocks are single tiles (``fn`` runs once per tile, and a failure costs one
-        tile). stitch and relabel blocks group tiles, so that small tiles do not pay a daisy
+        Segment blocks are single tiles (``fn`` runs once per tile, and a failure costs one
+        tile). Stitch and relabel blocks group tiles, so that small tiles do not pay a daisy
         round trip, a record file and a zarr call each: a group grows (doubling the axis with
         the most groups left) while it reads at most ``GROUP_STAGE_VOXELS`` staged voxels
         (with the upper neighbours stitch compares against), holds at most
         ``GROUP_MAX_TILES`` tiles, and the task keeps at least ``GROUP_MIN_BLOCKS`` blocks.
         It depends on the plan only, so a resumed run cuts the same blocks.
         """
-        one = (1,) * self.ndim
-        if task == "segment":
-            return one
         grid, stage = self.grid, self.stage_tile_shape
-        group = list(one)
+        group = [1] * self.ndim
 
         def fits(g: list[int]) -> bool:
             voxels = math.prod(min(n + 1, m) * s for n, m, s in zip(g, grid, stage, strict=True))
@@ -236,9 +233,10 @@ class TilePlan:
             else:
                 return tuple(group)
 
-    def groups(self, task: str) -> Iterator[Box]:
-        """The blocks of ``task`` as boxes of grid indices."""
-        g = self.group_shape(task)
+    def groups(self, group: Sequence[int] | None = None) -> Iterator[Box]:
+        """The blocks of ``group`` tiles (default :meth:`group_shape`) as boxes of grid
+        indices, in C order."""
+        g = tuple(group) if group is not None else self.group_shape()
         for start in np.ndindex(*(math.ceil(m / n) for m, n in zip(self.grid, g, strict=True))):
             yield tuple(
                 (s * n, min((s + 1) * n, m)) for s, n, m in zip(start, g, self.grid, strict=True)
@@ -258,31 +256,6 @@ class TilePlan:
 
     def world(self, voxels: Sequence[int]) -> Coordinate:
         return Coordinate(voxels) * Coordinate(self.voxel_size)
-
-    def index_of_write_roi(self, write_roi: Roi) -> tuple[int, ...]:
-        """Grid index of the first tile of a daisy block's write ROI."""
-        return tuple(a for a, _ in self.group_of_write_roi(write_roi))
-
-    def group_of_write_roi(self, write_roi: Roi) -> Box:
-        """Grid indices (a box) of the tiles whose cores a daisy block's write ROI covers."""
-        vs, off = Coordinate(self.voxel_size), Coordinate(self.offset)
-        begin = (write_roi.begin - off) / vs
-        end = (write_roi.end - off) / vs
-        return tuple(
-            (int(b) // t, -(-int(e) // t)) for b, e, t in zip(begin, end, self.tile, strict=True)
-        )
-
-    def task_rois(
-        self, context_voxels: Sequence[int], group: Sequence[int] | None = None
-    ) -> tuple[Roi, Roi, Roi]:
-        """``(total_roi, read_roi, write_roi)`` for a daisy task whose blocks are ``group``
-        tiles (one tile by default) and whose read ROI is the block grown by
-        ``context_voxels`` on both sides."""
-        ctx = self.world(context_voxels)
-        g = tuple(group) if group is not None else (1,) * self.ndim
-        size = tuple(t * n for t, n in zip(self.tile, g, strict=True))
-        write = Roi(self.offset, self.world(size))
-        return self.image_roi.grow(ctx, ctx), write.grow(ctx, ctx), write
 
 
 def box_slices(box: Box, origin: Sequence[int] | None = None) -> tuple[slice, ...]:

@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
+from numpy.typing import NDArray
 
-from blockbuster.io.sources import ome
+from blockbuster.io import ome
 from blockbuster.pipeline.plan import Box, box_slices
 from blockbuster.run.task import Block, Task
 
@@ -36,7 +37,7 @@ INLINE_VOXELS = 2**22
 _CELLS_PER_SLAB = 2**20
 
 
-def downsample_mode(labels: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+def downsample_mode(labels: NDArray[Any], factors: Sequence[int]) -> NDArray[Any]:
     """Downsample a label array by the most frequent non-zero label of each cell.
 
     Parameters
@@ -73,7 +74,7 @@ def downsample_mode(labels: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return out
 
 
-def _mode_cells(data: np.ndarray, f: tuple[int, ...]) -> np.ndarray:
+def _mode_cells(data: NDArray[Any], f: tuple[int, ...]) -> NDArray[Any]:
     """:func:`downsample_mode` of an array whose shape is a multiple of ``f``."""
     # one strided view per position inside the cell: no copy of the whole block
     views = [
@@ -99,7 +100,7 @@ def _mode_cells(data: np.ndarray, f: tuple[int, ...]) -> np.ndarray:
     return result
 
 
-def _mode_rows(cells: np.ndarray) -> np.ndarray:
+def _mode_rows(cells: NDArray[Any]) -> NDArray[Any]:
     """Per row, the most frequent non-zero value (smallest on a tie; 0 if all are 0)."""
     k = cells.shape[1]
     s = np.sort(cells, axis=1)
@@ -119,11 +120,12 @@ def _mode_rows(cells: np.ndarray) -> np.ndarray:
     # the first maximum in sorted order is the smallest of the most frequent labels; a cell
     # of zeros only has all counts 0 and yields s[0] == 0
     best = np.argmax(count, axis=1)
-    return s[np.arange(len(s)), best]
+    out: NDArray[Any] = s[np.arange(len(s)), best]
+    return out
 
 
 @functools.lru_cache(maxsize=16)
-def _open(store: str, path: str, mode: str) -> zarr.Array:
+def _open(store: str, path: str, mode: str) -> zarr.Array[Any]:
     return zarr.open_array(store=store, path=path, mode=mode)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
+from numpy.typing import NDArray
 
 from blockbuster.pipeline.plan import Box, TilePlan, TileTask, box_slices
 from blockbuster.pipeline.spec import read_spec
@@ -24,8 +26,8 @@ from blockbuster.run.task import Block
 
 
 def tile_lookup(
-    base: int, shift: int, n_core: int, rows: np.ndarray, sequential: bool
-) -> np.ndarray:
+    base: int, shift: int, n_core: int, rows: NDArray[Any], sequential: bool
+) -> NDArray[Any]:
     """Lookup table from a tile's local core labels to final IDs.
 
     Parameters
@@ -56,9 +58,9 @@ class Relabeler:
     def __init__(
         self,
         plan: TilePlan,
-        stage: zarr.Array,
+        stage: zarr.Array[Any],
         table: EquivalenceTable,
-        output: zarr.Array,
+        output: zarr.Array[Any],
         sequential: bool,
         records: TaskRecords,
     ) -> None:
@@ -126,7 +128,7 @@ class RelabelTask(TileTask):
     record_fields = {"tiles": list}
 
     def __init__(self, run_root: str, plan: TilePlan) -> None:
-        super().__init__("relabel", run_root, plan, plan.group_shape("relabel"), (0,) * plan.ndim)
+        super().__init__("relabel", run_root, plan, plan.group_shape(), (0,) * plan.ndim)
 
     def process_block_func(self) -> Callable[[Block], None]:
         from blockbuster.io.sources import open_array

@@ -19,9 +19,11 @@ number of absorbed IDs below it, an O(merged labels) step with no pass over voxe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import NDArray
 from scipy.sparse.csgraph import connected_components
 
 from blockbuster.pipeline.table import EquivalenceTable
@@ -69,7 +71,7 @@ def resolve(table: EquivalenceTable, num_tiles: int, sequential: bool) -> Resolu
     edges = table.all_edges()
     ta, la, tb, lb = edges.T
 
-    def key(t: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    def key(t: NDArray[Any], lab: NDArray[Any]) -> NDArray[Any]:
         return np.where(lab <= n_core[t], base[t] + lab, halo_base[t] + lab - n_core[t])
 
     ka, kb = key(ta, la), key(tb, lb)

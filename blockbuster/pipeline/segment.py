@@ -16,6 +16,7 @@ from typing import Any
 import fastremap
 import numpy as np
 import zarr
+from numpy.typing import NDArray
 
 from blockbuster.io.sources import read_box
 from blockbuster.pipeline.faces import tile_faces, write_faces
@@ -27,10 +28,10 @@ from blockbuster.run.fingerprint import input_digest
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.task import Block
 
-SegmentFn = Callable[[np.ndarray], Any]
+SegmentFn = Callable[[NDArray[Any]], Any]
 
 
-def check_labels(labels: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
+def check_labels(labels: Any, expected_shape: tuple[int, ...]) -> NDArray[Any]:
     """Check what ``fn`` returned and return it as an unsigned integer array.
 
     Raises
@@ -54,13 +55,13 @@ def check_labels(labels: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def renumber_core_first(
-    labels: np.ndarray, core: tuple[slice, ...], dtype: str = "uint64"
-) -> tuple[np.ndarray, int, int]:
+    labels: NDArray[Any], core: tuple[slice, ...], dtype: str = "uint64"
+) -> tuple[NDArray[Any], int, int]:
     """Renumber labels so those present in ``core`` are ``1..n_core`` and the rest follow.
 
     Returns
     -------
-    labels : np.ndarray
+    labels : NDArray[Any]
         Renumbered labels of ``dtype``.
     n_core, n_labels : int
         Number of labels present in the core, and in all.
@@ -93,9 +94,9 @@ class Segmenter:
     def __init__(
         self,
         plan: TilePlan,
-        image: zarr.Array,
+        image: zarr.Array[Any],
         channel_axes: int,
-        stage: zarr.Array,
+        stage: zarr.Array[Any],
         records: TaskRecords,
         fn: SegmentFn,
         faces: Path | None = None,
@@ -156,7 +157,9 @@ class Segmenter:
         box = tuple((i, i + 1) for i in index) + tuple((0, s) for s in self.plan.stage_tile_shape)
         return any_chunk_stored(self.stage, box)
 
-    def _save_plane(self, index: tuple[int, ...], data: np.ndarray, lead: int, space: Box) -> None:
+    def _save_plane(
+        self, index: tuple[int, ...], data: NDArray[Any], lead: int, space: Box
+    ) -> None:
         """Save this tile's piece of the block map's plane (channels averaged)."""
         mp = self.map_plane
         z = (mp.z - space[-3][0],) if mp.z is not None else ()

@@ -19,7 +19,7 @@ import cloudpickle
 
 from blockbuster.io.sources import ImageSource
 from blockbuster.pipeline.plan import TilePlan
-from blockbuster.run.records import write_atomic
+from blockbuster.run.files import write_atomic
 from blockbuster.run.rundir import RunDir, RunDirError
 
 #: the spec format this release reads and writes; another one is refused with the fix

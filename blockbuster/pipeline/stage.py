@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import Any
 
 import zarr
 
 from blockbuster.pipeline.plan import Box, TilePlan
 
 
-def create_stage(path: Path, plan: TilePlan) -> zarr.Array:
+def create_stage(path: Path, plan: TilePlan) -> zarr.Array[Any]:
     """Create the stage: one chunk per tile holding its labels over core plus halo.
 
     The array's leading axes index the tile grid; the trailing axes are
@@ -29,7 +30,7 @@ def create_stage(path: Path, plan: TilePlan) -> zarr.Array:
     )
 
 
-def open_stage(path: Path, mode: str = "r") -> zarr.Array:
+def open_stage(path: Path, mode: str = "r") -> zarr.Array[Any]:
     return zarr.open_array(store=str(path), mode=mode)
 
 
@@ -38,7 +39,7 @@ def stage_chunk_file(stage_root: Path, plan_ndim: int, index: tuple[int, ...]) -
     return Path(stage_root, "c", *(str(i) for i in index), *("0",) * plan_ndim)
 
 
-def any_chunk_stored(array: zarr.Array, box: Box) -> bool:
+def any_chunk_stored(array: zarr.Array[Any], box: Box) -> bool:
     """Whether any stored chunk (shard, if sharded) of ``array`` meets ``box`` (voxels).
 
     Where none does, the box reads as the fill value, so writing the fill value there can be

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from blockbuster.pipeline.faces import read_faces
 from blockbuster.pipeline.plan import Box, TilePlan, TileTask
@@ -42,7 +43,7 @@ from blockbuster.run.task import Block, Task
 __all__ = ["StitchTask", "Stitcher", "match_labels"]
 
 
-def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+def match_labels(a: NDArray[Any], b: NDArray[Any], threshold: float) -> NDArray[Any]:
     """Label pairs of two views of the same voxels that the merge rule joins.
 
     Parameters
@@ -55,7 +56,7 @@ def match_labels(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray
+    NDArray[Any]
         ``(n, 2)`` uint64 array of merged ``(label_a, label_b)`` pairs.
     """
     a = a.ravel()
@@ -137,14 +138,14 @@ class Stitcher:
 
     def _views_from_face_files(
         self, todo: list[tuple[tuple[int, ...], int, tuple[int, ...]]]
-    ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    ) -> list[tuple[NDArray[Any], NDArray[Any]]] | None:
         """Both sides of each face from the segment workers' face files (None if any is
         missing)."""
         if self.faces is None:
             return None
-        loaded: dict[int, dict[str, np.ndarray] | None] = {}
+        loaded: dict[int, dict[str, NDArray[Any]] | None] = {}
 
-        def side(index: tuple[int, ...], key: str) -> np.ndarray | None:
+        def side(index: tuple[int, ...], key: str) -> NDArray[Any] | None:
             tile = self.plan.tile_id(index)
             if tile not in loaded:
                 loaded[tile] = read_faces(self.faces, tile) if self.faces else None
@@ -179,9 +180,7 @@ class StitchTask(TileTask):
         # daisy v2 needs the context symmetric to compute the dependencies right; time is
         # never stitched
         context = ((0,) + plan.tile[1:]) if plan.time_axis else plan.tile
-        super().__init__(
-            "stitch", run_root, plan, plan.group_shape("stitch"), context, upstream=upstream
-        )
+        super().__init__("stitch", run_root, plan, plan.group_shape(), context, upstream=upstream)
 
     def process_block_func(self) -> Callable[[Block], dict[str, Any]]:
         from blockbuster.run.rundir import RunDir

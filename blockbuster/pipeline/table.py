@@ -29,8 +29,10 @@ import logging
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 logger = logging.getLogger("blockbuster")
 
@@ -124,7 +126,7 @@ class EquivalenceTable:
             self.conn.execute("DELETE FROM tiles")
             self.conn.executemany("INSERT INTO tiles VALUES (?, ?, ?)", rows)
 
-    def replace_edges(self, edges: np.ndarray) -> None:
+    def replace_edges(self, edges: NDArray[Any]) -> None:
         """Replace every equivalence with the ``(n, 4)`` rows of ``edges``."""
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -135,7 +137,7 @@ class EquivalenceTable:
 
     # -- resolve ------------------------------------------------------------------------------
 
-    def tile_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def tile_counts(self) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
         """``(tile_ids, n_core, n_labels)`` sorted by tile id."""
         rows = self.conn.execute(
             "SELECT tile, n_core, n_labels FROM tiles ORDER BY tile"
@@ -143,13 +145,13 @@ class EquivalenceTable:
         arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
         return arr[:, 0], arr[:, 1], arr[:, 2]
 
-    def all_edges(self) -> np.ndarray:
+    def all_edges(self) -> NDArray[Any]:
         """Every edge as an ``(n, 4)`` int64 array."""
         cur = self.conn.execute("SELECT tile_a, label_a, tile_b, label_b FROM edges")
         rows = cur.fetchall()
         return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
-    def write_resolution(self, tiles: np.ndarray, label_rows: np.ndarray) -> None:
+    def write_resolution(self, tiles: NDArray[Any], label_rows: NDArray[Any]) -> None:
         """Replace the resolution.
 
         ``tiles`` rows are ``(tile, base, shift, n_core)``; ``label_rows`` rows are
@@ -166,7 +168,7 @@ class EquivalenceTable:
 
     # -- relabel ------------------------------------------------------------------------------
 
-    def tile_resolution(self, tile: int) -> tuple[int, int, int, np.ndarray]:
+    def tile_resolution(self, tile: int) -> tuple[int, int, int, NDArray[Any]]:
         """``(base, shift, n_core, rows)`` of one tile; rows are ``(label, final, absorbed)``."""
         base, shift, n_core = self.conn.execute(
             "SELECT base, shift, n_core FROM resolved_tiles WHERE tile = ?", (tile,)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from blockbuster.pipeline.plan import TilePlan
 
@@ -75,8 +77,8 @@ class MapPlane:
         return all(a <= h < b for h, (a, b) in zip(self.head(), core, strict=False))
 
     def piece(
-        self, plan: TilePlan, index: Sequence[int], plane: np.ndarray, origin: Sequence[int]
-    ) -> np.ndarray:
+        self, plan: TilePlan, index: Sequence[int], plane: NDArray[Any], origin: Sequence[int]
+    ) -> NDArray[Any]:
         """The strided piece of tile ``index``'s core on the drawn plane.
 
         ``plane`` is a 2D array of the plane whose element ``[0, 0]`` is image voxel
@@ -91,8 +93,8 @@ class MapPlane:
         )
 
     def assemble(
-        self, plan: TilePlan, pieces: Mapping[int, np.ndarray], fill: float = 0
-    ) -> np.ndarray:
+        self, plan: TilePlan, pieces: Mapping[int, NDArray[Any]], fill: float = 0
+    ) -> NDArray[Any]:
         """Put the pieces (by tile id) together into the strided plane; ``fill`` elsewhere."""
         dtype = np.result_type(*pieces.values()) if pieces else np.float32
         out = np.full(self.shape, fill, dtype=np.result_type(dtype, np.min_scalar_type(fill)))

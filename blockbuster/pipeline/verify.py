@@ -67,52 +67,6 @@ def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
     return bad
 
 
-def check_segment(run: RunDir, plan: TilePlan) -> tuple[dict[int, dict[str, Any]], list[int]]:
-    """Read the segment records once: discard those whose files are damaged (so their tiles
-    are redone) and return the trusted records with the tiles that have none."""
-    records = TaskRecords(run.records("segment"), "segment")
-    done = records.done_records()
-    bad = {}
-    for tile, record in list(done.items()):
-        why = damage(run, plan, tile, record)
-        if why is not None:
-            bad[tile] = why
-            records.discard(tile)
-            del done[tile]
-    if bad:
-        shown = ", ".join(f"{t} ({why})" for t, why in sorted(bad.items())[:10])
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        logger.warning("%d staged tile(s) will be segmented again: %s%s", len(bad), shown, more)
-    return done, [t for t in range(plan.num_tiles) if t not in done]
-
-
-def block_keys(plan: TilePlan, task: str) -> dict[int, list[int]]:
-    """The blocks of ``task``: the tile each is recorded under, with its tiles."""
-    out = {}
-    for group in plan.groups(task):
-        tiles = [plan.tile_id(i) for i in plan.tiles_in(group)]
-        out[tiles[0]] = tiles
-    return out
-
-
-def missing_blocks(run: RunDir, plan: TilePlan, task: str) -> list[int]:
-    """Blocks of ``task`` (stitch or relabel, by key tile) that have no valid done record.
-
-    A stitch block also needs its edges file at the size its record keeps.
-    """
-    records = TaskRecords(run.records(task), task)
-    done = records.done_records()
-    missing = []
-    for key, tiles in block_keys(plan, task).items():
-        record = done.get(key)
-        if record is None or record.get("tiles") != tiles:
-            missing.append(key)
-        elif task == "stitch" and _size(records.edges_file(key)) != record.get("edges_bytes"):
-            records.discard(key)
-            missing.append(key)
-    return missing
-
-
 @dataclass
 class InputCheck:
     """What :func:`verify_inputs` found."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 #: Rough GPU memory per voxel of one tile (input plus halo) during a Cellpose evaluation:
 #: the float32 network input, 3 flow/probability channels, the U-net's widest feature maps
@@ -57,7 +58,7 @@ def default_model() -> str:
     if cellpose_major() < 4:
         return "cyto3"
     names = list(getattr(_cellpose_models(), "MODEL_NAMES", ["cpsam"]))
-    return names[0]
+    return str(names[0])
 
 
 def model_dir() -> Path:
@@ -136,7 +137,7 @@ class CellposeFn:
             LOADS += 1
         return _MODELS[key]
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def __call__(self, block: NDArray[Any]) -> NDArray[Any]:
         kwargs: dict[str, Any] = {"do_3D": self.do_3D, **self.eval_kwargs}
         if self.diameter is not None:
             kwargs["diameter"] = self.diameter

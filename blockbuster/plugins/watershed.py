@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import h_maxima
@@ -25,7 +27,7 @@ class WatershedFn:
     sampling: tuple[float, ...] | None = None
     channel: int | None = None
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def __call__(self, block: NDArray[Any]) -> NDArray[Any]:
         img = block
         if self.channel is not None:
             img = img[self.channel]
@@ -46,7 +48,8 @@ class WatershedFn:
         # (e.g. the ridge of an elongated nucleus) is one connected maximum, hence one seed
         markers, _ = ndi.label(h_maxima(dist, self.h))
         labels = watershed(-dist, markers, mask=mask)
-        return labels.astype(np.uint32)
+        out: NDArray[Any] = labels.astype(np.uint32)
+        return out
 
 
 def watershed_fn(

@@ -24,11 +24,12 @@ from typing import Any
 
 import cloudpickle
 import numpy as np
+from numpy.typing import NDArray
 
 SAMPLE_CHUNKS = 16
 
 
-def input_digest(data: np.ndarray) -> str:
+def input_digest(data: NDArray[Any]) -> str:
     """Digest of an input block: its dtype, shape and bytes."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{data.dtype.str}{data.shape}".encode())
@@ -122,6 +123,6 @@ def _stable_bytes(value: Any) -> bytes:
     """``value`` as bytes that do not change between processes (its pickle; its repr where
     it cannot be pickled)."""
     try:
-        return cloudpickle.dumps(value)
+        return bytes(cloudpickle.dumps(value))
     except Exception:
         return repr(value).encode()

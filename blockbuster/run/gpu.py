@@ -116,15 +116,6 @@ def find_gpus() -> GPUs:
     return GPUs(tuple(devices), tuple(free), True)
 
 
-def gpu_memory() -> tuple[list[int], bool]:
-    """Free bytes of each visible GPU, and whether they were measured.
-
-    Returns ``([DEFAULT_FREE_BYTES], False)`` when NVML is unavailable.
-    """
-    gpus = find_gpus()
-    return list(gpus.free), gpus.measured
-
-
 def bytes_per_voxel(fn: Any) -> int:
     """The fn's declared working set per voxel (``fn.bytes_per_voxel``) or the default."""
     value = getattr(fn, "bytes_per_voxel", None)

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from blockbuster.run.files import write_atomic
 from blockbuster.run.gpu import gpu_worker_env
 
 LOCAL = "local"
@@ -35,10 +36,7 @@ def record_server(run_dir: Path | str, task: str, context: dict[str, str]) -> No
     folder = server_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     info = {"task": task, "host": context["hostname"], "port": int(context["port"])}
-    path = folder / f"{task}.json"
-    tmp = folder / f".{task}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    write_atomic(folder / f"{task}.json", json.dumps(info).encode(), mode=0o644, durable=False)
 
 
 #: environment variable naming the prefix of the state files a worker keeps (see
@@ -60,9 +58,7 @@ def write_worker_state(block: dict[str, Any] | None) -> None:
         return
     path = Path(f"{prefix}.{os.getpid()}.json")
     info = {"pid": os.getpid(), "host": socket.gethostname(), "block": block, "since": time.time()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(info).encode(), durable=False)
 
 
 def _read_states(prefix: Path) -> list[dict[str, Any]]:

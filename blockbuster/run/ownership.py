@@ -32,7 +32,7 @@ def new_run_id() -> str:
 
 def mark_run_dir(root: Path, run_id: str, output: Path) -> None:
     """Write the run directory's marker (the directory exists)."""
-    from blockbuster.run.records import write_atomic
+    from blockbuster.run.files import write_atomic
 
     info = {"run_id": run_id, "output": str(output)}
     write_atomic(root / RUN_MARKER, json.dumps(info).encode())

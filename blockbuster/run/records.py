@@ -36,55 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
+from blockbuster.run.files import write_atomic
 
 logger = logging.getLogger("blockbuster")
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or creation in ``folder`` durable (a no-op where directories can't be
-    opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(
-    path: Path, data: bytes, mode: int = 0o600, durable: bool = True, sync_dir: bool = True
-) -> None:
-    """Write ``data`` to ``path`` so that readers see all of it or nothing, even after a crash.
-
-    The data is written to a temporary name and, when ``durable``, flushed to disk (fsync)
-    before the rename, and the folder after it: without that, a machine losing power can leave
-    the new name holding zero bytes. Files whose size a record keeps (face files) or that only
-    draw a picture (block map pieces) skip it: a damaged one is caught by its size, or costs
-    nothing. ``sync_dir=False`` skips the folder's fsync: for per-block records, whose loss
-    after a power cut (the rename not yet on disk) only makes their block run again, while
-    the file's own fsync guarantees that a name that survives holds all its bytes.
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable and sync_dir:
-        fsync_dir(path.parent)
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: NDArray[Any]) -> bytes:
     """``array`` in the ``.npy`` format."""
     buf = io.BytesIO()
     np.save(buf, array)
@@ -127,6 +86,29 @@ def valid_record(tile: int, record: dict[str, Any], required: Fields = {}) -> bo
     return all(isinstance(record.get(k), t) for k, t in required.items())
 
 
+def parse_record_name(name: str) -> tuple[int, str] | None:
+    """``(key, kind)`` of a file in a record folder, or None (a temporary file, or not one of
+    ours); kind is ``"done"``, ``"error"``, ``"call"``, ``"edges"`` or ``"plane"``.
+
+    >>> parse_record_name("12.error.ab12.json"), parse_record_name(".12.json.x.tmp")
+    ((12, 'error'), None)
+    """
+    if name.startswith("."):
+        return None
+    head, _, rest = name.partition(".")
+    if not head.isdigit():
+        return None
+    if rest.startswith("call."):
+        return int(head), "call"
+    if rest == "json":
+        return int(head), "done"
+    if rest.startswith("error.") and rest.endswith(".json"):
+        return int(head), "error"
+    if rest in ("edges.npy", "plane.npy"):
+        return int(head), rest.partition(".")[0]
+    return None
+
+
 @dataclass(frozen=True)
 class TileError:
     """One failed attempt at a block."""
@@ -151,7 +133,7 @@ class TaskRecords:
     Parameters
     ----------
     root
-        ``<run_dir>/records/<task>``; created if missing.
+        ``<run_dir>/records/<task>``; created by the first write.
     task
         Task name, kept in error records.
     required
@@ -162,8 +144,15 @@ class TaskRecords:
         self.root = Path(root)
         self.task = task
         self.required: Fields = dict(required or {})
-        self.root.mkdir(parents=True, exist_ok=True)
         self.host = socket.gethostname()
+        self._made = False
+
+    def _folder(self) -> Path:
+        """The record folder, created on the first write (readers never create it)."""
+        if not self._made:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._made = True
+        return self.root
 
     # -- worker side -----------------------------------------------------------------------
 
@@ -182,27 +171,27 @@ class TaskRecords:
         self.edges_file(tile).unlink(missing_ok=True)
 
     def call_started(self, tile: int) -> None:
-        (self.root / f"{tile}.call.{uuid.uuid4().hex}").touch()
+        (self._folder() / f"{tile}.call.{uuid.uuid4().hex}").touch()
 
     def done(self, tile: int, start: float, seconds: float, **info: Any) -> None:
         record = {"tile": tile, "host": self.host, "start": start, "seconds": seconds, **info}
-        write_atomic(self.root / f"{tile}.json", json.dumps(record).encode(), sync_dir=False)
+        write_atomic(self._folder() / f"{tile}.json", json.dumps(record).encode(), sync_dir=False)
 
     def edges_file(self, tile: int) -> Path:
         return self.root / f"{tile}.edges.npy"
 
-    def write_edges(self, tile: int, edges: np.ndarray) -> Path:
+    def write_edges(self, tile: int, edges: NDArray[Any]) -> Path:
         """Write the edges of the stitch block keyed by ``tile``; return the file."""
         data = npy_bytes(np.asarray(edges, dtype=np.int64).reshape(-1, 4))
-        path = self.edges_file(tile)
+        path = self._folder() / self.edges_file(tile).name
         write_atomic(path, data, sync_dir=False)
         return path
 
-    def read_edges(self, tile: int) -> np.ndarray | None:
+    def read_edges(self, tile: int) -> NDArray[Any] | None:
         """The edges of the stitch block keyed by ``tile``; None if missing or unreadable."""
         path = self.edges_file(tile)
         try:
-            edges = np.load(path)
+            edges: NDArray[Any] = np.load(path)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as e:
@@ -213,9 +202,9 @@ class TaskRecords:
             return None
         return edges
 
-    def write_plane(self, tile: int, piece: np.ndarray) -> None:
+    def write_plane(self, tile: int, piece: NDArray[Any]) -> None:
         """Save the tile's piece of the block map's plane (see :mod:`.thumbnail`)."""
-        write_atomic(self.root / f"{tile}.plane.npy", npy_bytes(piece), durable=False)
+        write_atomic(self._folder() / f"{tile}.plane.npy", npy_bytes(piece), durable=False)
 
     def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
         record = {
@@ -227,41 +216,29 @@ class TaskRecords:
             "traceback": traceback,
         }
         name = f"{tile}.error.{uuid.uuid4().hex}.json"
-        write_atomic(self.root / name, json.dumps(record).encode(), sync_dir=False)
+        write_atomic(self._folder() / name, json.dumps(record).encode(), sync_dir=False)
 
     # -- driver side -----------------------------------------------------------------------
 
-    def _tiles_with(self, marker: str) -> Iterator[tuple[int, Path]]:
+    def files(self, kind: str) -> Iterator[tuple[int, Path]]:
+        """``(key, path)`` of every file of ``kind`` (see :func:`parse_record_name`)."""
         if not self.root.exists():
             return
         for entry in os.scandir(self.root):
-            name = entry.name
-            if name.startswith(".") or marker not in name:
-                continue
-            head = name.split(".", 1)[0]
-            if head.isdigit():
-                yield int(head), Path(entry.path)
+            parsed = parse_record_name(entry.name)
+            if parsed is not None and parsed[1] == kind:
+                yield parsed[0], Path(entry.path)
 
     def done_records(self) -> dict[int, dict[str, Any]]:
         """Successful blocks by tile (unreadable or invalid records are left out)."""
         out = {}
-        for tile, path in self._tiles_with(".json"):
-            if path.name == f"{tile}.json":
-                record = read_json(path)
-                if record is not None and valid_record(tile, record, self.required):
-                    out[tile] = record
+        for tile, path in self.files("done"):
+            record = read_json(path)
+            if record is not None and valid_record(tile, record, self.required):
+                out[tile] = record
         return out
 
-    def done_tiles(self) -> dict[int, float]:
-        """Seconds per finished tile; a block of several tiles splits its seconds evenly."""
-        out: dict[int, float] = {}
-        for tile, record in self.done_records().items():
-            tiles = record.get("tiles", [tile])
-            for t in tiles:
-                out[t] = float(record["seconds"]) / len(tiles)
-        return out
-
-    def edges(self, keys: Iterator[int] | list[int]) -> np.ndarray:
+    def edges(self, keys: Iterator[int] | list[int]) -> NDArray[Any]:
         """The equivalences of the stitch blocks keyed by ``keys``, ``(n, 4)`` int64.
 
         Raises
@@ -279,13 +256,13 @@ class TaskRecords:
 
     def call_counts(self) -> dict[int, int]:
         counts: dict[int, int] = {}
-        for tile, _ in self._tiles_with(".call."):
+        for tile, _ in self.files("call"):
             counts[tile] = counts.get(tile, 0) + 1
         return counts
 
     def errors(self) -> list[TileError]:
         out = []
-        for _, path in self._tiles_with(".error."):
+        for _, path in self.files("error"):
             d = read_json(path)
             try:
                 assert d is not None
@@ -390,22 +367,6 @@ class TileCounts:
         }
 
 
-def _tile_of(name: str) -> tuple[int, str] | None:
-    """``(tile, kind)`` of a record file name; kind is ``"done"``, ``"error"`` or ``"call"``."""
-    if name.startswith("."):
-        return None
-    head, _, rest = name.partition(".")
-    if not head.isdigit():
-        return None
-    if rest.startswith("call."):
-        return int(head), "call"
-    if rest == "json":
-        return int(head), "done"
-    if rest.startswith("error.") and rest.endswith(".json"):
-        return int(head), "error"
-    return None
-
-
 class RecordScanner:
     """Counts one task's tiles from its record folder, cheaply and repeatedly.
 
@@ -456,7 +417,7 @@ class RecordScanner:
                 self._calls.pop(name, None)
             unread: list[tuple[int, str]] = []  # records not readable yet: counted by name
             for name in new:
-                parsed = _tile_of(name)
+                parsed = parse_record_name(name)
                 if parsed is None:
                     self._seen.add(name)
                 elif parsed[1] == "call":

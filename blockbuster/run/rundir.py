@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from blockbuster.config import RunConfig
-from blockbuster.run.records import TaskRecords, write_atomic
+from blockbuster.run.files import write_atomic
+from blockbuster.run.records import TaskRecords
 
 if TYPE_CHECKING:
     from blockbuster.run.task import Task

@@ -176,10 +176,9 @@ class _Server(ThreadingHTTPServer):
 class _State:
     """What the handlers share: the run, its scanners and the cached block map."""
 
-    def __init__(self, run: RunDir, labels: Any | None, map_seconds: float) -> None:
+    def __init__(self, run: RunDir, map_seconds: float) -> None:
         self.run = run
         self.total = read_spec(run).plan.num_tiles
-        self.labels = labels
         self.map_seconds = map_seconds
         self.scanners: dict[str, RecordScanner] = {}
         self.status_lock = threading.Lock()
@@ -198,7 +197,7 @@ class _State:
                 if self.block_map is None:
                     from blockbuster.ui.report import BlockMap
 
-                    self.block_map = BlockMap(self.run, labels=self.labels)
+                    self.block_map = BlockMap(self.run)
                 self.map_png = self.block_map.png()
                 self.map_time = time.monotonic()
             return self.map_png
@@ -286,7 +285,6 @@ def start_status_server(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
-    labels: Any | None = None,
     refresh: float = 3.0,
     map_seconds: float = 2.0,
 ) -> StatusServer:
@@ -301,8 +299,6 @@ def start_status_server(
         ``0.0.0.0`` serves every interface.
     port
         Port to listen on; 0 (default) takes any free one (see ``.url``).
-    labels
-        Optional label array whose outlines the block map draws.
     refresh
         Seconds between two refreshes of the page in the browser.
     map_seconds
@@ -320,7 +316,7 @@ def start_status_server(
     OSError
         If the address cannot be bound.
     """
-    state = _State(run, labels, map_seconds)
+    state = _State(run, map_seconds)
     server = _Server((host, port), _Handler)
     server.state = state
     rows = "\n".join(_ROW.format(t=t) for t in TASKS)

@@ -83,10 +83,11 @@ class ProgressMonitor:
     >>> out = io.StringIO()
     >>> monitor = ProgressMonitor(interactive=False, stream=out, clock=iter(range(99)).__next__)
     >>> monitor(StageStarted((TaskInfo("segment", 2, "tiles"),)))
+    >>> monitor(Progress("segment", TileCounts()))  # the first look: nothing done yet
     >>> monitor(Progress("segment", TileCounts(done={0: 1.0, 1: 1.0})))
     >>> monitor(StageFinished({}, 2.0))
     >>> print(out.getvalue().strip())
-    segment: 2/2 tiles, 0 failed, 1.0 s, 2.0 tiles/s
+    segment: 2/2 tiles, 0 failed, 2.0 s, 1.0 tiles/s
     """
 
     def __init__(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -19,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from blockbuster.pipeline.spec import RunSpec, read_spec
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.events import Event, Progress, RunFinished, StageFinished, StageStarted
-from blockbuster.run.records import RecordScanner, TileCounts
+from blockbuster.run.records import RecordScanner, TaskRecords, TileCounts
 from blockbuster.run.rundir import RunDir
 from blockbuster.ui.status import TASKS, RunStatus
 
@@ -170,9 +170,6 @@ class BlockMap:
     ----------
     run
         The run directory (its ``spec.json`` must exist).
-    labels
-        Optional label array of the image's spatial shape, whose outlines are drawn when the
-        run has no relabel pieces (see below).
 
     Notes
     -----
@@ -185,44 +182,31 @@ class BlockMap:
     every other state), else *pending*.
     """
 
-    def __init__(self, run: RunDir, labels: Any | None = None) -> None:
+    def __init__(self, run: RunDir) -> None:
         self.run = run
         self.spec = read_spec(run)
         #: the drawn plane: the middle z, a time series' first time point (as the workers save)
         self.map = MapPlane.of(self.spec.plan)
         self.t, self.z, self.step = self.map.t, self.map.z, self.map.step
         self.height, self.width = self.map.height, self.map.width
-        self.labels = labels
         self.scanners = {t: RecordScanner(run.records(t)) for t in TASKS}
-        self._pieces: dict[str, dict[int, np.ndarray]] = {"segment": {}, "relabel": {}}
-        self._outlines: np.ndarray | None = None
+        self._pieces: dict[str, dict[int, NDArray[Any]]] = {"segment": {}, "relabel": {}}
         self._lock = threading.Lock()
 
     # -- data ---------------------------------------------------------------------------------
 
-    def _plane_index(self, channel_axes: int) -> tuple[Any, ...]:
-        """Index of the drawn plane in an array with ``channel_axes`` channel axes (after the
-        time axis, if any)."""
-        s = slice(None, None, self.step)
-        t = (self.t,) if self.t is not None else ()
-        head = t + (slice(None),) * channel_axes + ((self.z,) if self.z is not None else ())
-        return (*head, s, s)
-
-    def _load_pieces(self, task: str) -> dict[int, np.ndarray]:
+    def _load_pieces(self, task: str) -> dict[int, NDArray[Any]]:
         """The plane pieces ``task``'s workers saved so far (each file is read once)."""
         pieces = self._pieces[task]
-        root = self.run.records(task)
-        if root.exists():
-            for entry in os.scandir(root):
-                head, _, rest = entry.name.partition(".")
-                if rest == "plane.npy" and head.isdigit() and int(head) not in pieces:
-                    try:
-                        pieces[int(head)] = np.load(entry.path)
-                    except (OSError, ValueError):
-                        continue  # removed or replaced meanwhile: next draw
+        for tile, path in TaskRecords(self.run.records(task), task).files("plane"):
+            if tile not in pieces:
+                try:
+                    pieces[tile] = np.load(path)
+                except (OSError, ValueError):
+                    continue  # removed or replaced meanwhile: next draw
         return pieces
 
-    def image_plane(self) -> np.ndarray:
+    def image_plane(self) -> NDArray[Any]:
         """The drawn plane of the input, 2D float, strided for large images.
 
         Assembled from the pieces segment workers saved (see :mod:`.thumbnail`):
@@ -230,25 +214,21 @@ class BlockMap:
         """
         return self.map.assemble(self.spec.plan, self._load_pieces("segment"), fill=np.nan)
 
-    def label_outlines(self) -> np.ndarray | None:
+    def label_outlines(self) -> NDArray[Any] | None:
         """Boolean outlines of the final labels on the drawn plane, or None before relabel.
 
-        From the pieces relabel workers saved; else read from ``labels`` if given.
+        From the pieces relabel workers saved (the output is never read here).
         """
         from skimage.segmentation import find_boundaries
 
         pieces = self._load_pieces("relabel")
-        if pieces:
-            lab = self.map.assemble(self.spec.plan, pieces, fill=0)
-            return find_boundaries(lab, mode="inner") & (lab != 0)
-        if self.labels is None:
+        if not pieces:
             return None
-        if self._outlines is None:
-            lab = np.asarray(self.labels[self._plane_index(0)])
-            self._outlines = find_boundaries(lab, mode="inner") & (lab != 0)
-        return self._outlines
+        lab = self.map.assemble(self.spec.plan, pieces, fill=0)
+        outlines: NDArray[Any] = find_boundaries(lab, mode="inner") & (lab != 0)
+        return outlines
 
-    def slab_tiles(self) -> np.ndarray:
+    def slab_tiles(self) -> NDArray[Any]:
         """Tile ids of the drawn plane's tiles, shaped as their grid ``(rows, columns)``."""
         plan = self.spec.plan
         gy, gx = plan.grid[-2:]
@@ -260,7 +240,7 @@ class BlockMap:
             dtype=np.int64,
         ).reshape(gy, gx)
 
-    def tile_states(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    def tile_states(self) -> tuple[NDArray[Any], NDArray[Any], dict[str, int]]:
         """Per tile of the drawn plane: its state and its segment seconds (NaN if not done).
 
         Returns
@@ -396,7 +376,7 @@ class BlockMap:
 
     def write(self, path: Path | str) -> Path:
         """Write the block map to ``path`` as PNG (written whole, then renamed into place)."""
-        from blockbuster.run.records import write_atomic
+        from blockbuster.run.files import write_atomic
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -404,13 +384,14 @@ class BlockMap:
         return path
 
 
-def write_block_map(run: RunDir, path: Path | None = None, labels: Any | None = None) -> Path:
+def write_block_map(run: RunDir, path: Path | None = None) -> Path:
     """Draw the block map of ``run`` to a PNG file.
 
     Left: the middle plane of the input (the image itself for 2D) in grey with the tile grid
     over it, each tile coloured by state (done, running, failed, pending; a tile that failed
-    in any task is drawn failed); label outlines from ``labels`` if given. Right: seconds per
-    tile of the segment task as a heatmap. Only that one plane of the image is read.
+    in any task is drawn failed), with the final labels' outlines once relabel ran. Right:
+    seconds per tile of the segment task as a heatmap. Neither the input nor the output is
+    read: the pieces of that plane the workers saved are.
 
     Parameters
     ----------
@@ -418,15 +399,13 @@ def write_block_map(run: RunDir, path: Path | None = None, labels: Any | None = 
         The run directory.
     path
         Where to write; default ``<run_dir>/block_map.png``.
-    labels
-        Optional ``zarr.Array`` (or any array of the image's spatial shape) of labels.
 
     Returns
     -------
     Path
         The PNG written.
     """
-    return BlockMap(run, labels=labels).write(path or run.root / "block_map.png")
+    return BlockMap(run).write(path or run.root / "block_map.png")
 
 
 class Reporter:

@@ -157,7 +157,7 @@ def run_status(run: RunDir) -> RunStatus:
             counts=RecordScanner(run.records(name)).scan(),
             failed=records.failed_tiles(),
             unit_name=str(meta.get("unit_name", "tiles")),
-            fn_calls=sum(records.call_counts().values()) if name == "segment" else 0,
+            fn_calls=sum(records.call_counts().values()),
         )
     if spec is None:
         return RunStatus(run_dir=run.root.absolute(), tasks=tasks, driver=driver)

@@ -31,7 +31,7 @@ def test_old_specs_load_with_defaults() -> None:
     src = ImageSource.from_json(OLD_SPEC_SOURCE)
     assert src.shape == (2, 10, 12) and src.spatial_shape == (10, 12)
     assert not src.time_axis and src.leading_axes == () and src.ome_version == ""
-    assert src.time_points == 1 and src.time_index is None
+    assert src.time_points == 1 and not src.time_axis
     assert ImageSource.from_json(src.to_json()) == src
 
 

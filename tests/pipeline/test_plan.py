@@ -94,50 +94,48 @@ def _drain(pipeline: object, order: list[str]) -> dict[str, list[daisy.Block]]:
 @settings(max_examples=40, deadline=None)
 @given(plans())
 def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
-    """Each task's blocks partition the tiles as ``plan.groups`` says (segment: one tile per
-    block, write ROI == core), in world units."""
+    """The stages' blocks, as daisy hands them out for the segment + stitch pipeline,
+    partition the tiles as ``plan.groups`` says (segment: one tile per block, write ROI ==
+    core; its read ROI the halo inside the image), in world units."""
+    from blockbuster.config import RunConfig
+    from blockbuster.pipeline.driver import stage_tasks
+    from blockbuster.run.engines import daisy_pipeline
+    from blockbuster.run.rundir import RunDir
 
-    def task(name: str, context: tuple[int, ...]) -> daisy.Task:
-        total, read, write = plan.task_rois(context, plan.group_shape(name))
-        return daisy.Task(
-            name,
-            total,
-            read,
-            write,
-            process_function=lambda b: None,
-            read_write_conflict=False,
-            fit="shrink",
-        )
-
-    pipeline = task("segment", plan.overlap) + task("stitch", plan.tile)
+    run = RunDir("/nonexistent/run")  # nothing runs: the tasks are only scheduled
+    segment, stitch, relabel = stage_tasks(run, plan)
+    pipeline = daisy_pipeline([segment, stitch], run, RunConfig())
     seen = _drain(pipeline, ["stitch", "segment"])
     vs = Coordinate(plan.voxel_size)
-    for name in ("segment", "stitch"):
-        groups = [plan.group_of_write_roi(b.write_roi) for b in seen[name]]
-        assert sorted(groups) == sorted(plan.groups(name)), name
+    for task, expected in ((segment, plan.groups((1,) * plan.ndim)), (stitch, plan.groups())):
+        blocks = [task.block_of(b.read_roi, b.write_roi) for b in seen[task.name]]
+        groups = [task.tile_group(b) for b in blocks]
+        assert sorted(groups) == sorted(expected), task.name
         tiles = [i for g in groups for i in plan.tiles_in(g)]
-        assert sorted(tiles) == sorted(plan.tiles()), name
-        for block, group in zip(seen[name], groups):
+        assert sorted(tiles) == sorted(plan.tiles()), task.name
+        assert sorted(b.key for b in blocks) == sorted(b.key for b in task.blocks())
+        for block, group in zip(blocks, groups):
             core = plan.group_core(group)
             begin = Coordinate(a for a, _ in core) * vs + Coordinate(plan.offset)
             shape = Coordinate(b - a for a, b in core) * vs
             assert block.write_roi == Roi(begin, shape)
-            if name == "segment":
-                assert plan.group_shape(name) == (1,) * plan.ndim
-                assert core == plan.core(plan.index_of_write_roi(block.write_roi))
+            assert task.units(block) == [plan.tile_id(i) for i in plan.tiles_in(group)]
+            if task is segment:
+                assert core == plan.core(block.index)
                 # the read ROI covers the halo wherever it lies inside the image
                 grown = Roi(begin, shape).grow(plan.world(plan.overlap), plan.world(plan.overlap))
                 assert block.read_roi.intersect(plan.image_roi) == grown.intersect(plan.image_roi)
+    assert [b.key for b in relabel.blocks()] == list(range(len(list(plan.groups()))))
 
 
 @settings(max_examples=100, deadline=None)
 @given(plans())
 def test_groups_respect_their_limits(plan: TilePlan) -> None:
     """stitch/relabel groups stay within the voxel and tile budgets and keep enough blocks."""
-    g = plan.group_shape("stitch")
+    g = plan.group_shape()
     assert all(1 <= n <= m for n, m in zip(g, plan.grid))
     if g != (1,) * plan.ndim:
         reads = [min(n + 1, m) * s for n, m, s in zip(g, plan.grid, plan.stage_tile_shape)]
         assert np.prod(reads) <= plan_module.GROUP_STAGE_VOXELS
         assert np.prod(g) <= plan_module.GROUP_MAX_TILES
-        assert len(list(plan.groups("stitch"))) >= plan_module.GROUP_MIN_BLOCKS
+        assert len(list(plan.groups())) >= plan_module.GROUP_MIN_BLOCKS

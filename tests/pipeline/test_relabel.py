@@ -45,7 +45,7 @@ def test_background_blocks_skip_the_stage_and_clear_stale_output(tmp_path: Path)
     handler = Relabeler(plan, open_stage(run.stage), table, output, spec.sequential_labels, records)
     counting = CountingReads(handler.stage)
     handler.stage = counting  # type: ignore[assignment]
-    groups = list(plan.groups("relabel"))
+    groups = list(plan.groups())
     for group in groups:
         handler(group)
     np.testing.assert_array_equal(output[:], out)

@@ -15,7 +15,7 @@ from blockbuster.pipeline.driver import prepare_run
 from blockbuster.pipeline.faces import face_file, face_views
 from blockbuster.pipeline.plan import TilePlan
 from blockbuster.pipeline.stitch import Stitcher, match_labels
-from blockbuster.run.records import TaskRecords
+from blockbuster.run.records import RecordScanner, TaskRecords
 
 
 def test_match_labels_any_overlap_at_threshold_zero() -> None:
@@ -107,13 +107,13 @@ def test_grouped_blocks_equal_whole(tmp_path: Path, tile, overlap) -> None:
         merge_threshold=0.0,
         overwrite=True,
     )
-    groups = list(spec.plan.groups("stitch"))
+    groups = list(spec.plan.groups())
     assert 1 < len(groups) < spec.plan.num_tiles  # grouping is in effect
     out, num = run_in_process(run)
     whole, n_whole = ndi.label(img > 0.5)
     assert_one_to_one(whole, out)
     assert num == n_whole
-    stitched = TaskRecords(run.records("stitch"), "stitch").done_tiles()
+    stitched = RecordScanner(run.records("stitch")).scan().done
     assert sorted(stitched) == list(range(spec.plan.num_tiles))
 
 
@@ -146,7 +146,7 @@ def test_empty_tiles_are_never_read_and_sparse_volumes_equal_whole(
     empty = [t for t, r in segments.done_records().items() if r["n_labels"] == 0]
     assert empty and not any(face_file(run.faces, t).exists() for t in empty)
     stitcher = Stitcher(plan, records, 0.0, segments, faces=run.faces)
-    edges = [e for g in plan.groups("stitch") for e in stitcher.edges(g)]
+    edges = [e for g in plan.groups() for e in stitcher.edges(g)]
     assert len(edges) > 0
     out, num = run_in_process(run)
     whole, n_whole = ndi.label(img > 0.5)

@@ -53,7 +53,8 @@ def test_sized_tile_fits_half_the_free_memory(tile, overlap, per_voxel, free) ->
 
 def test_memory_read_through_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_nvml(monkeypatch, [3 * 2**30, 5 * 2**30])
-    assert gpu.gpu_memory() == ([3 * 2**30, 5 * 2**30], True)
+    found = gpu.find_gpus()
+    assert (list(found.free), found.measured) == ([3 * 2**30, 5 * 2**30], True)
 
 
 @pytest.mark.parametrize(
@@ -118,12 +119,13 @@ def test_without_nvml_assume_8_gib_and_warn_once(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(gpu, "_warned", False)
     with pytest.warns(RuntimeWarning, match="assuming 8 GiB"):
-        assert gpu.gpu_memory() == ([8 * 2**30], False)
+        found = gpu.find_gpus()
+        assert (list(found.free), found.measured) == ([8 * 2**30], False)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert gpu.gpu_memory() == ([8 * 2**30], False)
+        assert list(gpu.find_gpus().free) == [8 * 2**30]  # warned once only
 
 
 def test_driver_error_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +137,7 @@ def test_driver_error_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pynvml, "nvmlInit", broken)
     monkeypatch.setattr(gpu, "_warned", False)
     with pytest.warns(RuntimeWarning, match="NVML"):
-        assert gpu.gpu_memory()[1] is False
+        assert gpu.find_gpus().measured is False
 
 
 ROOM = 2 * 1000 * 28 * 28  # a 24 x 24 tile + halo at 1000 bytes/voxel, twice
@@ -175,7 +177,7 @@ def test_use_gpu_sizes_tiles_and_pins_workers(
         keep_stage=True,
         merge_threshold=0.0,
     )
-    plan = RunDir.for_output(tmp_path / read_spec("o.zarr")).plan
+    plan = read_spec(RunDir.for_output(tmp_path / "o.zarr")).plan
     assert need(plan.tile, plan.overlap, 1000) <= 1000 * 28 * 28
     assert plan.tile[0] >= 20 and plan.tile[1] >= 20
     assert result.fn_calls == plan.num_tiles
