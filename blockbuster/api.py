@@ -138,14 +138,22 @@ def run_config(image: Any, fn: SegmentFn, config: RunConfig, write_to: str | Pat
     )
 
 
-def resubmit(run_dir: str | Path, progress: bool = True, **overrides: Any) -> RunResult:
+def resubmit(
+    run_dir: str | Path, progress: bool = True, **overrides: Any
+) -> RunResult | TasksResult:
     """Run a run directory again (what failed or is missing), with its own configuration
-    except ``overrides`` (``num_workers``, ``timeout``, ...)."""
+    except ``overrides`` (``num_workers``, ``timeout``, ...): a ``tile_process`` run, or the
+    tasks of a ``run_tasks`` one (loaded from the run directory)."""
     from dataclasses import replace
+
+    from blockbuster.run import driver as run_driver
 
     run = RunDir(run_dir)
     config = replace(run.read_config(), **overrides)
-    return driver.execute_run(run, config, observers=observers(config, progress))
+    watchers = observers(config, progress)
+    if run.spec_file.exists():
+        return driver.execute_run(run, config, observers=watchers)
+    return run_driver.run_tasks(run.load_tasks(), run.root, config, watchers)
 
 
 def run_tasks(
@@ -161,6 +169,7 @@ def run_tasks(
     launcher: str = C.launcher,
     overwrite: bool = C.overwrite,
     progress: bool = C.progress,
+    status_page: str | None = C.status_page,
     observers: Sequence[Observer] = (),
 ) -> TasksResult:
     """Run blockwise tasks, recording each block in ``run_dir``; resume what is not done.
@@ -193,6 +202,7 @@ def run_tasks(
             If blocks failed or could not be verified done (the run directory is kept).
     """
     from blockbuster.run import driver as run_driver
+    from blockbuster.ui.live import StatusPageObserver
     from blockbuster.ui.progress import ProgressMonitor
 
     config = RunConfig(
@@ -204,9 +214,12 @@ def run_tasks(
         host=host,
         launcher=launcher,
         overwrite=overwrite,
-        status_page=None,
+        progress=progress,
+        status_page=status_page,
     )
     watchers: list[Observer] = [*([ProgressMonitor()] if progress else []), *observers]
+    if status_page is not None:
+        watchers.append(StatusPageObserver(status_page))
     return run_driver.run_tasks(tasks, run_dir, config, watchers)
 
 

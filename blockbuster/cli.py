@@ -225,23 +225,29 @@ def _status(args: argparse.Namespace) -> int:
 
 def _resubmit(args: argparse.Namespace) -> int:
     from blockbuster.api import resubmit
+    from blockbuster.run.driver import TasksResult
     from blockbuster.run.rundir import RunDir
 
     run = RunDir(args.run_dir)
-    if not run.spec_file.exists():
-        raise FileNotFoundError(f"{run.root} is not a blockbuster run directory (no spec.json)")
+    if not run.spec_file.exists() and not run.task_names():
+        raise FileNotFoundError(
+            f"{run.root} is not a blockbuster run directory (no spec.json, no tasks)"
+        )
     overrides = {name: getattr(args, name) for name in RESUBMIT if hasattr(args, name)}
     result = resubmit(
         run.root, progress=not args.no_progress, status_page=args.status_page, **overrides
     )
-    print(result.summary(table=args.no_progress))  # with progress, stderr has the table
+    if isinstance(result, TasksResult):
+        print(result.summary())
+    else:
+        print(result.summary(table=args.no_progress))  # with progress, stderr has the table
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from blockbuster.api import run_config
-    from blockbuster.pipeline.driver import TileFailureError
+    from blockbuster.run.driver import BlockFailureError
     from blockbuster.run.lease import LeaseHeldError
     from blockbuster.run.rundir import RunDirError
 
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         values = {name: getattr(args, name) for name in RunConfig.flags()}
         config = RunConfig(**values, progress=not args.no_progress)
         result = run_config(args.src, fn, config, args.dst)
-    except TileFailureError as e:
+    except BlockFailureError as e:
         print(e.result.summary(), file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -183,7 +183,7 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
         res = resolve(table, plan.num_tiles, True)
         n_edges = len(table.all_edges())
     resolve_s = time.perf_counter() - t
-    create_output(out, spec.source, plan, "uint64")
+    create_output(out, spec.source, plan.tile, "uint64")
     reps3, relabel_s = timed(rl)
     lease.release()
     assert all(r.ok for r in [*reps.values(), *reps2.values(), *reps3.values()])

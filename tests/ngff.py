@@ -8,8 +8,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from blockbuster.pipeline.plan import TilePlan
-
 
 def write_ngff(
     path: Path,
@@ -60,10 +58,3 @@ def write_ngff(
 
 def space(*names: str, unit: str = "micrometer") -> list[dict[str, Any]]:
     return [{"name": n, "type": "space", "unit": unit} for n in names]
-
-
-def plan_for(shape: tuple[int, ...], tile: tuple[int, ...]) -> TilePlan:
-    nd = len(shape)
-    return TilePlan(
-        shape=shape, tile=tile, overlap=(0,) * nd, voxel_size=(1,) * nd, offset=(0,) * nd
-    )

@@ -16,7 +16,6 @@ from funlib.geometry import Coordinate
 
 from blockbuster.io import ome
 from blockbuster.io.sources import ImageSource
-from blockbuster.pipeline.plan import TilePlan
 
 logger = logging.getLogger("blockbuster")
 
@@ -124,7 +123,7 @@ def _ome_levels(
 def create_output(
     path: Path,
     source: ImageSource,
-    plan: TilePlan,
+    tile: tuple[int, ...],
     dtype: np.dtype[Any] | str,
     *,
     max_levels: int | None = None,
@@ -143,8 +142,8 @@ def create_output(
         funlib metadata.
     source
         The input description.
-    plan
-        The tile plan (level 0 is chunked by ``plan.tile``).
+    tile
+        The spatial tile shape: level 0 is chunked by it (one chunk per tile).
     dtype
         Label dtype.
     max_levels
@@ -164,7 +163,7 @@ def create_output(
     keep = keep_time and source.time_axis
     lead: tuple[int, ...] = (source.time_points,) if keep else ()
     shape = lead + source.spatial_shape
-    chunks = (1,) * len(lead) + tuple(plan.tile[plan.ndim - len(source.spatial_shape) :])
+    chunks = (1,) * len(lead) + tuple(tile[len(tile) - len(source.spatial_shape) :])
     if is_ome_path(path):
         axes = [
             ome.Axis(n, ome.SPACE, ome.ngff_unit(u))

@@ -18,7 +18,7 @@ import zarr
 from numpy.typing import NDArray
 
 from blockbuster.io import ome
-from blockbuster.pipeline.plan import Box, box_slices
+from blockbuster.io.boxes import Box, box_slices
 
 logger = logging.getLogger("blockbuster")
 

@@ -50,7 +50,7 @@ from blockbuster.run.driver import (
     execute_tasks,
     task_infos,
 )
-from blockbuster.run.engines import TaskReport, engine_for
+from blockbuster.run.engines import engine_for
 from blockbuster.run.events import Events, Observer, RunFinished, RunStarted
 from blockbuster.run.fingerprint import fn_fingerprint, input_fingerprint, same_fn
 from blockbuster.run.gpu import bytes_per_voxel, find_gpus, size_tile
@@ -69,6 +69,7 @@ from blockbuster.run.ownership import (
 )
 from blockbuster.run.records import TileError
 from blockbuster.run.rundir import RunDir, RunDirError
+from blockbuster.run.task import TaskReport
 
 logger = logging.getLogger("blockbuster")
 
@@ -545,7 +546,7 @@ def _execute(
     result.num_labels = resolution.num_labels
     result.seconds["resolve"] = time.perf_counter() - start
     out_dtype = "uint32" if resolution.max_id < 2**32 else "uint64"
-    create_output(out, source, plan, out_dtype, keep_time=plan.time_axis)
+    create_output(out, source, plan.tile, out_dtype, keep_time=plan.time_axis)
     mark_output(out, run_id=spec.run_id, complete=False)
 
     # relabel reruns in full: the resolution above was rewritten, so no block may be skipped

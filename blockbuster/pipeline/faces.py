@@ -20,7 +20,8 @@ import numpy as np
 from numcodecs import Zstd
 from numpy.typing import NDArray
 
-from blockbuster.pipeline.plan import Box, TilePlan, box_slices, intersect
+from blockbuster.io.boxes import Box, box_slices, intersect
+from blockbuster.pipeline.plan import TilePlan
 from blockbuster.run.files import write_atomic
 
 _CODEC = Zstd(level=1)

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from blockbuster.io.boxes import Box
 from blockbuster.run.task import Block, Task
-
-Box = tuple[tuple[int, int], ...]
-"""Per-axis half-open voxel ranges ``((start, stop), ...)``."""
 
 GROUP_STAGE_VOXELS = 2**24
 """Most staged voxels one stitch or relabel block reads (64 MiB of uint32 labels)."""
@@ -256,16 +254,6 @@ class TilePlan:
 
     def world(self, voxels: Sequence[int]) -> Coordinate:
         return Coordinate(voxels) * Coordinate(self.voxel_size)
-
-
-def box_slices(box: Box, origin: Sequence[int] | None = None) -> tuple[slice, ...]:
-    """Slices selecting ``box`` from an array whose position 0 is image voxel ``origin``."""
-    origin = origin if origin is not None else (0,) * len(box)
-    return tuple(slice(a - o, b - o) for (a, b), o in zip(box, origin, strict=True))
-
-
-def intersect(a: Box, b: Box) -> Box:
-    return tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
 
 
 class TileTask(Task):

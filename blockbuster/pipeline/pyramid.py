@@ -27,7 +27,7 @@ import zarr
 from numpy.typing import NDArray
 
 from blockbuster.io import ome
-from blockbuster.pipeline.plan import Box, box_slices
+from blockbuster.io.boxes import Box, box_slices
 from blockbuster.run.task import Block, Task
 
 #: Levels whose source has at most this many voxels are built in this process.

@@ -16,7 +16,8 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from blockbuster.pipeline.plan import Box, TilePlan, TileTask, box_slices
+from blockbuster.io.boxes import Box, box_slices
+from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.stage import any_chunk_stored, stage_chunk_file
 from blockbuster.pipeline.table import EquivalenceTable

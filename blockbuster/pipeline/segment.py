@@ -18,9 +18,10 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
+from blockbuster.io.boxes import Box, box_slices
 from blockbuster.io.sources import read_box
 from blockbuster.pipeline.faces import tile_faces, write_faces
-from blockbuster.pipeline.plan import Box, TilePlan, TileTask, box_slices
+from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import load_fn, read_spec
 from blockbuster.pipeline.stage import any_chunk_stored, open_stage, stage_chunk_file
 from blockbuster.pipeline.thumbnail import MapPlane

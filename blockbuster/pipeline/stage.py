@@ -9,7 +9,8 @@ from typing import Any
 
 import zarr
 
-from blockbuster.pipeline.plan import Box, TilePlan
+from blockbuster.io.boxes import Box
+from blockbuster.pipeline.plan import TilePlan
 
 
 def create_stage(path: Path, plan: TilePlan) -> zarr.Array[Any]:

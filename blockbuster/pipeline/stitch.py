@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from blockbuster.io.boxes import Box
 from blockbuster.pipeline.faces import read_faces
-from blockbuster.pipeline.plan import Box, TilePlan, TileTask
+from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.task import Block, Task

@@ -20,16 +20,13 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blockbuster.config import RunConfig
 from blockbuster.run.blocks import process_block, record_failure
 from blockbuster.run.gpu import find_gpus, gpu_worker_env
 from blockbuster.run.rundir import RunDir
-from blockbuster.run.task import Block, Task
-
-if TYPE_CHECKING:
-    from blockbuster.run.engines import TaskReport
+from blockbuster.run.task import Block, Task, TaskReport
 
 IN_PROCESS_ERROR = (
     "Active Dask client uses an in-process worker (processes=False). When fn holds the GIL "
@@ -209,7 +206,6 @@ def run_dask(
     client: Any, tasks: Sequence[Task], run: RunDir, options: RunConfig
 ) -> dict[str, TaskReport]:
     """Run ``tasks`` one after the other on ``client``; a task with failures stops the rest."""
-    from blockbuster.run.engines import TaskReport
 
     reports: dict[str, TaskReport] = {}
     for task in tasks:

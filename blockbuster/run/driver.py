@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from blockbuster.config import RunConfig
-from blockbuster.run.engines import Engine, TaskReport, in_order, run_engine
+from blockbuster.run.engines import Engine, in_order, run_engine
 from blockbuster.run.events import (
     Events,
     Observer,
@@ -32,7 +32,7 @@ from blockbuster.run.events import (
 from blockbuster.run.lease import Lease
 from blockbuster.run.records import TileError
 from blockbuster.run.rundir import RunDir, RunDirError
-from blockbuster.run.task import Task
+from blockbuster.run.task import Task, TaskReport
 
 logger = logging.getLogger("blockbuster")
 

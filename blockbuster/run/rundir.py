@@ -147,6 +147,14 @@ class RunDir:
         task: Task = cloudpickle.loads((self.tasks_dir / f"{name}.pkl").read_bytes())
         return task
 
+    def load_tasks(self) -> list[Task]:
+        """Every task of the run, with ``upstream`` naming the loaded tasks themselves (each
+        pickle holds its own copy of the tasks upstream of it)."""
+        tasks = {name: self.load_task(name) for name in self.task_names()}
+        for task in tasks.values():
+            task.upstream = tuple(tasks.get(up.name, up) for up in task.upstream)
+        return list(tasks.values())
+
     def task_records(self, task: Task) -> TaskRecords:
         """The record files of ``task``, validated by its ``record_fields``."""
         return TaskRecords(self.records(task.name), task.name, task.record_fields)

@@ -247,3 +247,47 @@ class Task:
         outputs can be checked cheaply overrides this).
         """
         return {}
+
+
+@dataclass
+class TaskReport:
+    """How one task ended, as its engine counted it (and what verification found)."""
+
+    total: int
+    completed: int
+    failed: int
+    orphaned: int
+    seconds: float
+    error: str | None = None
+    #: blocks (by key) that the engine counted as done but that have no valid record
+    missing: tuple[int, ...] = ()
+    #: why daisy gave the task up (its worker-restart cap), or None
+    abandoned: str | None = None
+
+    @classmethod
+    def from_state(cls, state: Any, seconds: float) -> TaskReport:
+        return cls(
+            total=state.total_block_count,
+            completed=state.completed_count,
+            failed=state.failed_count,
+            orphaned=state.orphaned_count,
+            seconds=seconds,
+            error=state.first_worker_error or state.last_worker_error,
+            abandoned=(
+                f"daisy gave the task up after {state.worker_restart_count} worker restarts "
+                f"({state.abandon_reason or 'its worker-restart cap'}); raise "
+                "max_worker_restarts if workers die for reasons outside the run (preemption, "
+                "time limits), or find why they die in the logs"
+                if state.abandoned
+                else None
+            ),
+        )
+
+    @property
+    def ok_by_engine(self) -> bool:
+        """Whether the engine counted every block done (what the records say is :attr:`ok`)."""
+        return self.failed == 0 and self.orphaned == 0 and self.completed == self.total
+
+    @property
+    def ok(self) -> bool:
+        return self.ok_by_engine and not self.missing

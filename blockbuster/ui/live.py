@@ -3,8 +3,9 @@
 Pages:
 
 ``/``
-    Per task tiles done, running, failed and pending, and the block map; a script refreshes
-    both every few seconds (the counts from ``/status.json``, the picture by reloading
+    Per task units (tiles, or a user task's blocks) done, running, failed and pending, and,
+    for a ``tile_process`` run, the block map; a script refreshes both every few seconds
+    (the counts from ``/status.json``, the picture by reloading
     ``/block_map.png``).
 ``/status.json``
     The counts, read from the record files on every request (one directory listing per task).
@@ -24,17 +25,17 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from blockbuster.pipeline.spec import read_spec
-from blockbuster.run.events import Event, RunFinished, RunStarted
+from blockbuster.run.events import Event, RunFinished, RunStarted, TaskInfo
 from blockbuster.run.records import RecordScanner
 from blockbuster.run.rundir import RunDir
-from blockbuster.ui.status import TASKS
+from blockbuster.ui.status import run_tasks_of
 
 __all__ = ["StatusPageObserver", "StatusServer", "start_status_server", "status_counts"]
 
@@ -42,7 +43,9 @@ MAX_FAILED_LISTED = 50
 
 
 def status_counts(
-    run: RunDir, total: int, scanners: dict[str, RecordScanner] | None = None
+    run: RunDir,
+    tasks: Sequence[TaskInfo],
+    scanners: dict[str, RecordScanner] | None = None,
 ) -> dict[str, Any]:
     """The counts ``/status.json`` serves.
 
@@ -50,33 +53,34 @@ def status_counts(
     ----------
     run
         The run directory.
-    total
-        Tiles per task.
+    tasks
+        The tasks to count, with their totals.
     scanners
         Record scanners per task to reuse between calls (they parse each record once).
 
     Returns
     -------
     dict
-        ``{"run_dir", "total", "time", "tasks": {task: {"done", "failed", "pending",
-        "running"}}, "failed_tiles": {task: [tile, ...]}}``; the four counts of a task add up to
-        ``total``. ``running`` counts the tiles whose ``fn`` was called without a result yet
-        (segment only; ``blockbuster status`` counts them as pending). At most 50 failed tiles
-        are listed per task.
+        ``{"run_dir", "total", "totals", "time", "tasks": {task: {"done", "failed",
+        "pending", "running"}}, "failed_tiles": {task: [unit, ...]}}``: the four counts of a
+        task add up to its total (``running``: ``fn`` was called without a result yet, as
+        ``blockbuster status`` counts them); ``total`` is the largest total (a pipeline's
+        tiles). At most 50 failed units are listed per task.
     """
     scanners = scanners if scanners is not None else {}
-    tasks: dict[str, dict[str, int]] = {}
+    counts: dict[str, dict[str, int]] = {}
     failed_tiles: dict[str, list[int]] = {}
-    for task in TASKS:
-        scanner = scanners.setdefault(task, RecordScanner(run.records(task)))
-        counts = scanner.scan()
-        tasks[task] = counts.states(total)
-        failed_tiles[task] = sorted(counts.failed)[:MAX_FAILED_LISTED]
+    for info in tasks:
+        scanner = scanners.setdefault(info.name, RecordScanner(run.records(info.name)))
+        seen = scanner.scan()
+        counts[info.name] = seen.states(info.total)
+        failed_tiles[info.name] = sorted(seen.failed)[:MAX_FAILED_LISTED]
     return {
         "run_dir": str(run.root.absolute()),
-        "total": total,
+        "total": max((info.total for info in tasks), default=0),
+        "totals": {info.name: info.total for info in tasks},
         "time": time.time(),
-        "tasks": tasks,
+        "tasks": counts,
         "failed_tiles": failed_tiles,
     }
 
@@ -99,7 +103,7 @@ progress {{ width: 12em; }}
 </head>
 <body>
 <h1>blockbuster run</h1>
-<p class="muted">{run_dir} &middot; {total} tiles &middot;
+<p class="muted">{run_dir} &middot; {size} &middot;
 <span id="connection">connecting&hellip;</span> &middot; updated <span id="updated">-</span></p>
 <noscript><p>Scripts are off: the counts are at <a href="status.json">status.json</a>.</p>
 </noscript>
@@ -111,7 +115,7 @@ progress {{ width: 12em; }}
 </tbody>
 </table>
 <p id="failed-list" class="muted"></p>
-<img id="block-map" alt="block map" src="block_map.png?t=0">
+{block_map}
 <script>
 const TASKS = {tasks_json};
 const KEYS = ["done", "running", "failed", "pending"];
@@ -123,7 +127,7 @@ function show(status) {{
     }}
     document.getElementById(task + "-failed").classList.toggle("bad", counts.failed > 0);
     const bar = document.getElementById(task + "-progress");
-    bar.max = status.total;
+    bar.max = status.totals[task];
     bar.value = counts.done;
   }}
   const failed = TASKS.filter(t => status.failed_tiles[t].length)
@@ -133,6 +137,7 @@ function show(status) {{
     new Date(status.time * 1000).toLocaleTimeString();
 }}
 function reloadMap() {{
+  if (!document.getElementById("block-map")) return;
   const next = new Image();
   next.onload = () => {{
     const img = document.getElementById("block-map");
@@ -176,9 +181,10 @@ class _Server(ThreadingHTTPServer):
 class _State:
     """What the handlers share: the run, its scanners and the cached block map."""
 
-    def __init__(self, run: RunDir, map_seconds: float) -> None:
+    def __init__(self, run: RunDir, tasks: Sequence[TaskInfo], map_seconds: float) -> None:
         self.run = run
-        self.total = read_spec(run).plan.num_tiles
+        self.tasks = list(tasks)
+        self.has_map = run.spec_file.exists()
         self.map_seconds = map_seconds
         self.scanners: dict[str, RecordScanner] = {}
         self.status_lock = threading.Lock()
@@ -189,7 +195,7 @@ class _State:
 
     def status(self) -> bytes:
         with self.status_lock:
-            return json.dumps(status_counts(self.run, self.total, self.scanners)).encode()
+            return json.dumps(status_counts(self.run, self.tasks, self.scanners)).encode()
 
     def png(self) -> bytes:
         with self.map_lock:
@@ -216,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(self.server.page, "text/html; charset=utf-8")
             elif path == "/status.json":
                 self._send(state.status(), "application/json")
-            elif path == "/block_map.png":
+            elif path == "/block_map.png" and state.has_map:
                 self._send(state.png(), "image/png")
             else:
                 self._send(b"not found\n", "text/plain", HTTPStatus.NOT_FOUND)
@@ -285,6 +291,7 @@ def start_status_server(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
+    tasks: Sequence[TaskInfo] | None = None,
     refresh: float = 3.0,
     map_seconds: float = 2.0,
 ) -> StatusServer:
@@ -299,6 +306,10 @@ def start_status_server(
         ``0.0.0.0`` serves every interface.
     port
         Port to listen on; 0 (default) takes any free one (see ``.url``).
+    tasks
+        The tasks to show, with their totals (default: those the run directory names; a
+        ``tile_process`` run's three stages). The block map is drawn for ``tile_process``
+        runs only.
     refresh
         Seconds between two refreshes of the page in the browser.
     map_seconds
@@ -311,22 +322,29 @@ def start_status_server(
 
     Raises
     ------
-    FileNotFoundError
-        If ``run`` has no ``spec.json``.
     OSError
         If the address cannot be bound.
     """
-    state = _State(run, map_seconds)
+    shown = list(tasks) if tasks is not None else run_tasks_of(run)
+    state = _State(run, shown, map_seconds)
     server = _Server((host, port), _Handler)
     server.state = state
-    rows = "\n".join(_ROW.format(t=t) for t in TASKS)
+    names = [info.name for info in shown]
+    rows = "\n".join(_ROW.format(t=html.escape(name)) for name in names)
     root = run.root.absolute()
+    if state.has_map:
+        size = f"{max(info.total for info in shown)} tiles"
+        block_map = '<img id="block-map" alt="block map" src="block_map.png?t=0">'
+    else:
+        size = ", ".join(f"{info.name}: {info.total} {info.unit_name}" for info in shown)
+        block_map = ""
     page = _PAGE.format(
         name=html.escape(root.name),
         run_dir=html.escape(str(root)),
-        total=state.total,
+        size=html.escape(size),
         rows=rows,
-        tasks_json=json.dumps(list(TASKS)),
+        block_map=block_map,
+        tasks_json=json.dumps(names),
         refresh_ms=int(refresh * 1000),
     )
     server.page = page.encode()
@@ -350,9 +368,9 @@ class StatusPageObserver:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted) and self.server is None:
             run = RunDir(event.run_dir)
-            if not run.spec_file.exists():
-                return  # the page shows tile_process runs
-            self.server = start_status_server(run, host=self.host, port=self.port)
+            self.server = start_status_server(
+                run, host=self.host, port=self.port, tasks=event.tasks
+            )
             url = self.server.url
             print(f"blockbuster: live status page at {url}", file=sys.stderr, flush=True)
         elif isinstance(event, RunFinished) and self.server is not None:

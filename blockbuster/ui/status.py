@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from blockbuster.pipeline.spec import read_spec
+from blockbuster.run.events import TaskInfo
 from blockbuster.run.lease import read_holder
 from blockbuster.run.records import RecordScanner, TaskRecords, TileCounts, TileError
 from blockbuster.run.rundir import RunDir
@@ -90,10 +91,11 @@ class RunStatus:
             peak = f"{np.max(t.seconds):.2f}" if t.seconds else "-"
             calls = str(t.fn_calls) if t.fn_calls else ""
             s = t.states
-            lines.append(
+            row = (
                 f"{name:<12}{s['done']:>7}{s['failed']:>8}{s['pending']:>9}{s['running']:>9}"
                 f"{mean:>9}{peak:>8}{calls:>10}"
             )
+            lines.append(row.rstrip())
         failures = [(n, key, e) for n, t in self.tasks.items() for key, e in t.failed.items()]
         if failures:
             lines += ["", "failed blocks:"]
@@ -120,6 +122,22 @@ class RunStatus:
         return "\n".join(out)
 
 
+def run_tasks_of(run: RunDir) -> list[TaskInfo]:
+    """The tasks of ``run`` with their sizes, in display order: a ``tile_process`` run's
+    three stages first (in tiles, written or not yet), then any other task it wrote (pyramid
+    levels, a user's tasks; in blocks)."""
+    names = run.task_names()
+    spec = read_spec(run) if run.spec_file.exists() else None
+    if spec is not None:
+        names = list(TASKS) + [n for n in names if n not in TASKS]
+    out = []
+    for name in names:
+        meta = run.task_meta(name) if (run.tasks_dir / f"{name}.json").exists() else {}
+        total = int(meta.get("total", spec.plan.num_tiles if spec is not None else 0))
+        out.append(TaskInfo(name, total, str(meta.get("unit_name", "tiles"))))
+    return out
+
+
 def run_status(run: RunDir) -> RunStatus:
     """Read the state of ``run`` from its record files.
 
@@ -142,21 +160,14 @@ def run_status(run: RunDir) -> RunStatus:
     else:
         driver = holder.describe()
     spec = read_spec(run) if run.spec_file.exists() else None
-    if spec is not None:
-        for name in reversed(TASKS):  # stages not run yet show as pending
-            if name not in names:
-                names.insert(0 if name == "segment" else len(names), name)
-        names = [n for n in TASKS if n in names] + [n for n in names if n not in TASKS]
     tasks = {}
-    for name in names:
-        meta = run.task_meta(name) if (run.tasks_dir / f"{name}.json").exists() else {}
-        total = int(meta.get("total", spec.plan.num_tiles if spec is not None else 0))
-        records = TaskRecords(run.records(name), name)
-        tasks[name] = TaskStatus(
-            total=total,
-            counts=RecordScanner(run.records(name)).scan(),
+    for info in run_tasks_of(run):
+        records = TaskRecords(run.records(info.name), info.name)
+        tasks[info.name] = TaskStatus(
+            total=info.total,
+            counts=RecordScanner(run.records(info.name)).scan(),
             failed=records.failed_tiles(),
-            unit_name=str(meta.get("unit_name", "tiles")),
+            unit_name=info.unit_name,
             fn_calls=sum(records.call_counts().values()),
         )
     if spec is None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from ngff import plan_for, space, write_ngff
+from ngff import space, write_ngff
 
 from blockbuster.io.outputs import check_output, create_output, is_ome_path
 from blockbuster.io.sources import describe_source, ome
@@ -211,7 +211,7 @@ def test_label_image_inside_the_image(tmp_path: Path, version: str) -> None:
     assert is_ome_path(out) and is_ome_path(tmp_path / "x.ome.zarr")
     assert not is_ome_path(tmp_path / "labels" / "cells") and not is_ome_path(tmp_path / "o.zarr")
     check_output(out, src)
-    assert create_output(out, src, plan_for(src.spatial_shape, (3, 8, 8)), "uint32") == (
+    assert create_output(out, src, (3, 8, 8), "uint32") == (
         str(out),
         "0",
     )
@@ -239,10 +239,8 @@ def test_label_image_inside_the_image(tmp_path: Path, version: str) -> None:
     assert label.levels[0].scale == src.scale and label.levels[0].translation == src.translation
     assert zarr.open_array(str(out), path="0").chunks == (3, 8, 8)
     # a second label image is added; writing one again does not list it twice
-    create_output(
-        img / "labels" / "nuclei", src, plan_for(src.spatial_shape, (6, 20, 30)), "uint16"
-    )
-    create_output(out, src, plan_for(src.spatial_shape, (6, 20, 30)), "uint32")
+    create_output(img / "labels" / "nuclei", src, (6, 20, 30), "uint16")
+    create_output(out, src, (6, 20, 30), "uint32")
     assert ome_attrs(img / "labels")["labels"] == ["cells", "nuclei"]
     assert zarr.open_array(str(out), path="0").chunks == (6, 20, 30)
     validate_with_ome_zarr_models(img, version)
@@ -253,7 +251,7 @@ def test_labels_of_a_level_other_than_0(tmp_path: Path) -> None:
     czyx_image(img, "0.5")
     src = describe_source(str(img), 3, level=1)
     out = img / "labels" / "coarse"
-    create_output(out, src, plan_for(src.spatial_shape, (6, 10, 15)), "uint32")
+    create_output(out, src, (6, 10, 15), "uint32")
     label = ome.read_multiscale(zarr.open_group(str(out), mode="r"))
     assert label is not None
     assert [lv.shape for lv in label.levels] == [(6, 10, 15), (6, 5, 8)]
@@ -278,7 +276,7 @@ def test_standalone_label_image_levels(tmp_path: Path) -> None:
     write_ngff(img, "0.4", [data], axes, [scale_tr([1, 2.0, 0.5, 0.5], [0, 0, 1, 1])])
     src = describe_source(str(img), 3)
     out = tmp_path / "seg" / "cells.ome.zarr"
-    create_output(out, src, plan_for(src.spatial_shape, (6, 8, 8)), "uint32")
+    create_output(out, src, (6, 8, 8), "uint32")
     assert (out / "zarr.json").exists()  # standalone label images are NGFF 0.5
     attrs = ome_attrs(out)
     assert attrs["version"] == "0.5"
@@ -303,7 +301,7 @@ def test_standalone_label_image_levels(tmp_path: Path) -> None:
     assert [lv.chunks for lv in ms.levels] == [(6, 8, 8), (6, 8, 8), (3, 8, 8), (2, 5, 6)]
     arr = zarr.open_array(str(out), path="0")
     assert arr.metadata.dimension_names == ("z", "y", "x")  # type: ignore[union-attr]
-    create_output(out, src, plan_for(src.spatial_shape, (6, 8, 8)), "uint32", max_levels=2)
+    create_output(out, src, (6, 8, 8), "uint32", max_levels=2)
     again = ome.read_multiscale(zarr.open_group(str(out), mode="r"))
     assert again is not None and len(again.levels) == 2
 
@@ -313,7 +311,7 @@ def test_output_with_time_axis(tmp_path: Path) -> None:
     axes = [{"name": "t", "type": "time", "unit": "s"}, *space("y", "x")]
     write_ngff(img, "0.5", [np.zeros((3, 20, 24), np.uint8)], axes, [scale_tr([4.0, 1.0, 1.0])])
     src = describe_source(str(img), 2)
-    plan = plan_for(src.spatial_shape, (8, 8))
+    plan = (8, 8)
     out = tmp_path / "lab.ome.zarr"
     create_output(out, src, plan, "uint32", keep_time=True)
     ms = ome.read_multiscale(zarr.open_group(str(out), mode="r"))

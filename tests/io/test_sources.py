@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from ngff import plan_for
 
 from blockbuster.io.outputs import create_output
 from blockbuster.io.sources import ImageSource, describe_source
@@ -50,12 +49,11 @@ def test_plain_output_keeps_time_when_asked(tmp_path: Path) -> None:
     arr = zarr.create_array(str(tmp_path / "t.zarr"), shape=(3, 8, 9), dtype="uint8")
     arr.attrs.update({"axis_names": ["t^", "y", "x"]})
     src = describe_source(str(tmp_path / "t.zarr"), 2)
-    plan = plan_for(src.spatial_shape, (4, 4))
-    store, path = create_output(tmp_path / "o.zarr", src, plan, np.uint32, keep_time=True)
+    store, path = create_output(tmp_path / "o.zarr", src, (4, 4), np.uint32, keep_time=True)
     out = zarr.open_array(store, path=path or None)
     assert out.shape == (3, 8, 9) and out.chunks == (1, 4, 4)
     assert out.attrs["axis_names"] == ["t^", "y", "x"]
-    store, path = create_output(tmp_path / "o.zarr", src, plan, np.uint32)
+    store, path = create_output(tmp_path / "o.zarr", src, (4, 4), np.uint32)
     out = zarr.open_array(store, path=path or None)
     assert out.shape == (8, 9) and out.chunks == (4, 4) and path == ""
 

@@ -8,8 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blockbuster.io.boxes import box_slices
 from blockbuster.pipeline.faces import face_views, read_faces, tile_faces, write_faces
-from blockbuster.pipeline.plan import TilePlan, box_slices, normalize_overlap, normalize_tile_shape
+from blockbuster.pipeline.plan import TilePlan, normalize_overlap, normalize_tile_shape
 
 
 @st.composite

@@ -7,13 +7,9 @@ from funlib.geometry import Coordinate, Roi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blockbuster.io.boxes import box_slices
 from blockbuster.pipeline import plan as plan_module
-from blockbuster.pipeline.plan import (
-    TilePlan,
-    box_slices,
-    normalize_overlap,
-    normalize_tile_shape,
-)
+from blockbuster.pipeline.plan import TilePlan, normalize_overlap, normalize_tile_shape
 
 
 @st.composite

@@ -13,7 +13,7 @@ from fns import cc_label, first_channel_cc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from ngff import plan_for, space, write_ngff
+from ngff import space, write_ngff
 from scipy import ndimage as ndi
 
 from blockbuster import tile_process
@@ -108,7 +108,7 @@ def test_build_pyramid_equals_reference(tmp_path: Path, workers: int) -> None:
     )
     src = describe_source(str(img), 3)
     out = tmp_path / "labels.ome.zarr"
-    store, path = create_output(out, src, plan_for(src.spatial_shape, (8, 16, 16)), "uint32")
+    store, path = create_output(out, src, (8, 16, 16), "uint32")
     level0 = random_labels(src.spatial_shape, seed=5)
     zarr.open_array(store, path=path, mode="r+")[:] = level0
     # inline_voxels=0: with workers, every level goes through daisy
@@ -132,9 +132,7 @@ def test_pyramid_of_labels_inside_an_image_with_rounded_down_levels(tmp_path: Pa
         [[{"type": "scale", "scale": [1.0, 33 / n[1], 41 / n[2]]}] for n in shapes],
     )
     src = describe_source(str(img), 3)
-    store, path = create_output(
-        img / "labels" / "cells", src, plan_for(src.spatial_shape, (5, 8, 8)), "uint16"
-    )
+    store, path = create_output(img / "labels" / "cells", src, (5, 8, 8), "uint16")
     level0 = random_labels(src.spatial_shape, seed=8).astype(np.uint16)
     zarr.open_array(store, path=path, mode="r+")[:] = level0
     assert build_pyramid(store) == ["0", "1", "2"]

@@ -27,7 +27,8 @@ from fns import (
 )
 
 from blockbuster import TileFailureError, tile_process
-from blockbuster.pipeline.plan import TilePlan, box_slices
+from blockbuster.io.boxes import box_slices
+from blockbuster.pipeline.plan import TilePlan
 from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.rundir import RunDir
 

@@ -177,3 +177,44 @@ def test_a_folder_that_is_not_a_run_directory_is_refused(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="exists and is not a blockbuster run directory"):
         run_tasks([smooth], tmp_path / "busy")
     assert (tmp_path / "busy" / "data.txt").read_text() == "mine"
+
+
+def test_resubmit_and_the_status_page_work_on_a_task_run(tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from blockbuster.run.events import Event, RunStarted
+    from blockbuster.ui.live import start_status_server
+
+    src, img = _image(tmp_path)
+    flag = tmp_path / "flag"
+    flag.touch()
+    smooth, mask, calls = _tasks(tmp_path, src, flag=str(flag))
+    seen: list[Event] = []
+    with pytest.raises(BlockFailureError):
+        run_tasks([smooth, mask], tmp_path / "run", max_retries=0, observers=[seen.append])
+    started = next(e for e in seen if isinstance(e, RunStarted))
+    with start_status_server(RunDir(tmp_path / "run"), tasks=started.tasks) as server:
+        with urllib.request.urlopen(server.url + "status.json", timeout=30) as response:
+            status = json.loads(response.read())
+        with urllib.request.urlopen(server.url, timeout=30) as response:
+            page = response.read().decode()
+    assert status["totals"] == {"smooth": 9, "mask": 4}
+    assert status["tasks"]["smooth"] == {"done": 5, "failed": 4, "pending": 0, "running": 0}
+    assert status["tasks"]["mask"]["done"] + status["tasks"]["mask"]["pending"] == 4
+    assert "smooth: 9 blocks" in page and 'id="block-map"' not in page
+
+    flag.unlink()
+    before = len(_calls(calls, "smooth"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "blockbuster", "resubmit", str(tmp_path / "run"), "--no-progress"]
+        + ["--status-page", "off"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": TESTS, "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "smooth          9/9 blocks done, 0 failed ok" in proc.stdout
+    assert len(_calls(calls, "smooth")) == before + 4  # the failed blocks only
+    whole = ndi.gaussian_filter(img, SIGMA, truncate=4.0)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
