@@ -486,6 +486,8 @@ def execute_run(
     try:
         return _execute(run, options, client, lease, events)
     finally:
+        if not events.finished:  # stopped by an exception: let the observers close
+            events.emit(RunFinished(run.root, None, keep=True))
         lease.release()
 
 

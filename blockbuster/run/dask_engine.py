@@ -156,11 +156,16 @@ def check_client(client: Any) -> None:
         raise RuntimeError("the active Dask client has no workers; start some or close it")
 
 
-_OPENED: dict[tuple[str, str], Any] = {}
+#: per (run directory, task): the version opened in this worker process and what it holds
+_OPENED: dict[tuple[str, str], tuple[int, Any]] = {}
 
 
 def run_block(
-    run_dir: str, name: str, index: tuple[int, ...], timeout: float | None = None
+    run_dir: str,
+    name: str,
+    index: tuple[int, ...],
+    timeout: float | None = None,
+    version: int = 0,
 ) -> float:
     """Dask task: run block ``index`` of task ``name`` in this worker process; returns seconds.
 
@@ -168,15 +173,20 @@ def run_block(
     once). A block still running after ``timeout`` seconds is recorded as failed and its
     worker process is killed (a hung fn cannot be interrupted otherwise); the nanny restarts
     the worker and the scheduler runs the block again, up to
-    ``distributed.scheduler.allowed-failures`` times.
+    ``distributed.scheduler.allowed-failures`` times. ``version`` names one engine call:
+    a later call (the task changed and was written again, a resumed run) opens it anew, and
+    closes what the earlier one held.
     """
     key = (run_dir, name)
-    if key not in _OPENED:
+    held = _OPENED.get(key)
+    if held is None or held[0] != version:
+        if held is not None:
+            held[1][3].__exit__(None, None, None)
         run = RunDir(run_dir)
         task = run.load_task(name)
         opened = task.opened()
-        _OPENED[key] = (task, run.task_records(task), opened.__enter__(), opened)
-    task, records, fn, _ = _OPENED[key]
+        _OPENED[key] = (version, (task, run.task_records(task), opened.__enter__(), opened))
+    task, records, fn, _ = _OPENED[key][1]
     block = task.block_at(index)
 
     def time_out() -> None:
@@ -234,6 +244,7 @@ def _run_task(
         [task.name] * len(blocks),
         [b.index for b in blocks],
         [options.timeout] * len(blocks),
+        [stamp] * len(blocks),
         pure=False,
         retries=options.max_retries,
         key=[f"blockbuster-{task.name}-{b.key}-{stamp}" for b in blocks],

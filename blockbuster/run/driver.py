@@ -253,16 +253,19 @@ def run_tasks(
     with Lease(run.root) as lease:
         run.write_config(config)
         events.emit(RunStarted(run.root, task_infos(ordered)))
-        reports, _, seconds = execute_tasks(
-            ordered, run, config, lease, engine=engine, client=client, events=events
-        )
-        result = TasksResult(
-            str(run.root),
-            reports,
-            {t.name: run.task_records(t).failed_tiles() for t in ordered},
-            seconds,
-        )
-        events.emit(RunFinished(run.root, result, keep=True))
+        result: TasksResult | None = None
+        try:
+            reports, _, seconds = execute_tasks(
+                ordered, run, config, lease, engine=engine, client=client, events=events
+            )
+            result = TasksResult(
+                str(run.root),
+                reports,
+                {t.name: run.task_records(t).failed_tiles() for t in ordered},
+                seconds,
+            )
+        finally:  # observers close what they opened, whether the run ended or stopped
+            events.emit(RunFinished(run.root, result, keep=True))
     if not result.ok:
         raise BlockFailureError(
             f"blockbuster tasks incomplete:\n{result.summary()}\nThe run directory {run.root} "

@@ -81,8 +81,13 @@ class Events:
     """The observers of one run; :meth:`emit` never lets an observer fail the run."""
 
     observers: Sequence[Observer] = field(default_factory=tuple)
+    #: whether :class:`RunFinished` was emitted (a driver that stops on an exception emits
+    #: one with no result, so that observers close what they opened)
+    finished: bool = False
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, RunFinished):
+            self.finished = True
         for observer in self.observers:
             try:
                 observer(event)

@@ -9,7 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from blockbuster.run.events import Event, Progress, StageFinished, StageStarted, TaskInfo
+from blockbuster.run.events import (
+    Event,
+    Progress,
+    RunFinished,
+    StageFinished,
+    StageStarted,
+    TaskInfo,
+)
 
 __all__ = ["ProgressMonitor", "format_eta", "format_rate"]
 
@@ -116,8 +123,8 @@ class ProgressMonitor:
             self.begin(event.tasks)
         elif isinstance(event, Progress):
             self.update(event.task, event.counts.num_done, event.counts.num_failed)
-        elif isinstance(event, StageFinished):
-            self.end()
+        elif isinstance(event, StageFinished) or (isinstance(event, RunFinished) and self.stages):
+            self.end()  # a run stopped mid-stage ends with RunFinished alone
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -144,12 +144,21 @@ def test_serial_and_dask_engines_give_the_same_output(tmp_path: Path) -> None:
     client, cluster = make_local_cluster(n_workers=2, dashboard_address=":0")
     try:
         result = run_tasks([smooth, mask], tmp_path / "dask")
+        assert result.ok
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "smooth.zarr"))[:], whole)
+        mask_out = zarr.open_array(str(tmp_path / "mask.zarr"))[:]
+        np.testing.assert_array_equal(mask_out, whole > 0.5)
+        # the task changed: the same worker processes must run the new one, not the one
+        # they opened before
+        smooth3, _, _ = _tasks(tmp_path, src, sigma=3.0)
+        run_tasks([smooth3], tmp_path / "dask", overwrite=True)
+        on_dask = zarr.open_array(str(tmp_path / "smooth.zarr"))[:]
     finally:
         client.close()
         cluster.close()
-    assert result.ok
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "smooth.zarr"))[:], whole)
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
+    smooth3, _, _ = _tasks(tmp_path, src, sigma=3.0)
+    run_tasks([smooth3], tmp_path / "serial3", backend="serial")
+    np.testing.assert_array_equal(on_dask, zarr.open_array(str(tmp_path / "smooth.zarr"))[:])
 
 
 def test_a_worker_started_for_an_unknown_task_names_the_tasks(tmp_path: Path) -> None:
@@ -218,3 +227,19 @@ def test_resubmit_and_the_status_page_work_on_a_task_run(tmp_path: Path) -> None
     assert len(_calls(calls, "smooth")) == before + 4  # the failed blocks only
     whole = ndi.gaussian_filter(img, SIGMA, truncate=4.0)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
+
+
+def test_a_run_stopped_by_an_exception_still_tells_its_observers(tmp_path: Path) -> None:
+    from blockbuster.run.events import Event, RunFinished
+
+    def interrupted() -> object:
+        def block(b: object) -> None:
+            raise KeyboardInterrupt
+
+        return block
+
+    seen: list[Event] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks([Task("t", (8,), 4, interrupted)], tmp_path / "run", backend="serial",
+                  observers=[seen.append])  # fmt: skip
+    assert isinstance(seen[-1], RunFinished) and seen[-1].result is None
