@@ -165,6 +165,7 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
     lease = Lease(run.root).acquire()  # workers serve only a run a driver holds
     config = RunConfig(num_workers=workers, timeout=600, max_retries=0)
     seg, st, rl = stage_tasks(run, plan)
+    st.upstream = ()  # timed alone, once segment is done (the driver runs them together)
     run.write_tasks([seg, st, rl])
 
     def timed(task):  # one task alone on daisy's workers, as the driver runs it
