@@ -149,10 +149,19 @@ def resubmit(
     from blockbuster.run import driver as run_driver
 
     run = RunDir(run_dir)
-    config = replace(run.read_config(), **overrides)
+    with driver.arguments():
+        if not run.spec_file.exists() and not run.task_names():
+            raise FileNotFoundError(
+                f"{run.root} is not a blockbuster run directory (no spec.json, no tasks); give "
+                "the <write_to>.blockbuster directory of a run, or the run_dir of run_tasks"
+            )
+        config = replace(run.read_config(), **overrides)
+        # the same checks as the first call: the engine (a Dask client for backend='dask'),
+        # the addresses, the GPUs
+        config, client, _ = driver.check_config(config, None)
     watchers = observers(config, progress)
     if run.spec_file.exists():
-        return driver.execute_run(run, config, observers=watchers)
+        return driver.execute_run(run, config, client=client, observers=watchers)
     return run_driver.run_tasks(run.load_tasks(), run.root, config, watchers)
 
 

@@ -137,7 +137,7 @@ class RunConfig:
         "auto",
         "'auto': the active Dask distributed client if there is one, else daisy's workers; "
         "'daisy', 'dask', or 'serial' (every block in this process, one after the other: "
-        "small images, debugging an fn).",
+        "small images, debugging an fn; no timeout applies there).",
         flag="--backend",
     )
     use_gpu: bool = _doc(
@@ -198,6 +198,11 @@ class RunConfig:
                 raise TypeError(f"{name}={value!r} must be True or False")
         if self.channels is not None and not isinstance(self.channels, (bool, np.bool_)):
             raise TypeError(f"channels={self.channels!r} must be True, False or None")
+        if self.timeout is None:
+            raise ValueError(
+                "timeout=None: give the seconds a block may run before its worker is killed "
+                f"(default {RunConfig.default('timeout')}); a run never waits on a block forever"
+            )
         for name in ("num_workers", "timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

@@ -273,3 +273,37 @@ def test_an_internal_error_is_exit_3_with_its_traceback(
     err = capsys.readouterr().err
     assert rc == 3
     assert "Traceback" in err and "error: internal error (TypeError" in err
+
+
+def test_resubmit_from_another_directory_imports_what_the_first_driver_did(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "myseg.py").write_text(
+        "from pathlib import Path\n"
+        "from fns import cc_label\n"
+        "def seg(block, flag):\n"
+        "    if Path(flag).exists() and block.max() > 0.9:\n"
+        "        raise RuntimeError('flagged')\n"
+        "    return cc_label(block)\n"
+    )
+    img = blobs((30, 40), seed=6)
+    img[0, 0] = 1.0  # tile 0 fails while the flag exists
+    src = write_zarr(tmp_path / "img.zarr", img)
+    flag = tmp_path / "flag"
+    flag.touch()
+    kwargs = json.dumps({"flag": str(flag)})
+    first = cli(
+        "segment", src, str(tmp_path / "o.zarr"), "--fn", "myseg:seg", "--fn-kwargs", kwargs,
+        "--tile", "10,10", "--no-progress", "--status-page", "off", "--max-retries", "0",
+        cwd=project,
+    )  # fmt: skip
+    assert first.returncode == 1, first.stderr
+    flag.unlink()
+    again = cli(
+        "resubmit", str(tmp_path / "o.zarr.blockbuster"), "--no-progress", "--status-page",
+        "off", cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "12/12 completed, 0 failed" in again.stdout

@@ -153,7 +153,7 @@ class RunResult:
                 if t.missing:
                     shown = ", ".join(map(str, t.missing[:10]))
                     lines.append(
-                        f"  {len(t.missing)} block(s) counted done by daisy left no valid "
+                        f"  {len(t.missing)} block(s) counted done by the engine left no valid "
                         f"record (tiles {shown}{', ...' if len(t.missing) > 10 else ''})"
                     )
                 for key, errors in sorted(self.failed.get(name, {}).items()):
@@ -575,6 +575,8 @@ def _execute(
             result.tasks.update(rep)
             for task in tasks:
                 result.failed[task.name] = run.task_records(task).failed_tiles()
+            if not all(r.ok for r in rep.values()):
+                break  # the levels below would be built from a half-written one
         result.seconds["pyramid"] = time.perf_counter() - start
     result.seconds["total"] = time.perf_counter() - t0
     events.emit(RunFinished(run.root, result, keep=options.keep_stage or not result.ok))
@@ -622,7 +624,7 @@ def _fail(result: RunResult) -> None:
             msg += f"\n{name}: {t.abandoned}."
         if t.missing:
             msg += (
-                f"\n{name}: {len(t.missing)} block(s) that daisy counted done left no valid "
+                f"\n{name}: {len(t.missing)} block(s) that the engine counted done left no valid "
                 f"record after {MAX_PASSES} passes (tiles {', '.join(map(str, t.missing[:10]))}"
                 f"{', ...' if len(t.missing) > 10 else ''}): another process may be reporting "
                 "blocks to the task server without doing them."

@@ -271,8 +271,8 @@ def build_pyramid(
 
     Each level is a :class:`~blockbuster.run.task.Task` run by
     :func:`~blockbuster.run.driver.run_tasks` in the run directory
-    ``<store>.pyramid.blockbuster`` (removed once every level is built), so a build that
-    was interrupted resumes.
+    ``<store>.pyramid.blockbuster`` (made anew by each call, removed once every level is
+    built: level 0 may have changed since an interrupted build).
 
     Parameters
     ----------
@@ -311,6 +311,8 @@ def build_pyramid(
     path = Path(store).absolute()
     groups = pyramid_tasks(path, max_levels, inline_voxels)
     run_dir = path.with_name(path.name + ".pyramid.blockbuster")
+    if run_dir.exists():  # level 0 may have been written again since: build every level
+        remove_created(run_dir)
     for tasks, engine in groups:
         config = RunConfig(
             num_workers=max(num_workers, 1),

@@ -9,6 +9,7 @@ or labels per tile.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,7 @@ class SegmentTask(TileTask):
     """segment: one block per tile; ``fn`` runs on the tile plus its halo (read context)."""
 
     record_fields = {"n_core": int, "n_labels": int}
-    uses_gpu = True
+    uses_gpu = True  # fn is what a GPU serves
 
     def __init__(self, run_root: str, plan: TilePlan) -> None:
         super().__init__("segment", run_root, plan, (1,) * plan.ndim, plan.overlap)
@@ -185,6 +186,9 @@ class SegmentTask(TileTask):
 
         run = RunDir(self.run_root)
         spec = read_spec(run)
+        for path in reversed(spec.sys_path):  # where the driver that started the run imports
+            if path not in sys.path:
+                sys.path.insert(0, path)
         segmenter = Segmenter(
             self.plan,
             spec.source.open(),

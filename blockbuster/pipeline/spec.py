@@ -23,7 +23,7 @@ from blockbuster.run.files import write_atomic
 from blockbuster.run.rundir import RunDir, RunDirError
 
 #: the spec format this release reads and writes; another one is refused with the fix
-SPEC_VERSION = 2
+SPEC_VERSION = 3  # 3: stitch and relabel records keyed by block, config.json
 
 
 @dataclass(frozen=True)

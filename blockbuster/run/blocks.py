@@ -9,9 +9,12 @@ worker that dies or freezes inside it is named too.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from typing import Any
+
+import numpy as np
 
 from blockbuster.run.launch import write_worker_state
 from blockbuster.run.records import TaskRecords
@@ -34,15 +37,53 @@ def process_block(
     write_worker_state({"key": block.key, "tiles": units})
     started, start = time.time(), time.perf_counter()
     try:
-        info = fn(block)
+        info = _plain_info(fn(block))
     except Exception:
         records.failed(block.key, traceback.format_exc(), tiles=units)
         raise
     finally:
         write_worker_state(None)
-    record = {"tiles": units, **(dict(info) if info else {})}
+    record = {"tiles": units, **info}
     records.done(block.key, started, time.perf_counter() - start, **record)
     return record
+
+
+#: keys of a done record that blockbuster writes itself
+RESERVED = ("tile", "tiles", "host", "start", "seconds")
+
+
+def _plain_info(info: Any) -> dict[str, Any]:
+    """What a block function returned, as JSON values (numpy scalars and arrays become
+    numbers and lists).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If it is not a dict of JSON-serialisable values, or uses a key blockbuster keeps.
+    """
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        raise TypeError(
+            f"the block function returned {type(info).__name__}; return None or a dict of "
+            "JSON values (kept in the block's record)"
+        )
+    clash = sorted(k for k in info if k in RESERVED or not isinstance(k, str))
+    if clash:
+        raise ValueError(
+            f"the block function returned the keys {clash}: {', '.join(RESERVED)} are the "
+            "record's own, and keys must be strings; rename them"
+        )
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+    out: dict[str, Any] = json.loads(json.dumps(info, default=plain))
+    return out
 
 
 def record_failure(task: Task, records: TaskRecords, block: Block, text: str) -> None:

@@ -148,7 +148,7 @@ class TasksResult:
     Attributes
     ----------
     run_dir
-        The run directory (kept unless ``keep_run_dir=False`` and every block is done).
+        The run directory (kept: running the same tasks again finds them done).
     tasks
         Per task: block counts, the first error, the blocks left without a record.
     failed
@@ -180,17 +180,9 @@ class TasksResult:
         return "\n".join(lines)
 
 
-def prepare_task_run(tasks: Sequence[Task], run: RunDir, overwrite: bool) -> None:
-    """Make ``run`` a run directory for ``tasks``, or check that it holds their unfinished
-    run; nothing is written before the checks pass."""
-    from blockbuster.run.fingerprint import task_fingerprint
-    from blockbuster.run.ownership import (
-        is_our_run_dir,
-        mark_run_dir,
-        new_run_id,
-        remove_created,
-        run_dir_marker,
-    )
+def check_task_run(run: RunDir) -> None:
+    """Refuse a ``run_dir`` that cannot hold a task run (nothing is written)."""
+    from blockbuster.run.ownership import is_our_run_dir
 
     if run.root.exists() and not run.root.is_dir():
         raise ValueError(f"run_dir={str(run.root)!r} is a file; choose a folder path")
@@ -204,6 +196,13 @@ def prepare_task_run(tasks: Sequence[Task], run: RunDir, overwrite: bool) -> Non
             f"run_dir={str(run.root)!r} holds a tile_process run; give run_tasks a folder of "
             "its own"
         )
+
+
+def changed_tasks(tasks: Sequence[Task], run: RunDir) -> list[str]:
+    """The tasks whose code, parameters or geometry (or those of a task they read from)
+    differ from what ``run`` recorded for them."""
+    from blockbuster.run.fingerprint import task_fingerprint
+
     changed = []
     for task in tasks:
         try:
@@ -212,18 +211,7 @@ def prepare_task_run(tasks: Sequence[Task], run: RunDir, overwrite: bool) -> Non
             continue
         if meta.get("fingerprint") != task_fingerprint(task):
             changed.append(task.name)
-    if changed and not overwrite:
-        raise ValueError(
-            f"run_dir={str(run.root)!r} holds an unfinished run whose task(s) "
-            f"{', '.join(changed)} were different (geometry or code): resuming would mix "
-            "blocks of two versions. Pass overwrite=True to start again, or run the same tasks"
-        )
-    if changed:
-        for name in changed:
-            remove_created(run.records(name))
-    run.create()
-    if run_dir_marker(run.root) is None:
-        mark_run_dir(run.root, new_run_id(), run.root)
+    return changed
 
 
 def run_tasks(
@@ -241,16 +229,32 @@ def run_tasks(
         If blocks failed or could not be verified done (the run directory is kept).
     """
     from blockbuster.run.dask_engine import active_client, check_client
+    from blockbuster.run.ownership import mark_run_dir, new_run_id, remove_created, run_dir_marker
 
+    if not tasks:
+        raise ValueError("tasks=[] holds no task: give at least one Task")
     ordered = in_order(list(tasks))
     config = config.validate()
     engine, client = choose_engine(config.backend, active_client, check_client)
     if engine == "daisy":
         config.check_addresses()
     run = RunDir(Path(run_dir).absolute())
-    prepare_task_run(ordered, run, config.overwrite)
+    check_task_run(run)
+    run.create()
+    if run_dir_marker(run.root) is None:
+        mark_run_dir(run.root, new_run_id(), run.root)
     events = Events(tuple(observers))
-    with Lease(run.root) as lease:
+    with Lease(run.root) as lease:  # what another driver's run holds is never touched
+        changed = changed_tasks(ordered, run)
+        if changed and not config.overwrite:
+            raise ValueError(
+                f"run_dir={str(run.root)!r} holds a run whose task(s) {', '.join(changed)} "
+                "were different (their code, parameters or geometry, or those of a task they "
+                "read from): resuming would mix blocks of two versions. Pass overwrite=True "
+                "to run them again, or run the same tasks"
+            )
+        for name in changed:
+            remove_created(run.records(name))
         run.write_config(config)
         events.emit(RunStarted(run.root, task_infos(ordered)))
         result: TasksResult | None = None

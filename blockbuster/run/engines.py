@@ -58,10 +58,13 @@ def in_order(tasks: Sequence[Task]) -> list[Task]:
         visiting.add(task.name)
         for up in task.upstream:
             if by_name.get(up.name) is not up:
-                raise ValueError(
-                    f"task {task.name!r} reads from {up.name!r}, which is not among the tasks "
-                    "run; pass it too"
+                why = (
+                    "a different Task object of that name was passed: build the tasks "
+                    "together, or pass the one it names in upstream"
+                    if up.name in by_name
+                    else "it is not among the tasks run; pass it too"
                 )
+                raise ValueError(f"task {task.name!r} reads from {up.name!r}: {why}")
             place(up)
         visiting.discard(task.name)
         placed.add(task.name)
@@ -87,14 +90,14 @@ def daisy_task(task: Task, run: RunDir, options: RunConfig) -> daisy.Task:
             run.root,
             task.name,
             options.launcher,
-            options.gpus if getattr(task, "uses_gpu", False) else None,
+            options.gpus if task.uses_gpu else None,
             options.timeout,
         ),
         read_write_conflict=False,
         fit=task.fit,
         max_workers=options.num_workers,
         max_retries=options.max_retries,
-        max_worker_restarts=options.worker_restarts(len(task.blocks())),
+        max_worker_restarts=options.worker_restarts(task.num_blocks),
         timeout=options.timeout,
         # no daisy done markers: the workers' records already make a resumed run skip done
         # blocks, and daisy 2.0's tracking writer dies with SIGBUS (taking the driver with it)

@@ -92,8 +92,11 @@ def input_fingerprint(array: Any) -> str:
 
 
 def task_fingerprint(task: Any) -> str:
-    """Fingerprint of a :class:`~blockbuster.run.task.Task`: its geometry, its upstream tasks
-    and the source of its class and block function, so a resumed run refuses a changed one."""
+    """Fingerprint of a :class:`~blockbuster.run.task.Task`: its geometry, the fingerprints of
+    its upstream tasks (a changed task makes every task reading it change too), the source of
+    its class and block function, and the values the function is bound to (``partial``
+    arguments, closure cells) and the task's own attributes, so a resumed run refuses a
+    changed one."""
     h = hashlib.sha256()
     geometry = [
         type(task).__module__,
@@ -102,27 +105,58 @@ def task_fingerprint(task: Any) -> str:
         list(task.block_shape),
         list(task.context),
         task.fit,
-        [up.name for up in task.upstream],
+        [task_fingerprint(up) for up in task.upstream],
     ]
     h.update(json.dumps(geometry).encode())
     if type(task).__module__ != "blockbuster.run.task":
         h.update(_source_of(type(task)).encode())
     func = getattr(task, "_process_block_func", None)
     state = {k: v for k, v in vars(task).items() if k not in ("upstream", "_process_block_func")}
-    bound: Any = ()
-    if func is not None:
+    bound: list[Any] = []
+    while func is not None:
         h.update(_source_of(func).encode())
         if isinstance(func, functools.partial):
-            bound = (func.args, sorted(func.keywords.items()))
-    # what the block function is bound to (paths, parameters) and the task's own attributes
-    h.update(_stable_bytes((bound, sorted(state.items(), key=lambda kv: kv[0]))))
+            bound += [func.args, func.keywords]
+            func = func.func
+            continue
+        cells = getattr(func, "__closure__", None) or ()
+        bound += [c.cell_contents for c in cells if _filled(c)]
+        func = None
+    h.update(repr(_canonical([bound, state])).encode())
     return h.hexdigest()
 
 
-def _stable_bytes(value: Any) -> bytes:
-    """``value`` as bytes that do not change between processes (its pickle; its repr where
-    it cannot be pickled)."""
+def _filled(cell: Any) -> bool:
     try:
-        return bytes(cloudpickle.dumps(value))
-    except Exception:
-        return repr(value).encode()
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def _canonical(value: Any, depth: int = 0) -> Any:
+    """``value`` in a form whose ``repr`` is the same in every process: sets and dict items
+    sorted, arrays by digest, functions by source, other objects by type and attributes."""
+    if depth > 8:
+        return type(value).__qualname__
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return value
+    if isinstance(value, np.ndarray):
+        return ("ndarray", input_digest(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v, depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v, depth + 1) for v in value), key=repr)
+    if isinstance(value, dict):
+        items = [(_canonical(k, depth + 1), _canonical(v, depth + 1)) for k, v in value.items()]
+        return sorted(items, key=repr)
+    if callable(value) and (inspect.isfunction(value) or inspect.isclass(value)):
+        return ("code", value.__module__, value.__qualname__, _source_of(value))
+    if isinstance(value, functools.partial):
+        return ("partial", _canonical([value.func, value.args, value.keywords], depth + 1))
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict):
+        return (type(value).__qualname__, _canonical(attrs, depth + 1))
+    return (type(value).__qualname__, str(value) if "0x" not in repr(value) else "")

@@ -92,7 +92,12 @@ class RunDir:
 
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
         order = {name: i for i, name in enumerate(self.task_names())}
+        here = [str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path]
         for task in tasks:
+            try:  # the first driver's import paths first: a resume may start elsewhere
+                earlier = list(self.task_meta(task.name).get("sys_path", []))
+            except RunDirError:
+                earlier = []
             meta = {
                 "name": task.name,
                 "order": order.setdefault(task.name, len(order)),
@@ -100,7 +105,7 @@ class RunDir:
                 "total": task.num_units,
                 "upstream": [up.name for up in task.upstream],
                 "fingerprint": task_fingerprint(task),
-                "sys_path": [str(Path(p).absolute()) if p else str(Path.cwd()) for p in sys.path],
+                "sys_path": earlier + [p for p in here if p not in earlier],
             }
             write_atomic(self.tasks_dir / f"{task.name}.pkl", cloudpickle.dumps(task))
             write_atomic(self.tasks_dir / f"{task.name}.json", json.dumps(meta).encode())

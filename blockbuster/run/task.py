@@ -104,12 +104,14 @@ class Task:
     upstream
         Tasks this one reads the output of: a block starts once every upstream block whose
         write ROI meets its read ROI is done.
-    units
-        Optional: the numbers a block stands for in progress counts and the block map
-        (blockbuster's own stages count tiles); default, the block itself.
 
     Notes
     -----
+    Subclasses may override :meth:`process_block_func`, :meth:`units` (what a block counts
+    as in progress: blockbuster's stages count tiles), :meth:`damaged` (done blocks whose
+    output is no longer whole), and set :attr:`record_fields`, :attr:`unit_name` and
+    :attr:`uses_gpu`.
+
     A block is done when its record is written, after its function returned; a resumed run
     skips done blocks. Write a block's output so that running it again gives the same result
     (daisy retries failed blocks, and a worker killed mid-block leaves its block undone).
@@ -119,6 +121,9 @@ class Task:
     record_fields: Mapping[str, type | tuple[type, ...]] = {}
     #: what one progress unit is called ("blocks", or "tiles" for blockbuster's stages)
     unit_name: str = "blocks"
+    #: its workers use a GPU: with ``use_gpu``, each local worker is pinned to one device
+    #: (``CUDA_VISIBLE_DEVICES``) and one thread
+    uses_gpu: bool = False
 
     def __init__(
         self,
@@ -202,32 +207,50 @@ class Task:
             math.ceil(s / b) for s, b in zip(self.roi.shape, self.block_shape, strict=True)
         )
 
+    def _key(self, index: Sequence[int]) -> int:
+        key = 0
+        for i, n in zip(index, self.grid, strict=True):
+            key = key * n + int(i)
+        return key
+
     def block_at(self, index: Sequence[int]) -> Block:
         """The block at grid position ``index``, its ROIs cut to the region by ``shrink``."""
-        begin = self.roi.begin + Coordinate(index) * self.block_shape
-        write = Roi(begin, self.block_shape)
-        if self.fit == "shrink":
-            write = write.intersect(self.roi)
+        index = tuple(int(i) for i in index)
+        begin = tuple(
+            o + i * b for o, i, b in zip(self.roi.begin, index, self.block_shape, strict=True)
+        )
+        shape = tuple(self.block_shape)
+        if self.fit == "shrink":  # cut at the region's end (blocks start inside it)
+            shape = tuple(
+                min(s, o + n - a)
+                for s, a, o, n in zip(shape, begin, self.roi.begin, self.roi.shape, strict=True)
+            )
+        write = Roi(begin, shape)
         read = write.grow(self.context, self.context)
-        key = int(np.ravel_multi_index(tuple(index), self.grid))
-        return Block(self.name, key, tuple(int(i) for i in index), read, write)
+        return Block(self.name, self._key(index), index, read, write)
 
     def block_of(self, read_roi: Roi, write_roi: Roi) -> Block:
         """The block whose write ROI is ``write_roi`` (as daisy hands it out)."""
-        offset = (write_roi.begin - self.roi.begin) / self.block_shape
-        index = tuple(int(v) for v in offset)
-        key = int(np.ravel_multi_index(index, self.grid))
-        return Block(self.name, key, index, read_roi, write_roi)
+        index = tuple(
+            (int(a) - int(o)) // int(b)
+            for a, o, b in zip(write_roi.begin, self.roi.begin, self.block_shape, strict=True)
+        )
+        return Block(self.name, self._key(index), index, read_roi, write_roi)
 
     def blocks(self) -> list[Block]:
         """Every block the task has, in key order (``fit`` applied)."""
-        out = []
-        for index in np.ndindex(*self.grid):
-            block = self.block_at(index)
-            if self.fit == "valid" and not self.roi.contains(block.write_roi):
-                continue
-            out.append(block)
+        grid = self.grid
+        if self.fit == "valid":  # only blocks whose write ROI lies inside the region
+            grid = tuple(s // b for s, b in zip(self.roi.shape, self.block_shape, strict=True))
+        out = [self.block_at(index) for index in np.ndindex(*grid)]
         return out
+
+    @property
+    def num_blocks(self) -> int:
+        """How many blocks the task has (``fit`` applied), without making them."""
+        if self.fit == "valid":
+            return math.prod(s // b for s, b in zip(self.roi.shape, self.block_shape, strict=True))
+        return math.prod(self.grid)
 
     def units(self, block: Block) -> list[int]:
         """The progress units ``block`` stands for (default: itself)."""
@@ -236,7 +259,7 @@ class Task:
     @property
     def num_units(self) -> int:
         """Progress units of the whole task."""
-        return len(self.blocks())
+        return self.num_blocks
 
     # -- verification ------------------------------------------------------------------------
 

@@ -243,3 +243,56 @@ def test_a_run_stopped_by_an_exception_still_tells_its_observers(tmp_path: Path)
         run_tasks([Task("t", (8,), 4, interrupted)], tmp_path / "run", backend="serial",
                   observers=[seen.append])  # fmt: skip
     assert isinstance(seen[-1], RunFinished) and seen[-1].result is None
+
+
+def _returning(value: object) -> object:
+    """A process_block_func (bound with partial): every block returns ``value``."""
+    return lambda block: value
+
+
+def test_block_records_keep_numpy_values_and_refuse_reserved_keys(tmp_path: Path) -> None:
+    ok = Task("ok", (8,), 4, functools.partial(_returning, {"n": np.int64(3), "v": np.ones(2)}))
+    run_tasks([ok], tmp_path / "a", backend="serial")
+    record = RunDir(tmp_path / "a").task_records(ok).record(1)
+    assert record is not None and record["n"] == 3 and record["v"] == [1.0, 1.0]
+    bad = Task("bad", (8,), 4, functools.partial(_returning, {"seconds": 1}))
+    with pytest.raises(BlockFailureError) as err:
+        run_tasks([bad], tmp_path / "b", backend="serial", max_retries=0)
+    errors = err.value.result.failed["bad"][0]
+    assert "the keys ['seconds']" in errors[-1].traceback
+
+
+def test_changing_a_task_reruns_the_tasks_that_read_it(tmp_path: Path) -> None:
+    src, img = _image(tmp_path)
+    smooth, mask, calls = _tasks(tmp_path, src)
+    run_tasks([smooth, mask], tmp_path / "run", backend="serial")
+    assert len(_calls(calls, "mask")) == 4
+    smooth3, mask3, _ = _tasks(tmp_path, src, sigma=3.0)
+    run_tasks([smooth3, mask3], tmp_path / "run", backend="serial", overwrite=True)
+    assert len(_calls(calls, "mask")) == 8  # mask read the old smooth: it ran again
+
+
+class _Tagged(Task):
+    def __init__(self) -> None:
+        super().__init__("tagged", (8,), 4)
+        self.tags = {"alpha", "beta", "gamma", "delta", "epsilon"}
+
+
+def test_the_fingerprint_is_the_same_in_every_process() -> None:
+    here = str(Path(__file__).parent)
+    code = (
+        f"import sys; sys.path.insert(0, {here!r}); from test_run_tasks import _Tagged; "
+        "from blockbuster.run.fingerprint import task_fingerprint; "
+        "print(task_fingerprint(_Tagged()))"
+    )
+    prints = set()
+    for seed in ("1", "2", "3"):
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": TESTS, "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": seed},
+        )
+        assert proc.returncode == 0, proc.stderr
+        prints.add(proc.stdout.strip())
+    assert len(prints) == 1

@@ -97,7 +97,7 @@ def test_order_puts_upstream_first_and_refuses_strangers_and_cycles() -> None:
     b = Task("b", (8,), 4, _noop, upstream=[a])
     c = Task("c", (8,), 4, _noop, upstream=[b, a])
     assert [t.name for t in in_order([c, b, a])] == ["a", "b", "c"]
-    with pytest.raises(ValueError, match="reads from 'a', which is not among the tasks"):
+    with pytest.raises(ValueError, match="reads from 'a': it is not among the tasks run"):
         in_order([b])
     with pytest.raises(ValueError, match="distinct names"):
         in_order([a, Task("a", (8,), 4, _noop)])
