@@ -125,6 +125,7 @@ def run_config(image: Any, fn: SegmentFn, config: RunConfig, write_to: str | Pat
     """:func:`tile_process` with its parameters in a :class:`~blockbuster.config.RunConfig`."""
     with driver.arguments():
         config, client, gpu_budget = driver.check_config(config, fn)
+        watchers = observers(config, config.progress)  # before the lease is taken
         run, spec, _, held = driver.prepare(image, fn, config, write_to, gpu_budget)
     if isinstance(held, driver.Finished):
         return driver.finished_result(held, spec)
@@ -133,9 +134,7 @@ def run_config(image: Any, fn: SegmentFn, config: RunConfig, write_to: str | Pat
     except BaseException:
         held.release()
         raise
-    return driver.execute_run(
-        run, config, client=client, lease=held, observers=observers(config, config.progress)
-    )
+    return driver.execute_run(run, config, client=client, lease=held, observers=watchers)
 
 
 def resubmit(
