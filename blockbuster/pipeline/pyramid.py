@@ -257,6 +257,26 @@ def _ensure_levels(store: str, max_levels: int | None) -> ome.Multiscale:
     return updated
 
 
+def _check_pyramid_run_dir(run_dir: Path) -> None:
+    """Refuse a ``<store>.pyramid.blockbuster`` that blockbuster did not make, or that a live
+    build holds: it is removed before the levels are built."""
+    from blockbuster.run.lease import LeaseHeldError, read_holder
+    from blockbuster.run.ownership import is_our_run_dir
+
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return
+    if run_dir.is_symlink() or not is_our_run_dir(run_dir):
+        raise ValueError(
+            f"{run_dir} exists and is not a blockbuster run directory (build_pyramid keeps its "
+            "records there); move it away"
+        )
+    holder = read_holder(run_dir)
+    if holder is not None and not holder.stale():
+        raise LeaseHeldError(
+            f"another build_pyramid is running on {run_dir} ({holder.describe()}); wait for it"
+        )
+
+
 def build_pyramid(
     store: str | Path,
     num_workers: int = 1,
@@ -309,8 +329,9 @@ def build_pyramid(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r} must be 0 or more")
     path = Path(store).absolute()
-    groups = pyramid_tasks(path, max_levels, inline_voxels)
     run_dir = path.with_name(path.name + ".pyramid.blockbuster")
+    _check_pyramid_run_dir(run_dir)  # before anything is written
+    groups = pyramid_tasks(path, max_levels, inline_voxels)
     if run_dir.exists():  # level 0 may have been written again since: build every level
         remove_created(run_dir)
     for tasks, engine in groups:

@@ -238,3 +238,14 @@ def test_napari_reads_the_labels_headless(tmp_path: Path) -> None:
     assert [tuple(level.shape) for level in data] == want
     assert list(meta["scale"]) == [2.0, 0.5, 0.5]
     assert_one_to_one(whole, np.asarray(data[0]))
+
+
+def test_build_pyramid_never_removes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    store = tmp_path / "labels.ome.zarr"
+    zarr.open_group(str(store), mode="w")  # not even read: the check comes first
+    mine = tmp_path / "labels.ome.zarr.pyramid.blockbuster"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a blockbuster run directory"):
+        build_pyramid(store)
+    assert (mine / "notes.txt").read_text() == "mine"
