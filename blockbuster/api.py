@@ -8,6 +8,7 @@ into observers of its run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,10 @@ def tile_process(
     image: Any,
     fn: SegmentFn,
     tile_shape: tuple[int, ...],
-    overlap: int | tuple[int, ...] = C.overlap,
+    overlap: int | tuple[int, ...] | None = C.overlap,
     *,
     write_to: str | Path,
+    mask: Any = C.mask,
     num_workers: int = C.num_workers,
     progress: bool = C.progress,
     keep_stage: bool = C.keep_stage,
@@ -112,8 +114,12 @@ def tile_process(
         status_page=status_page,
         level=level,
         max_worker_restarts=max_worker_restarts,
+        mask=mask if mask is None or isinstance(mask, str) else "array",
     )
-    return run_config(image, fn, config, write_to)
+    arrays = None if mask is None or isinstance(mask, (str, Path)) else mask
+    if isinstance(mask, Path):
+        config = replace(config, mask=str(mask))
+    return run_config(image, fn, config, write_to, mask=arrays)
 
 
 tile_process.__doc__ = (tile_process.__doc__ or "").format(
@@ -121,12 +127,15 @@ tile_process.__doc__ = (tile_process.__doc__ or "").format(
 )
 
 
-def run_config(image: Any, fn: SegmentFn, config: RunConfig, write_to: str | Path) -> RunResult:
-    """:func:`tile_process` with its parameters in a :class:`~blockbuster.config.RunConfig`."""
+def run_config(
+    image: Any, fn: SegmentFn, config: RunConfig, write_to: str | Path, mask: Any = None
+) -> RunResult:
+    """:func:`tile_process` with its parameters in a :class:`~blockbuster.config.RunConfig`
+    (``mask``: a mask given as an array; ``config.mask`` is then ``"array"``)."""
     with driver.arguments():
         config, client, gpu_budget = driver.check_config(config, fn)
         watchers = observers(config, config.progress)  # before the lease is taken
-        run, spec, _, held = driver.prepare(image, fn, config, write_to, gpu_budget)
+        run, spec, _, held = driver.prepare(image, fn, config, write_to, gpu_budget, mask)
     if isinstance(held, driver.Finished):
         return driver.finished_result(held, spec)
     try:
@@ -143,8 +152,6 @@ def resubmit(
     """Run a run directory again (what failed or is missing), with its own configuration
     except ``overrides`` (``num_workers``, ``timeout``, ...): a ``tile_process`` run, or the
     tasks of a ``run_tasks`` one (loaded from the run directory)."""
-    from dataclasses import replace
-
     from blockbuster.run import driver as run_driver
 
     run = RunDir(run_dir)

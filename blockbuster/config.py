@@ -65,10 +65,11 @@ class RunConfig:
         flag="--tile",
         computes=True,
     )
-    overlap: int | tuple[int, ...] = _doc(
-        0,
+    overlap: int | tuple[int, ...] | None = _doc(
+        None,
         "Halo in voxels per side. An int applies to every axis whose tile is longer than one "
-        "voxel ((1, 2048, 2048) with 20 means (0, 20, 20)); a tuple sets each axis.",
+        "voxel ((1, 2048, 2048) with 20 means (0, 20, 20)); a tuple sets each axis. None: "
+        "what the fn suggests (fn.suggest_overlap(); cellpose_fn: from its diameter), else 0.",
         flag="--overlap",
         computes=True,
     )
@@ -96,6 +97,16 @@ class RunConfig:
         "Resolution level of an OME-Zarr input: an index into its multiscale datasets "
         "(negative counts from the coarsest) or a dataset path; 0 is full resolution.",
         flag="--level",
+        computes=True,
+    )
+    mask: str | None = _doc(
+        None,
+        "Foreground mask: tiles whose halo-grown box holds no foreground are never read nor "
+        "passed to fn (their output is background; shown as skipped). 'auto' finds the "
+        "foreground in the image statistics' coarse copy; or the path of a zarr array or "
+        "OME-Zarr image at any resolution covering the image (tile_process also takes a numpy "
+        "or zarr array); None segments every tile.",
+        flag="--mask",
         computes=True,
     )
     # -- how it runs (may change between resumes) --------------------------------------------
@@ -191,6 +202,11 @@ class RunConfig:
             One line naming the parameter and what it must be.
         """
         _check_tiles(self.tile_shape, self.overlap)
+        if self.mask is not None and not isinstance(self.mask, str):
+            raise TypeError(
+                f"mask={self.mask!r} must be 'auto', a path or None (tile_process also takes an "
+                "array)"
+            )
         _check_fraction("merge_threshold", self.merge_threshold)
         for name in ("sequential_labels", "overwrite", "progress", "keep_stage", "use_gpu"):
             value = getattr(self, name)
@@ -339,6 +355,8 @@ def _check_tiles(tile_shape: Any, overlap: Any) -> None:
                 raise TypeError(
                     f"tile_shape={tuple(tile_shape)!r} must hold ints, e.g. (64, 256, 256)"
                 )
+    if overlap is None:
+        return
     values = [overlap] if isinstance(overlap, (int, np.integer)) else overlap
     if isinstance(overlap, (str, bytes, bool)) or not hasattr(values, "__iter__"):
         raise TypeError(f"overlap={overlap!r} must be an int or a tuple of ints (voxels per side)")

@@ -26,6 +26,7 @@ from blockbuster.config import RunConfig
 from blockbuster.io import ome
 from blockbuster.io.outputs import check_output, create_output, is_ome_path
 from blockbuster.io.sources import ImageSource, describe_source
+from blockbuster.pipeline.mask import mask_tiles, save_tiles, tiles_digest
 from blockbuster.pipeline.plan import TilePlan, normalize_overlap, normalize_tile_shape
 from blockbuster.pipeline.pyramid import pyramid_tasks
 from blockbuster.pipeline.relabel import RelabelTask
@@ -40,6 +41,7 @@ from blockbuster.pipeline.spec import (
     write_spec,
 )
 from blockbuster.pipeline.stage import create_stage
+from blockbuster.pipeline.stats import ImageStats, compute_stats, load_stats, prepare_fn, save_stats
 from blockbuster.pipeline.stitch import StitchTask
 from blockbuster.pipeline.table import EquivalenceTable
 from blockbuster.run.dask_engine import active_client, check_client
@@ -118,6 +120,10 @@ class RunResult:
     block_map: str | None = None
     #: ``write_to`` already held this call's finished output: nothing was run
     already_finished: bool = False
+    #: tiles outside the mask (``tile_process(mask=...)``): done without reading them
+    tiles_skipped: int = 0
+    #: the input's intensity statistics the fn was prepared with
+    stats: ImageStats | None = None
 
     @property
     def ok(self) -> bool:
@@ -131,10 +137,13 @@ class RunResult:
         lines = [
             f"output          {self.output}",
             f"labels          {self.num_labels:,}",
-            f"tiles           {self.tiles_completed}/{self.tiles_total} completed, "
-            f"{self.tiles_failed} failed",
+            f"tiles           {self.tiles_completed}/{self.tiles_total} completed"
+            + (f" ({self.tiles_skipped} skipped: no foreground)" if self.tiles_skipped else "")
+            + f", {self.tiles_failed} failed",
             f"fn calls        {self.fn_calls}",
         ]
+        if self.stats is not None:
+            lines += self.stats.summary()
         if self.block_map:
             lines.append(f"block map       {self.block_map}")
         if self.table and table:
@@ -249,22 +258,30 @@ def prepare(
     config: RunConfig,
     write_to: str | Path,
     gpu_budget: tuple[int, int] | None = None,
+    mask_array: Any = None,
 ) -> tuple[RunDir, RunSpec, bool, Lease | Finished]:
-    """Validate every parameter, take the run's lease, then write the run directory.
+    """Validate every parameter, measure the image's statistics and prepare the fn with
+    them, take the run's lease, then write the run directory.
 
     Nothing is written before all checks pass (the lease is taken last, and released again if
-    the run directory turns out to hold other work).
+    the run directory turns out to hold other work). ``mask_array`` is a mask given as an
+    array (``config.mask`` holds only ``"auto"`` or a path).
     """
     if write_to is None or (isinstance(write_to, str) and not write_to.strip()):
         raise ValueError("write_to is required: the path of the output label array")
     if not isinstance(write_to, (str, os.PathLike)):
         raise TypeError(f"write_to={write_to!r} must be a path")
     overwrite = config.overwrite
-    payload = _validate_fn(fn)
-    ref = describe_fn(fn)
+    _validate_fn(fn)
+    overlap = config.overlap if config.overlap is not None else suggested_overlap(fn)
     source, plan = plan_run(
-        image, config.tile_shape, config.overlap, config.channels, gpu_budget, config.level
+        image, config.tile_shape, overlap, config.channels, gpu_budget, config.level
     )
+    mask = config.mask if mask_array is None else mask_array
+    if mask_array is None and config.mask == "array":
+        raise ValueError("mask='array' stands for a mask array: pass the array itself")
+    if isinstance(mask, str) and mask != "auto":
+        mask = Path(mask)
     out = Path(write_to).absolute()
     is_label = ome.label_parent(out) is not None
     check_write_to(out, Path(source.store), input_path=source.path, is_ome_label=is_label)
@@ -278,6 +295,13 @@ def prepare(
             f"{str(run.root)!r} (the run directory of write_to) exists and is not a blockbuster "
             "run directory; move it away or choose another write_to"
         )
+    # a run directory without a spec (a driver killed at its start) has nothing to resume
+    resumable = not overwrite and run.root.is_dir() and run.spec_file.exists()
+    stats = _image_stats(run, source, resumable)
+    fn = prepare_fn(fn, stats)
+    payload = _validate_fn(fn)
+    ref = describe_fn(fn)
+    foreground = mask_tiles(mask, source, plan, stats)
     spec = RunSpec(
         source=source,
         plan=plan,
@@ -289,10 +313,11 @@ def prepare(
         run_id=new_run_id(),
         fn_fingerprint=fn_fingerprint(ref, fn),
         input_fingerprint=input_fingerprint(source.open()),
+        stats_digest=stats.digest(),
+        mask="" if mask is None else "auto" if isinstance(mask, str) else "array",
+        mask_digest="" if foreground is None else tiles_digest(foreground),
     )
     resume = False
-    # a run directory without a spec (a driver killed at its start) has nothing to resume
-    resumable = not overwrite and run.root.is_dir() and run.spec_file.exists()
     if out.exists() and not overwrite and not resumable:
         mark = output_mark(out)
         finished = (
@@ -326,6 +351,11 @@ def prepare(
                 )
             resume = True
         mark_run_dir(run.root, spec.run_id, out)
+        save_stats(run.stats_file, stats)
+        if foreground is None:
+            run.foreground_file.unlink(missing_ok=True)
+        else:
+            save_tiles(run.foreground_file, foreground)
         write_spec(run, spec)
         if not resume:
             write_fn(run, payload, ref)
@@ -335,6 +365,32 @@ def prepare(
         lease.release()
         raise
     return run, spec, resume, lease
+
+
+def suggested_overlap(fn: Any) -> int | tuple[int, ...]:
+    """The halo ``fn.suggest_overlap()`` asks for, 0 for a fn without the method."""
+    suggest = getattr(fn, "suggest_overlap", None)
+    if suggest is None or not callable(suggest):
+        return 0
+    value = suggest()
+    logger.info("overlap %s, as the fn suggests", value)
+    return value  # type: ignore[no-any-return]
+
+
+def _image_stats(run: RunDir, source: ImageSource, resumable: bool) -> ImageStats:
+    """The statistics a resumed run kept (when whole and the ones its spec names), else
+    measured now."""
+    if resumable:
+        try:
+            digest = read_spec(run).stats_digest
+        except RunDirError:
+            digest = None
+        kept = load_stats(run.stats_file, digest) if digest else None
+        if kept is not None:
+            return kept
+    stats = compute_stats(source)
+    logger.info("image statistics from %s in %.1f s", stats.origin, stats.seconds)
+    return stats
 
 
 def _clear_run_dir(run: RunDir) -> None:
@@ -533,6 +589,8 @@ def _execute(
         seconds={"segment+stitch": seconds},
         tasks=reports,
         run_dir=str(run.root),
+        tiles_skipped=sum(1 for r in done.values() if r.get("skipped")),
+        stats=load_stats(run.stats_file, spec.stats_digest),
     )
     result.failed = {t.name: run.task_records(t).failed_tiles() for t in (segment, stitch)}
     if not all(r.ok for r in reports.values()):

@@ -1,8 +1,8 @@
 """Face files: each tile's side of every face that stitch compares, saved by segment.
 
 Stitch compares a tile with its upper neighbour over the voxels :func:`face_views` names: the
-two touching planes without a halo, the shared slab with one. Reading those from the stage
-decodes both tiles' whole chunks to use a few planes of each (a 64x256x256 tile decodes 4M
+two touching planes without a halo, a band around the face with one. Reading those from the
+stage decodes both tiles' whole chunks to use a few planes of each (a 64x256x256 tile decodes 4M
 voxels for 64K). So the segment worker, which holds the tile's labels anyway, also writes the
 tile's side of each of its faces (up to two per spatial axis) into one compressed file, and
 stitch reads those instead of the stage.
@@ -20,7 +20,7 @@ import numpy as np
 from numcodecs import Zstd
 from numpy.typing import NDArray
 
-from blockbuster.io.boxes import Box, box_slices, intersect
+from blockbuster.io.boxes import Box, box_slices
 from blockbuster.pipeline.plan import TilePlan
 from blockbuster.run.files import write_atomic
 
@@ -31,19 +31,23 @@ def face_views(plan: TilePlan, lower: tuple[int, ...], axis: int) -> tuple[Box, 
     """Boxes (image voxels) compared across the face between ``lower`` and its upper neighbour.
 
     Returns the box to read from the lower tile's stage chunk and the one to read from the upper
-    tile's; they have equal shapes and cover the same voxels when there is a halo, or the two
-    touching planes when there is none.
+    tile's. Across the face they span the band of ``overlap // 4`` planes (at least one) on
+    each side of it, which both tiles segmented three quarters of a halo or more away from the
+    edge of what they read: a fn that sees less context near the edge of its block (a distance
+    transform, a network's receptive field) decides the band as it does with the whole image.
+    Along the other axes they span the tiles' cores, so every pair of voxels touching across
+    a face is compared exactly once. Without a halo they are the two touching planes.
     """
-    upper = list(lower)
-    upper[axis] += 1
-    shared = intersect(plan.read(lower), plan.read(tuple(upper)))
+    core = plan.core(lower)
+    face = core[axis][1]
+    width = max(1, plan.overlap[axis] // 4)
+    box_lo, box_hi = list(core), list(core)
     if plan.overlap[axis] > 0:
-        return shared, shared
-    face = plan.core(lower)[axis][1]
-    box_lo = list(shared)
-    box_hi = list(shared)
-    box_lo[axis] = (face - 1, face)
-    box_hi[axis] = (face, face + 1)
+        band = (face - width, min(face + width, plan.shape[axis]))
+        box_lo[axis] = box_hi[axis] = band
+    else:
+        box_lo[axis] = (face - 1, face)
+        box_hi[axis] = (face, face + 1)
     return tuple(box_lo), tuple(box_hi)
 
 

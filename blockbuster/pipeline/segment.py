@@ -102,6 +102,7 @@ class Segmenter:
         records: TaskRecords,
         fn: SegmentFn,
         faces: Path | None = None,
+        foreground: NDArray[np.bool_] | None = None,
     ) -> None:
         self.plan = plan
         self.image = image
@@ -110,12 +111,16 @@ class Segmenter:
         self.records = records
         self.fn = fn
         self.faces = faces
+        self.foreground = foreground
         self.map_plane = MapPlane.of(plan)
         self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
 
     def __call__(self, index: tuple[int, ...]) -> dict[str, Any]:
         """Segment tile ``index`` and stage its labels; return the facts its record keeps."""
         plan = self.plan
+        if self.foreground is not None and not self.foreground[tuple(index)]:
+            # outside the mask: never read, never segmented; its labels are background
+            return {"n_core": 0, "n_labels": 0, "skipped": True}
         tile = plan.tile_id(index)
         read = plan.read(index)
         if plan.time_axis:  # fn sees one time point: the time axis is dropped
@@ -182,10 +187,12 @@ class SegmentTask(TileTask):
         super().__init__("segment", run_root, plan, (1,) * plan.ndim, plan.overlap)
 
     def process_block_func(self) -> Callable[[Block], dict[str, Any]]:
+        from blockbuster.pipeline.mask import load_tiles
         from blockbuster.run.rundir import RunDir
 
         run = RunDir(self.run_root)
         spec = read_spec(run)
+        foreground = load_tiles(run.foreground_file, spec.mask_digest) if spec.mask else None
         for path in reversed(spec.sys_path):  # where the driver that started the run imports
             if path not in sys.path:
                 sys.path.insert(0, path)
@@ -197,6 +204,7 @@ class SegmentTask(TileTask):
             run.task_records(self),
             load_fn(run),
             faces=run.faces,
+            foreground=foreground,
         )
         return lambda block: segmenter(block.index)
 

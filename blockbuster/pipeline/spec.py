@@ -23,7 +23,7 @@ from blockbuster.run.files import write_atomic
 from blockbuster.run.rundir import RunDir, RunDirError
 
 #: the spec format this release reads and writes; another one is refused with the fix
-SPEC_VERSION = 3  # 3: stitch and relabel records keyed by block, config.json
+SPEC_VERSION = 4  # 4: image statistics and mask
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class RunSpec:
     #: see :mod:`blockbuster.run.fingerprint`
     fn_fingerprint: str = ""
     input_fingerprint: str = ""
+    #: digest of the image statistics the fn was prepared with (``stats.npz``)
+    stats_digest: str = ""
+    #: ``""`` (no mask), ``"auto"`` or ``"array"``, and the digest of ``foreground.npy``
+    mask: str = ""
+    mask_digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +55,9 @@ class RunSpec:
             "run_id": self.run_id,
             "fn_fingerprint": self.fn_fingerprint,
             "input_fingerprint": self.input_fingerprint,
+            "stats_digest": self.stats_digest,
+            "mask": self.mask,
+            "mask_digest": self.mask_digest,
             "source": self.source.to_json(),
             "plan": asdict(self.plan),
             "output_store": self.output_store,
@@ -77,6 +85,9 @@ class RunSpec:
             run_id=str(data.get("run_id", "")),
             fn_fingerprint=str(data.get("fn_fingerprint", "")),
             input_fingerprint=str(data.get("input_fingerprint", "")),
+            stats_digest=str(data["stats_digest"]),
+            mask=str(data["mask"]),
+            mask_digest=str(data["mask_digest"]),
         )
 
     def differences(self, other: RunSpec) -> list[str]:
@@ -89,7 +100,8 @@ class RunSpec:
         out = []
         if a.pop("fn_fingerprint") != b.pop("fn_fingerprint"):
             out.append("fn")
-        if a.pop("input_fingerprint") != b.pop("input_fingerprint"):
+        inputs = [(d.pop("input_fingerprint"), d.pop("stats_digest")) for d in (a, b)]
+        if inputs[0] != inputs[1]:
             out.append("input")
         for key in ("sys_path", "sequential_labels", "run_id"):
             a.pop(key)

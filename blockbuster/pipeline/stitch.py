@@ -8,16 +8,21 @@ zarr call.
 The merge rule
 --------------
 *With a halo* along an axis (``overlap > 0``), both tiles segmented the slab where their read
-regions overlap (``2 * overlap`` thick). For every pair of labels ``(a, b)`` that share voxels
-there, let ``n`` be the shared voxel count and ``|a|``, ``|b|`` each label's voxel count inside
-the slab. The pair is merged when ``n / min(|a|, |b|) > merge_threshold``.
+regions overlap (``2 * overlap`` thick). They are compared over its middle: the band of
+``overlap // 4`` planes (at least one) on each side of the face, across the tiles' cores
+(:func:`~blockbuster.pipeline.faces.face_views`), where both tiles saw three quarters of a
+halo of context or more beyond every voxel; the outer parts of the slab lie near the edge of
+one tile's block, where a fn that needs context (a distance transform, a network) may join or
+split objects that it separates in the whole image. For every pair of labels ``(a, b)`` that
+share voxels in the band, let ``n`` be the shared voxel count and ``|a|``, ``|b|`` each
+label's voxel count inside it. The pair is merged when ``n / min(|a|, |b|) > merge_threshold``.
 
 *Without a halo* (``overlap == 0``), the last plane of the lower tile is compared with the first
 plane of the upper one, voxel against touching voxel, with the same rule.
 
-So an object cut by a face ends as one label: both tiles see it in the slab and the pair covers
+So an object cut by a face ends as one label: both tiles see it in the band and the pair covers
 nearly all of the smaller view. Two distinct objects that merely touch across the face stay two
-labels, as long as ``fn`` separates them in both tiles' views of the halo: stray boundary
+labels, as long as ``fn`` separates them in both tiles' views of the band: stray boundary
 voxels of one in the other cover only a small fraction. ``merge_threshold=0`` merges any shared
 voxel, which reproduces connected-component labelling exactly for deterministic per-voxel
 foreground (e.g. threshold + ``scipy.ndimage.label``); without a halo, touching objects can only

@@ -10,17 +10,32 @@ falls back to its default model. So a name must already be in Cellpose's model f
 path must exist; anything else is a clear error naming where the file belongs.
 
 Supports cellpose 3.x (``"cyto3"``, ``"nuclei"``, ...) and 4.x (``"cpsam_v2"``, ``"cpsam"``).
+
+Normalisation. Cellpose scales each image it is given to its own 1st..99th percentile. Given
+one tile, that is the tile's percentiles: a tile of background noise is stretched to full
+contrast and grows objects, and a dim region is brightened relative to the rest. By default
+(``normalize="image"``) every tile is scaled instead with the whole image's percentiles,
+measured once by ``tile_process`` before any tile runs (:meth:`CellposeFn.prepare`), so a
+tile's result no longer depends on what else the tile holds.
+
+Halo. A tile's labels near the face must be what the whole image gives, which takes context
+around them: :data:`HALO_DIAMETERS` object diameters (:meth:`CellposeFn.suggest_overlap`,
+used when ``tile_process`` gets no ``overlap``).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from blockbuster.pipeline.stats import ImageStats
 
 #: Rough GPU memory per voxel of one tile (input plus halo) during a Cellpose evaluation:
 #: the float32 network input, 3 flow/probability channels, the U-net's widest feature maps
@@ -28,6 +43,13 @@ from numpy.typing import NDArray
 #: ``tile_process(use_gpu=True)`` to size tiles; measured peaks of cyto3 on 2D tiles stayed
 #: below it.
 BYTES_PER_VOXEL = 400
+
+#: halo per side, in object diameters, that makes tiled labels equal the whole image's (see
+#: scripts/bench_cellpose_halo.py and tests/plugins/test_cellpose_trained.py)
+HALO_DIAMETERS = 1.0
+#: the object diameter assumed where neither the call nor the weights file gives one
+DEFAULT_DIAMETER = 30.0
+NORMALIZE = ("image", "tile")
 
 _MODELS: dict[tuple[str, bool], Any] = {}
 #: how many models this process has built (tests read it to check one load per process)
@@ -122,6 +144,51 @@ class CellposeFn:
     do_3D: bool = False
     eval_kwargs: dict[str, Any] = field(default_factory=dict)
     bytes_per_voxel: int = BYTES_PER_VOXEL
+    #: "image" (scale every block by the image's percentiles), "tile" (Cellpose's own, per
+    #: block), or explicit (low, high) intensities
+    normalize: str | tuple[float, float] = "image"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    #: per channel (low, high), set by :meth:`prepare` for normalize="image"
+    lowhigh: tuple[tuple[float, float], ...] | None = None
+    #: the object diameter the model expects (``diam_mean`` of its weights), for the halo
+    model_diameter: float = DEFAULT_DIAMETER
+
+    def prepare(self, stats: ImageStats) -> CellposeFn:
+        """This fn for one image: with ``normalize="image"``, the image's percentiles per
+        channel (called by ``tile_process`` before any tile runs)."""
+        if self.normalize != "image":
+            return self
+        lo, hi = self.percentiles
+        bounds = tuple(
+            (stats.percentile(lo, c), stats.percentile(hi, c)) for c in range(len(stats.channels))
+        )
+        return replace(self, lowhigh=bounds)
+
+    def suggest_overlap(self) -> int:
+        """The halo per side (voxels) for tiles of this fn: ``HALO_DIAMETERS`` object
+        diameters (``diameter``, else the model's own)."""
+        diameter = self.diameter or self.model_diameter
+        return max(1, math.ceil(HALO_DIAMETERS * diameter))
+
+    def _normalized(self, block: NDArray[Any], has_channels: bool) -> NDArray[Any] | None:
+        """The block scaled to [0, 1] at the low..high intensities, or None for Cellpose's
+        own per-block normalisation."""
+        if self.normalize == "tile":
+            return None
+        if isinstance(self.normalize, str):
+            if self.lowhigh is None:  # not prepared (called outside tile_process)
+                return None
+            bounds = np.asarray(self.lowhigh, dtype=np.float32)
+        else:
+            bounds = np.asarray([self.normalize], dtype=np.float32)
+        if has_channels and len(bounds) > 1:
+            shape = (len(bounds),) + (1,) * (block.ndim - 1)
+            lo, hi = bounds[:, 0].reshape(shape), bounds[:, 1].reshape(shape)
+        else:
+            lo, hi = bounds[0, 0], bounds[0, 1]
+        span = np.maximum(hi - lo, np.float32(1e-12))
+        out: NDArray[Any] = (block.astype(np.float32) - lo) / span
+        return out
 
     def model(self) -> Any:
         """This process's model, built on first use."""
@@ -149,6 +216,10 @@ class CellposeFn:
             kwargs.setdefault("channel_axis", 0)
         if block.ndim - has_channels == 3:
             kwargs.setdefault("z_axis", int(has_channels))
+        scaled = self._normalized(block, has_channels)
+        if scaled is not None:
+            block = scaled
+            kwargs["normalize"] = False
         masks = self.model().eval(block, **kwargs)[0]
         return np.asarray(masks).astype(np.uint32, copy=False)
 
@@ -160,6 +231,8 @@ def cellpose_fn(
     channels: tuple[int, int] | list[int] | None = None,
     do_3D: bool = False,
     multichannel: bool = False,
+    normalize: str | tuple[float, float] | list[float] = "image",
+    percentiles: tuple[float, float] | list[float] = (1.0, 99.0),
     **eval_kwargs: Any,
 ) -> CellposeFn:
     """Build a Cellpose ``fn`` for :func:`blockbuster.tile_process`.
@@ -186,6 +259,13 @@ def cellpose_fn(
         Blocks carry a leading channel axis (``tile_process(channels=True)``) and Cellpose
         gets all of them (cellpose 4 takes up to three channels in any order; implied by
         ``channels``).
+    normalize
+        How blocks are scaled for the network: ``"image"`` (default) by the whole image's
+        ``percentiles`` per channel, measured once by ``tile_process``, so every tile is
+        scaled alike; ``"tile"``: Cellpose's own per-block percentiles (an empty tile's noise
+        is stretched to full contrast); or explicit ``(low, high)`` intensities.
+    percentiles
+        The low and high percentiles for ``normalize="image"`` (Cellpose's default 1, 99).
     **eval_kwargs
         Passed to ``CellposeModel.eval`` (``flow_threshold``, ``cellprob_threshold``,
         ``stitch_threshold``, ``batch_size``, ...).
@@ -201,6 +281,30 @@ def cellpose_fn(
             "channel of the block: pass multichannel=True instead (with "
             "tile_process(channels=True))"
         )
+    if "normalize" in eval_kwargs:
+        raise ValueError("pass normalize= to cellpose_fn, not through eval_kwargs")
+    norm: str | tuple[float, float]
+    if isinstance(normalize, str):
+        if normalize not in NORMALIZE:
+            raise ValueError(
+                f"cellpose_fn(normalize={normalize!r}) must be 'image', 'tile' or (low, high)"
+            )
+        norm = normalize
+    else:
+        values = tuple(float(v) for v in normalize)
+        if len(values) != 2 or not values[0] < values[1]:
+            raise ValueError(
+                f"cellpose_fn(normalize={normalize!r}): give (low, high) intensities, low < high"
+            )
+        norm = (values[0], values[1])
+    pct = tuple(float(v) for v in percentiles)
+    if len(pct) != 2 or not 0 <= pct[0] < pct[1] <= 100:
+        raise ValueError(
+            f"cellpose_fn(percentiles={percentiles!r}) must be (low, high) with "
+            "0 <= low < high <= 100"
+        )
+    if diameter is not None and not float(diameter) > 0:
+        raise ValueError(f"cellpose_fn(diameter={diameter!r}) must be a positive number or None")
     weights = resolve_model(default_model() if model is None else model)
     return CellposeFn(
         weights=str(weights),
@@ -210,4 +314,24 @@ def cellpose_fn(
         multichannel=bool(multichannel or channels is not None),
         do_3D=bool(do_3D),
         eval_kwargs=dict(eval_kwargs),
+        normalize=norm,
+        percentiles=(pct[0], pct[1]),
+        model_diameter=_weights_diameter(weights),
     )
+
+
+def _weights_diameter(weights: Path) -> float:
+    """The object diameter a weights file was trained for (cellpose 3 keeps ``diam_mean`` in
+    it), else :data:`DEFAULT_DIAMETER`."""
+    try:
+        import torch
+
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        value = state.get("diam_mean") if isinstance(state, dict) else None
+        return (
+            float(value.item() if hasattr(value, "item") else value)
+            if value
+            else (DEFAULT_DIAMETER)
+        )
+    except Exception:  # a format this reader does not know: the default is safe
+        return DEFAULT_DIAMETER

@@ -1,13 +1,21 @@
 """A classical nuclei segmenter: smooth, threshold, distance-transform watershed.
 
 It needs no model download, so it is the default ``fn`` of the CLI and the demo.
+
+Tiled, it gives what it gives on the whole image (given a halo wider than a nucleus): every
+step depends only on the voxels near the one it decides. The threshold is one number for the
+whole image (Otsu's threshold of the image's histogram, see :meth:`WatershedFn.prepare`),
+never one per block; and the distance transform's many equal values (it takes the square roots
+of integers) are told apart by the smoothed intensity, scaled by a constant of the image, so
+neither the seeds nor the watershed lines depend on the order a block is scanned in, which
+differs with the block's position.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,6 +23,9 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
+
+if TYPE_CHECKING:
+    from blockbuster.pipeline.stats import ImageStats
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,17 @@ class WatershedFn:
     h: float = 1.0
     sampling: tuple[float, ...] | None = None
     channel: int | None = None
+    #: intensity span (above the threshold) over which ties of the distance transform are
+    #: ordered; set from the image by :meth:`prepare`
+    tie_scale: float | None = None
+
+    def prepare(self, stats: ImageStats) -> WatershedFn:
+        """This fn for one image: its Otsu threshold where ``threshold`` is None, and the span
+        of its intensities for telling distance ties apart (called by ``tile_process``)."""
+        channel = self.channel or 0
+        thr = stats.otsu(channel) if self.threshold is None else self.threshold
+        span = stats.percentile(99.9, channel) - thr
+        return replace(self, threshold=float(thr), tie_scale=float(max(span, 1e-6)))
 
     def __call__(self, block: NDArray[Any]) -> NDArray[Any]:
         img = block
@@ -44,10 +66,15 @@ class WatershedFn:
         if not mask.any():
             return np.zeros(img.shape, dtype=np.uint32)
         dist = ndi.distance_transform_edt(mask, sampling=self.sampling)
-        # one seed per distance maximum that rises at least h above its surroundings; a plateau
-        # (e.g. the ridge of an elongated nucleus) is one connected maximum, hence one seed
-        markers, _ = ndi.label(h_maxima(dist, self.h))
-        labels = watershed(-dist, markers, mask=mask)
+        # brighter voxels rank higher among equal distances; the tie-breaker stays below the
+        # distance transform's smallest step between neighbouring values (>= 1 / (2 r)) for
+        # nuclei up to thousands of voxels wide, so it orders ties and nothing else
+        scale = self.tie_scale or max(abs(thr), 1.0)
+        step = min(self.sampling) if self.sampling else 1.0
+        height = dist + (1e-4 * step) * np.tanh((img - thr) / scale)
+        # one seed per maximum that rises at least h above the saddle to its neighbours
+        markers, _ = ndi.label(h_maxima(height, self.h))
+        labels = watershed(-height, markers, mask=mask)
         out: NDArray[Any] = labels.astype(np.uint32)
         return out
 
@@ -66,8 +93,9 @@ def watershed_fn(
     sigma
         Gaussian smoothing in voxels (0 disables).
     threshold
-        Foreground intensity threshold after smoothing. ``None`` picks Otsu's threshold per
-        block, which varies between tiles; give a fixed value for reproducible stitching.
+        Foreground intensity threshold after smoothing. ``None``: Otsu's threshold of the
+        whole image's histogram, measured once by ``tile_process`` (called on its own, the
+        fn falls back to Otsu's threshold of each block, which differs between blocks).
     h
         Seeds are maxima of the distance transform at least ``h`` (in ``sampling`` units) above
         the saddle that joins them to a neighbour: larger values merge touching nuclei more.

@@ -329,14 +329,17 @@ class TileCounts:
         Tiles with at least one failed attempt and no success.
     started
         Tiles whose ``fn`` was called (segment's ``<tile>.call.<id>`` files), done or not.
+    skipped
+        Done tiles that were never read (outside the mask: their record says ``skipped``).
     """
 
     done: dict[int, float] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
     started: set[int] = field(default_factory=set)
+    skipped: set[int] = field(default_factory=set)
 
     def copy(self) -> TileCounts:
-        return TileCounts(dict(self.done), set(self.failed), set(self.started))
+        return TileCounts(dict(self.done), set(self.failed), set(self.started), set(self.skipped))
 
     @property
     def num_done(self) -> int:
@@ -356,11 +359,14 @@ class TileCounts:
         return self.started - self.done.keys() - self.failed
 
     def states(self, total: int) -> dict[str, int]:
-        """``{"done", "running", "failed", "pending"}`` of ``total`` tiles: the four add up
-        to ``total`` (``running``: ``fn`` was called without a result yet, segment only)."""
+        """``{"done", "skipped", "running", "failed", "pending"}`` of ``total`` tiles: the
+        five add up to ``total`` (``skipped``: done without being read, outside the mask;
+        ``running``: ``fn`` was called without a result yet; both segment only)."""
         running = len(self.running)
+        skipped = len(self.skipped & self.done.keys())
         return {
-            "done": self.num_done,
+            "done": self.num_done - skipped,
+            "skipped": skipped,
             "running": running,
             "failed": self.num_failed,
             "pending": max(self.pending(total) - running, 0),
@@ -387,7 +393,7 @@ class RecordScanner:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._seen: set[str] = set()  # names handled (parsed, or not records)
-        self._done: dict[str, tuple[list[int], float]] = {}
+        self._done: dict[str, tuple[list[int], float, bool]] = {}
         self._errors: dict[str, list[int]] = {}
         self._calls: dict[str, int] = {}
         self._counts: TileCounts | None = None
@@ -427,12 +433,15 @@ class RecordScanner:
                     self._seen.add(name)
                 else:
                     unread.append(parsed)
-            done = list(self._done.values()) + [([t], 0.0) for t, k in unread if k == "done"]
+            done = list(self._done.values())
+            done += [([t], 0.0, False) for t, k in unread if k == "done"]
             errors = list(self._errors.values()) + [[t] for t, k in unread if k == "error"]
             counts = TileCounts(started=set(self._calls.values()))
-            for tiles, seconds in done:
+            for tiles, seconds, skipped in done:
                 for t in tiles:
                     counts.done[t] = seconds / len(tiles)
+                if skipped:
+                    counts.skipped.update(tiles)
             for tiles in errors:
                 counts.failed.update(t for t in tiles if t not in counts.done)
             self._counts = None if unread else counts.copy()
@@ -448,7 +457,8 @@ class RecordScanner:
             return False
         tiles = record_tiles(record, tile)
         if kind == "done":
-            self._done[name] = (tiles, float(record.get("seconds", 0.0)))
+            seconds = float(record.get("seconds", 0.0))
+            self._done[name] = (tiles, seconds, bool(record.get("skipped", False)))
         else:
             self._errors[name] = tiles
         return True

@@ -72,6 +72,16 @@ class RunDir:
         return self.root / "equivalences.sqlite"
 
     @property
+    def stats_file(self) -> Path:
+        """The input's intensity statistics (:mod:`blockbuster.pipeline.stats`)."""
+        return self.root / "stats.npz"
+
+    @property
+    def foreground_file(self) -> Path:
+        """Per tile, whether it is segmented (``tile_process(mask=...)``)."""
+        return self.root / "foreground.npy"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -108,7 +108,7 @@ progress {{ width: 12em; }}
 <noscript><p>Scripts are off: the counts are at <a href="status.json">status.json</a>.</p>
 </noscript>
 <table>
-<thead><tr><th>task</th><th>done</th><th>running</th><th>failed</th><th>pending</th>
+<thead><tr><th>task</th><th>done</th><th>skipped</th><th>running</th><th>failed</th><th>pending</th>
 <th>progress</th></tr></thead>
 <tbody>
 {rows}
@@ -118,7 +118,7 @@ progress {{ width: 12em; }}
 {block_map}
 <script>
 const TASKS = {tasks_json};
-const KEYS = ["done", "running", "failed", "pending"];
+const KEYS = ["done", "skipped", "running", "failed", "pending"];
 function show(status) {{
   for (const task of TASKS) {{
     const counts = status.tasks[task];
@@ -128,7 +128,7 @@ function show(status) {{
     document.getElementById(task + "-failed").classList.toggle("bad", counts.failed > 0);
     const bar = document.getElementById(task + "-progress");
     bar.max = status.totals[task];
-    bar.value = counts.done;
+    bar.value = counts.done + counts.skipped;
   }}
   const failed = TASKS.filter(t => status.failed_tiles[t].length)
     .map(t => t + " failed tiles: " + status.failed_tiles[t].join(", "));
@@ -166,7 +166,8 @@ setInterval(refresh, {refresh_ms});
 """
 
 _ROW = (
-    '<tr><td>{t}</td><td id="{t}-done">&hellip;</td><td id="{t}-running">&hellip;</td>'
+    '<tr><td>{t}</td><td id="{t}-done">&hellip;</td><td id="{t}-skipped">&hellip;</td>'
+    '<td id="{t}-running">&hellip;</td>'
     '<td id="{t}-failed">&hellip;</td><td id="{t}-pending">&hellip;</td>'
     '<td><progress id="{t}-progress"></progress></td></tr>'
 )

@@ -41,6 +41,8 @@ class _Stage:
     info: TaskInfo
     initial: int = -1  # units done when the monitor first heard of the task (resumed runs)
     done: int = 0
+    #: of ``done``, units done without being read (outside the mask)
+    skipped: int = 0
     failed: int = 0
     printed: tuple[int, int] | None = None
     finished_at: float | None = None
@@ -122,7 +124,9 @@ class ProgressMonitor:
         if isinstance(event, StageStarted):
             self.begin(event.tasks)
         elif isinstance(event, Progress):
-            self.update(event.task, event.counts.num_done, event.counts.num_failed)
+            counts = event.counts
+            skipped = len(counts.skipped & counts.done.keys())
+            self.update(event.task, counts.num_done, counts.num_failed, skipped)
         elif isinstance(event, StageFinished) or (isinstance(event, RunFinished) and self.stages):
             self.end()  # a run stopped mid-stage ends with RunFinished alone
 
@@ -152,14 +156,15 @@ class ProgressMonitor:
 
     # -- updates ------------------------------------------------------------------------------
 
-    def update(self, task: str, done: int, failed: int) -> None:
-        """A task's units done and failed changed: update the display."""
+    def update(self, task: str, done: int, failed: int, skipped: int = 0) -> None:
+        """A task's units done (``skipped`` of them without being read) and failed changed:
+        update the display."""
         with self._lock:
             now = self.clock()
             for stage in self.stages:
                 if stage.name != task:
                     continue
-                stage.done, stage.failed = done, failed
+                stage.done, stage.failed, stage.skipped = done, failed, skipped
                 if stage.initial < 0:
                     stage.initial = stage.done
                     stage.printed = (stage.done, stage.failed)
@@ -188,10 +193,10 @@ class ProgressMonitor:
                     dynamic_ncols=True,
                     leave=True,
                 )
-                stage.bar.set_postfix(failed=stage.failed, refresh=False)
+                stage.bar.set_postfix(**_postfix(stage), refresh=False)
             bar = stage.bar
             if (stage.done, stage.failed) != stage.printed:
-                bar.set_postfix(failed=stage.failed, refresh=False)
+                bar.set_postfix(**_postfix(stage), refresh=False)
             if stage.done > bar.n:
                 bar.update(stage.done - bar.n)
             elif stage.done < bar.n:  # records cleared (the task reruns)
@@ -217,8 +222,8 @@ class ProgressMonitor:
                 new = stage.done - stage.initial
                 total, unit = stage.info.total, stage.info.unit_name
                 line = (
-                    f"{stage.name}: {stage.done}/{total} {unit}, {stage.failed} failed, "
-                    f"{format_rate(new, elapsed, unit)}"
+                    f"{stage.name}: {stage.done}/{total} {unit}{_skipped(stage)}, "
+                    f"{stage.failed} failed, {format_rate(new, elapsed, unit)}"
                 )
                 if new > 0 and elapsed > 0:
                     line += f", ETA {format_eta((total - stage.done) * elapsed / new)}"
@@ -235,8 +240,17 @@ class ProgressMonitor:
         unit = stage.info.unit_name
         initial = max(stage.initial, 0)
         print(
-            f"{stage.name}: {stage.done}/{stage.info.total} {unit}, {stage.failed} failed, "
-            f"{seconds:.1f} s, {format_rate(stage.done - initial, seconds, unit)}",
+            f"{stage.name}: {stage.done}/{stage.info.total} {unit}{_skipped(stage)}, "
+            f"{stage.failed} failed, {seconds:.1f} s, "
+            f"{format_rate(stage.done - initial, seconds, unit)}",
             file=self.stream,
         )
         stage.final_printed = True
+
+
+def _skipped(stage: _Stage) -> str:
+    return f" ({stage.skipped} skipped)" if stage.skipped else ""
+
+
+def _postfix(stage: _Stage) -> dict[str, int]:
+    return {"failed": stage.failed, **({"skipped": stage.skipped} if stage.skipped else {})}

@@ -151,15 +151,16 @@ def summary_table(
 
 # -- block map ----------------------------------------------------------------------------------
 
-PENDING, RUNNING, DONE, FAILED = 0, 1, 2, 3
+PENDING, RUNNING, DONE, FAILED, SKIPPED = 0, 1, 2, 3, 4
 MAX_GRID_LINES = 150
-STATE_NAMES = ("pending", "running", "done", "failed")
+STATE_NAMES = ("pending", "running", "done", "failed", "skipped")
 #: RGBA fill of each tile state over the image (pending tiles are left unfilled)
 STATE_COLORS: dict[str, tuple[float, float, float, float]] = {
     "pending": (0.0, 0.0, 0.0, 0.0),
     "running": (1.0, 0.75, 0.0, 0.45),
     "done": (0.0, 0.75, 0.2, 0.45),
     "failed": (0.9, 0.05, 0.05, 0.65),
+    "skipped": (0.35, 0.35, 0.5, 0.55),
 }
 
 
@@ -178,8 +179,9 @@ class BlockMap:
     pieces the segment and relabel workers saved (:mod:`.thumbnail`), so the input
     and output are never read here: tiles not segmented yet are blank. Tile states come from
     the record files on every draw: a tile is *done* when segmented, *running* when its ``fn``
-    was called without a result yet, *failed* when any task failed on it (failed is drawn over
-    every other state), else *pending*.
+    was called without a result yet, *skipped* when it lies outside the mask (done without
+    being read), *failed* when any task failed on it (failed is drawn over every other
+    state), else *pending*.
     """
 
     def __init__(self, run: RunDir) -> None:
@@ -246,7 +248,8 @@ class BlockMap:
         Returns
         -------
         states
-            ``(rows, columns)`` int array of ``PENDING``, ``RUNNING``, ``DONE``, ``FAILED``.
+            ``(rows, columns)`` int array of ``PENDING``, ``RUNNING``, ``DONE``, ``FAILED``,
+            ``SKIPPED``.
         seconds
             ``(rows, columns)`` float array.
         totals
@@ -262,6 +265,8 @@ class BlockMap:
             t = int(tile)
             if t in failed:
                 states[pos] = FAILED
+            elif t in seg.skipped and t in seg.done:
+                states[pos] = SKIPPED
             elif t in seg.done:
                 states[pos] = DONE
             elif t in seg.started:
@@ -270,13 +275,15 @@ class BlockMap:
                 seconds[pos] = seg.done[t]
         num = self.spec.plan.num_tiles
         n_failed = len(failed)
-        n_done = len(seg.done.keys() - failed)
+        n_skipped = len(seg.skipped & seg.done.keys() - failed)
+        n_done = len(seg.done.keys() - failed) - n_skipped
         n_running = len(seg.started - seg.done.keys() - failed)
         totals = {
-            "pending": num - n_failed - n_done - n_running,
+            "pending": num - n_failed - n_done - n_running - n_skipped,
             "running": n_running,
             "done": n_done,
             "failed": n_failed,
+            "skipped": n_skipped,
         }
         return states, seconds, totals
 

@@ -33,7 +33,7 @@ class TaskStatus:
 
     @property
     def states(self) -> dict[str, int]:
-        """done, running, failed, pending: the same four as the live status page."""
+        """done, skipped, running, failed, pending: the same as the live status page."""
         return self.counts.states(self.total)
 
     @property
@@ -83,8 +83,8 @@ class RunStatus:
         lines += [
             f"driver    {self.driver}",
             "",
-            f"{'task':<12}{'done':>7}{'failed':>8}{'pending':>9}{'running':>9}{'s/unit':>9}"
-            f"{'max s':>8}{'fn calls':>10}",
+            f"{'task':<12}{'done':>7}{'skipped':>8}{'failed':>8}{'pending':>9}{'running':>9}"
+            f"{'s/unit':>9}{'max s':>8}{'fn calls':>10}",
         ]
         for name, t in self.tasks.items():
             mean = f"{np.mean(t.seconds):.2f}" if t.seconds else "-"
@@ -92,8 +92,8 @@ class RunStatus:
             calls = str(t.fn_calls) if t.fn_calls else ""
             s = t.states
             row = (
-                f"{name:<12}{s['done']:>7}{s['failed']:>8}{s['pending']:>9}{s['running']:>9}"
-                f"{mean:>9}{peak:>8}{calls:>10}"
+                f"{name:<12}{s['done']:>7}{s['skipped'] or '':>8}{s['failed']:>8}"
+                f"{s['pending']:>9}{s['running']:>9}{mean:>9}{peak:>8}{calls:>10}"
             )
             lines.append(row.rstrip())
         failures = [(n, key, e) for n, t in self.tasks.items() for key, e in t.failed.items()]

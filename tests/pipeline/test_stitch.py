@@ -37,12 +37,17 @@ def test_match_labels_ignores_background() -> None:
     assert match_labels(np.zeros(5, int), np.arange(5), 0.0).shape == (0, 2)
 
 
-def test_face_views_without_halo_are_the_touching_planes() -> None:
+def test_face_views_are_the_touching_planes_or_a_band_of_the_halo() -> None:
     plan = TilePlan((10, 10), (4, 4), (0, 2), (1, 1), (0, 0))
+    # no halo along axis 0: the two touching planes, across the tile's core along axis 1
     lo, hi = face_views(plan, (0, 1), axis=0)
-    assert lo == ((3, 4), (2, 10)) and hi == ((4, 5), (2, 10))
+    assert lo == ((3, 4), (4, 8)) and hi == ((4, 5), (4, 8))
+    # halo 2 along axis 1: one plane each side of the face (overlap // 4, at least one)
     lo, hi = face_views(plan, (0, 0), axis=1)
-    assert lo == hi == ((0, 4), (2, 6))
+    assert lo == hi == ((0, 4), (3, 5))
+    wide = TilePlan((40, 40), (16, 16), (8, 12), (1, 1), (0, 0))
+    assert face_views(wide, (0, 0), axis=0)[0] == ((14, 18), (0, 16))
+    assert face_views(wide, (1, 1), axis=1)[0] == ((16, 32), (29, 35))
 
 
 def _tiled(tmp_path: Path, img: np.ndarray, tile, overlap, seq: bool, threshold: float = 0.0):
