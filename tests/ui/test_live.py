@@ -65,9 +65,9 @@ def test_status_json_and_page_over_http(tmp_path: Path) -> None:
         status = json.loads(body)
         assert status["total"] == 12
         assert status["tasks"] == {
-            "segment": {"done": 5, "failed": 1, "pending": 5, "running": 1},
-            "stitch": {"done": 3, "failed": 0, "pending": 9, "running": 0},
-            "relabel": {"done": 0, "failed": 0, "pending": 12, "running": 0},
+            "segment": {"done": 5, "failed": 1, "pending": 5, "running": 1, "skipped": 0},
+            "stitch": {"done": 3, "failed": 0, "pending": 9, "running": 0, "skipped": 0},
+            "relabel": {"done": 0, "failed": 0, "pending": 12, "running": 0, "skipped": 0},
         }
         assert status["failed_tiles"]["segment"] == [7]
 
@@ -95,7 +95,7 @@ def test_status_server_survives_the_run_dir_records_going(tmp_path: Path) -> Non
     with start_status_server(run, port=0) as server:
         shutil.rmtree(run.root / "records", ignore_errors=True)
         status = json.loads(get(server.url + "status.json")[2])
-        assert status["tasks"]["segment"] == {"done": 0, "failed": 0, "pending": 12, "running": 0}
+        assert status["tasks"]["segment"] == {"done": 0, "failed": 0, "pending": 12, "running": 0, "skipped": 0}
 
 
 @pytest.mark.skipif(
@@ -142,7 +142,7 @@ def test_page_in_a_headless_browser_shows_counts_filled_in_by_its_script(tmp_pat
         return match.group(1)
 
     expected = {
-        "segment": {"done": "8", "failed": "1", "pending": "2", "running": "1"},
+        "segment": {"done": "8", "failed": "1", "pending": "2", "running": "1", "skipped": "0"},
         "stitch": {"done": "0", "failed": "0", "pending": "12", "running": "0"},
         "relabel": {"done": "4", "failed": "0", "pending": "8", "running": "0"},
     }
