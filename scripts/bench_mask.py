@@ -79,8 +79,10 @@ def main() -> None:
         print(f"{'run':<14}{'fn calls':>10}{'skipped':>10}{'seconds':>10}")
         for name, calls, skipped, secs in rows:
             print(f"{name:<14}{calls:>10}{skipped:>10}{secs:>10.1f}")
-        print(f"fn calls ratio {rows[1][1] / rows[0][1]:.2f}, seconds ratio "
-              f"{rows[1][3] / rows[0][3]:.2f}; same foreground: {same}")
+        print(
+            f"fn calls ratio {rows[1][1] / rows[0][1]:.2f}, seconds ratio "
+            f"{rows[1][3] / rows[0][3]:.2f}; same foreground: {same}"
+        )
 
 
 if __name__ == "__main__":

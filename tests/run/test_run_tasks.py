@@ -209,7 +209,13 @@ def test_resubmit_and_the_status_page_work_on_a_task_run(tmp_path: Path) -> None
         with urllib.request.urlopen(server.url, timeout=30) as response:
             page = response.read().decode()
     assert status["totals"] == {"smooth": 9, "mask": 4}
-    assert status["tasks"]["smooth"] == {"done": 5, "failed": 4, "pending": 0, "running": 0, "skipped": 0}
+    assert status["tasks"]["smooth"] == {
+        "done": 5,
+        "failed": 4,
+        "pending": 0,
+        "running": 0,
+        "skipped": 0,
+    }
     assert status["tasks"]["mask"]["done"] + status["tasks"]["mask"]["pending"] == 4
     assert "smooth: 9 blocks" in page and 'id="block-map"' not in page
 

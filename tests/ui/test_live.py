@@ -95,7 +95,13 @@ def test_status_server_survives_the_run_dir_records_going(tmp_path: Path) -> Non
     with start_status_server(run, port=0) as server:
         shutil.rmtree(run.root / "records", ignore_errors=True)
         status = json.loads(get(server.url + "status.json")[2])
-        assert status["tasks"]["segment"] == {"done": 0, "failed": 0, "pending": 12, "running": 0, "skipped": 0}
+        assert status["tasks"]["segment"] == {
+            "done": 0,
+            "failed": 0,
+            "pending": 12,
+            "running": 0,
+            "skipped": 0,
+        }
 
 
 @pytest.mark.skipif(
