@@ -86,6 +86,19 @@ def test_default_watershed_with_kwargs(tmp_path: Path) -> None:
     assert len(np.unique(out[img > 0])) == 2 and (out[img == 0] == 0).all()
 
 
+def test_mask_auto_skips_empty_tiles_and_the_summary_says_so(tmp_path: Path) -> None:
+    img = np.zeros((64, 96), dtype=np.float32)
+    img[5:12, 5:12] = 1  # one object in the first tile; every other tile is empty
+    src = write_zarr(tmp_path / "img.zarr", img)
+    args = ["segment", src, str(tmp_path / "out.zarr"), "--fn", "fns:cc_label"]
+    done = cli(*args, "--tile", "16,16", "--mask", "auto", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    # 24 tiles: the object's tile and its neighbours (halo 0: only its own tile) run
+    assert "tiles           24/24 completed (23 skipped: no foreground), 0 failed" in done.stdout
+    assert "fn calls        1" in done.stdout
+    assert "intensity       p1 0" in done.stdout
+
+
 def test_failed_tiles_exit_nonzero(tmp_path: Path) -> None:
     img = blobs((20, 20), seed=1)
     img[3, 3] = 7.0

@@ -123,7 +123,7 @@ class RunResult:
     #: tiles outside the mask (``tile_process(mask=...)``): done without reading them
     tiles_skipped: int = 0
     #: the input's intensity statistics the fn was prepared with
-    stats: ImageStats | None = None
+    stats: ImageStats | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:

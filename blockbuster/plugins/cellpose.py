@@ -220,8 +220,12 @@ class CellposeFn:
         if scaled is not None:
             block = scaled
             kwargs["normalize"] = False
-        masks = self.model().eval(block, **kwargs)[0]
-        return np.asarray(masks).astype(np.uint32, copy=False)
+        spatial = block.shape[int(has_channels) :]
+        masks = np.asarray(self.model().eval(block, **kwargs)[0])
+        if masks.shape != spatial and masks.size == math.prod(spatial):
+            # a one-plane 3D block (tile_shape (1, Y, X)) comes back as a 2D mask
+            masks = masks.reshape(spatial)
+        return masks.astype(np.uint32, copy=False)
 
 
 def cellpose_fn(
