@@ -35,13 +35,24 @@ def face_views(plan: TilePlan, lower: tuple[int, ...], axis: int) -> tuple[Box, 
     each side of it, which both tiles segmented three quarters of a halo or more away from the
     edge of what they read: a fn that sees less context near the edge of its block (a distance
     transform, a network's receptive field) decides the band as it does with the whole image.
-    Along the other axes they span the tiles' cores, so every pair of voxels touching across
-    a face is compared exactly once. Without a halo they are the two touching planes.
+    Along the other axes they span the tiles' cores and one voxel more where both tiles read
+    it, so every pair of voxels touching across a face, diagonally too, is compared. Without a
+    halo they are the two touching planes. (With an overlap under 4 the band is one plane on
+    each side, so the context beyond it is the halo less one.)
     """
     core = plan.core(lower)
     face = core[axis][1]
     width = max(1, plan.overlap[axis] // 4)
-    box_lo, box_hi = list(core), list(core)
+    upper = list(lower)
+    upper[axis] += 1
+    shared = plan.read(lower), plan.read(tuple(upper))
+    # the cores plus one voxel on the other axes (where both tiles read it): voxels that touch
+    # only diagonally across a corner of four tiles are then compared too
+    box_lo = [
+        (max(a - 1, shared[0][i][0], shared[1][i][0]), min(b + 1, shared[0][i][1], shared[1][i][1]))
+        for i, (a, b) in enumerate(core)
+    ]
+    box_hi = list(box_lo)
     if plan.overlap[axis] > 0:
         band = (face - width, min(face + width, plan.shape[axis]))
         box_lo[axis] = box_hi[axis] = band

@@ -76,8 +76,10 @@ def tiles_touching(
         size = fg.shape[ax - t0 + (fg.ndim - (plan.ndim - t0))]
         step = voxels[ax - t0]
         # the mask voxels the box [a, b) meets, partly or wholly
-        lo.append(np.clip(np.floor(a / step).astype(np.int64), 0, size))
-        hi.append(np.clip(np.ceil(b / step).astype(np.int64), 0, size))
+        # (a pyramid level rounded down leaves the image's last voxels without a mask voxel:
+        # they count as the last one, never as no foreground)
+        lo.append(np.clip(np.floor(a / step).astype(np.int64), 0, size - 1))
+        hi.append(np.clip(np.ceil(b / step).astype(np.int64), 1, size))
     if not plan.time_axis:
         return np.asarray(_box_any(fg, lo, hi), dtype=bool)
     per_time = fg if fg.ndim == plan.ndim else np.broadcast_to(fg, (1, *fg.shape))
@@ -107,7 +109,8 @@ def _any_pool(arr: Any, shape: tuple[int, ...]) -> tuple[NDArray[np.bool_], int]
     if f == 1:
         return np.asarray(arr[...]) != 0, 1
     out = np.zeros(tuple(-(-n // f) for n in shape), dtype=bool)
-    chunks = tuple(math.lcm(int(c), f) for c in getattr(arr, "chunks", shape))
+    # read boxes of whole pooling windows, about a chunk each (a chunk may be read twice)
+    chunks = tuple(-(-int(c) // f) * f for c in getattr(arr, "chunks", shape))
     for start in itertools.product(*[range(0, n, c) for n, c in zip(shape, chunks, strict=True)]):
         box = tuple(slice(s, min(s + c, n)) for s, c, n in zip(start, chunks, shape, strict=True))
         block = np.asarray(arr[box]) != 0

@@ -44,6 +44,9 @@ from blockbuster.run.files import write_atomic
 COARSE_VOXELS = 2**22
 #: an OME level is coarse enough for the statistics while it keeps this many spatial voxels
 MIN_VOXELS = 2**20
+#: voxels per channel the histograms of floats (a sample), or of a pyramid's full resolution
+#: (whole chunks), are made of
+SAMPLE_VOXELS = 2**24
 #: bins of a histogram of floats or of integers wider than 16 bits (a sample's range)
 FLOAT_BINS = 4096
 
@@ -227,7 +230,10 @@ def _coarse_level(source: ImageSource) -> tuple[zarr.Array[Any], tuple[int, ...]
             break
         if math.prod(lv.shape[lead:]) < MIN_VOXELS:
             break
-        factors = ome.level_factors(ms.levels[first], lv)[lead:]
+        try:
+            factors = ome.level_factors(ms.levels[first], lv)[lead:]
+        except ValueError:  # not a whole-number downsampling: read the image itself
+            break
         if any(f < 1 for f in factors):
             break
         best = (i, lv, factors)
@@ -241,24 +247,24 @@ def _coarse_level(source: ImageSource) -> tuple[zarr.Array[Any], tuple[int, ...]
 def _pool_factor(spatial: Sequence[int], lead: int) -> int:
     """The smallest power of two whose mean-pooling fits the coarse copy in its budget."""
     f = 1
-    while lead * math.prod(-(-n // f) for n in spatial) > COARSE_VOXELS:
+    while lead * math.prod(-(-n // f) for n in spatial) > COARSE_VOXELS and f < max(spatial):
         f *= 2
     return f
 
 
-def _mean_pool(a: NDArray[Any], f: int, axes: Sequence[int]) -> NDArray[np.float64]:
+def _mean_pool(a: NDArray[Any], f: int, axes: Sequence[int]) -> NDArray[np.float32]:
     """Mean of each ``f``-wide window along ``axes`` (the last window may be narrower)."""
-    out = a.astype(np.float64, copy=False)
+    out = a.astype(np.float32, copy=False)  # half of float64's memory per read box
     if f == 1:
         return out
     for ax in axes:
         n = out.shape[ax]
         starts = np.arange(0, n, f)
-        sums = np.add.reduceat(out, starts, axis=ax)
+        sums = np.add.reduceat(out, starts, axis=ax, dtype=np.float64)
         widths = np.minimum(starts + f, n) - starts
         shape = [1] * out.ndim
         shape[ax] = len(widths)
-        out = sums / widths.reshape(shape)
+        out = (sums / widths.reshape(shape)).astype(np.float32)
     return out
 
 
@@ -308,8 +314,10 @@ def compute_stats(source: ImageSource, threads: int | None = None) -> ImageStats
     # read boxes of whole chunks that also hold whole pooling windows: one time point, all
     # channels at once
     edges = tuple(
-        1 if i < t_axes else shape[i] if i < lead else math.lcm(c, f) for i, c in enumerate(chunks)
+        1 if i < t_axes else shape[i] if i < lead else -(-c // f) * f for i, c in enumerate(chunks)
     )
+    # floats and wide integers: a sample of at most SAMPLE_VOXELS per channel
+    step = max(1, math.ceil(nt * math.prod(spatial) / SAMPLE_VOXELS))
     coarse = np.zeros((nt, nc, *(-(-n // f) for n in spatial)), dtype=np.float32)
 
     def read(box: tuple[slice, ...]) -> tuple[tuple[slice, ...], Any, list[Any]]:
@@ -319,7 +327,7 @@ def compute_stats(source: ImageSource, threads: int | None = None) -> ImageStats
         if exact:
             parts = [np.bincount(row.astype(np.int64) - offset, minlength=nbins) for row in flat]
         else:  # a sample, for a histogram over the range of all of them
-            parts = [row[:: max(1, f)].astype(np.float64) for row in flat]
+            parts = [row[::step].astype(np.float64) for row in flat]
         return box, pooled, parts
 
     per_channel: list[Any] = [np.zeros(nbins, np.int64) if exact else [] for _ in range(nc)]
@@ -340,6 +348,11 @@ def compute_stats(source: ImageSource, threads: int | None = None) -> ImageStats
             hists.append(Histogram(float(offset), 1.0, per_channel[c], True))
         else:
             hists.append(_float_histogram(np.concatenate(per_channel[c])))
+    if level is not None:
+        # a pyramid level's voxels are means (or samples) of the full resolution's: its
+        # percentiles are not the image's, so the histograms come from full-resolution chunks
+        hists, sampled = _full_resolution_histograms(source, workers)
+        origin = f"{sampled} full-resolution chunks; coarse copy {origin}"
     return ImageStats(
         channels=tuple(hists),
         origin=origin if f == 1 else f"{origin}, pooled {f}x",
@@ -347,6 +360,50 @@ def compute_stats(source: ImageSource, threads: int | None = None) -> ImageStats
         coarse=coarse,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _full_resolution_histograms(source: ImageSource, workers: int) -> tuple[list[Histogram], int]:
+    """Histograms per channel of evenly spaced whole chunks of the full-resolution image, at
+    most ``SAMPLE_VOXELS`` voxels per channel; and how many chunks were read."""
+    arr = source.open()
+    lead = source.channel_axes
+    t_axes = 1 if source.time_axis else 0
+    shape = tuple(int(s) for s in arr.shape)
+    nt = shape[0] if t_axes else 1
+    nc = math.prod(shape[:lead]) // nt
+    edges = tuple(
+        1 if i < t_axes else shape[i] if i < lead else int(c) for i, c in enumerate(arr.chunks)
+    )
+    boxes = list(_boxes(shape, edges))
+    per_box = math.prod(min(e, n) for e, n in zip(edges[lead:], shape[lead:], strict=True))
+    count = max(1, min(len(boxes), SAMPLE_VOXELS // max(1, per_box)))
+    picked = [boxes[int(i)] for i in np.unique(np.linspace(0, len(boxes) - 1, count).round())]
+    dtype = np.dtype(arr.dtype)
+    exact = dtype.kind in "uib" and dtype.itemsize <= 2
+    offset = int(np.iinfo(dtype).min) if dtype.kind == "i" else 0
+    nbins = 2 ** (8 * dtype.itemsize) if exact else 0
+
+    def read(box: tuple[slice, ...]) -> list[Any]:
+        flat = np.asarray(arr[box]).reshape(nc, -1)
+        if exact:
+            return [np.bincount(row.astype(np.int64) - offset, minlength=nbins) for row in flat]
+        return [row.astype(np.float64) for row in flat]
+
+    totals: list[Any] = [np.zeros(nbins, np.int64) if exact else [] for _ in range(nc)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for parts in _bounded_map(pool, read, iter(picked), 4 * workers):
+            for c, part in enumerate(parts):
+                if exact:
+                    totals[c] += part
+                else:
+                    totals[c].append(part)
+    hists = [
+        Histogram(float(offset), 1.0, totals[c], True)
+        if exact
+        else _float_histogram(np.concatenate(totals[c]))
+        for c in range(nc)
+    ]
+    return hists, len(picked)
 
 
 def _bounded_map(

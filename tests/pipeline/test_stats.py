@@ -103,13 +103,15 @@ def test_reads_a_coarse_ome_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path = write_ngff(tmp_path / "img.ome.zarr", "0.5", levels, space("y", "x"), transforms)
     stats = compute_stats(describe_source(path, 2))
     # 16x16 = MIN_VOXELS: level 2 is the coarsest that keeps enough voxels
-    assert stats.origin == "level 2 (4x4)"
+    assert stats.origin == "1 full-resolution chunks; coarse copy level 2 (4x4)"
     assert stats.factors == (4, 4)
-    assert stats.channels[0].total == 16 * 16
     np.testing.assert_array_equal(stats.coarse[0, 0], levels[2])
+    # the histogram is the full resolution's, not the level's
+    assert stats.channels[0].total == 64 * 64
+    assert stats.percentile(99) == pytest.approx(np.percentile(full, 99))
     # from level 1 (tile_process(level=1)), factors count from that level
     stats1 = compute_stats(describe_source(path, 2, level=1))
-    assert stats1.origin == "level 2 (2x2)"
+    assert stats1.origin.endswith("coarse copy level 2 (2x2)")
 
 
 def test_saved_stats_round_trip_and_damage_is_detected(tmp_path: Path) -> None:

@@ -39,15 +39,16 @@ def test_match_labels_ignores_background() -> None:
 
 def test_face_views_are_the_touching_planes_or_a_band_of_the_halo() -> None:
     plan = TilePlan((10, 10), (4, 4), (0, 2), (1, 1), (0, 0))
-    # no halo along axis 0: the two touching planes, across the tile's core along axis 1
+    # no halo along axis 0: the two touching planes, across the tile's core along axis 1 and
+    # one voxel more each side (both tiles read it)
     lo, hi = face_views(plan, (0, 1), axis=0)
-    assert lo == ((3, 4), (4, 8)) and hi == ((4, 5), (4, 8))
+    assert lo == ((3, 4), (3, 9)) and hi == ((4, 5), (3, 9))
     # halo 2 along axis 1: one plane each side of the face (overlap // 4, at least one)
     lo, hi = face_views(plan, (0, 0), axis=1)
     assert lo == hi == ((0, 4), (3, 5))
     wide = TilePlan((40, 40), (16, 16), (8, 12), (1, 1), (0, 0))
-    assert face_views(wide, (0, 0), axis=0)[0] == ((14, 18), (0, 16))
-    assert face_views(wide, (1, 1), axis=1)[0] == ((16, 32), (29, 35))
+    assert face_views(wide, (0, 0), axis=0)[0] == ((14, 18), (0, 17))
+    assert face_views(wide, (1, 1), axis=1)[0] == ((15, 33), (29, 35))
 
 
 def _tiled(tmp_path: Path, img: np.ndarray, tile, overlap, seq: bool, threshold: float = 0.0):
@@ -212,3 +213,32 @@ def test_cut_object_ends_as_one_label_with_every_tiling(tmp_path: Path) -> None:
         out, num = _tiled(tmp_path, img, tile, overlap, True, threshold=0.5)
         assert num == 1, (tile, overlap)
         assert set(np.unique(out)) == {0, 1}
+
+
+def full_connectivity(block: np.ndarray) -> np.ndarray:
+    """Threshold + connected components with diagonal (26-) connectivity."""
+    from scipy import ndimage
+
+    return ndimage.label(block > 0.5, structure=np.ones((3,) * block.ndim))[0]
+
+
+@pytest.mark.parametrize("overlap", [1, 4])
+def test_objects_touching_only_across_a_corner_of_tiles_merge(tmp_path: Path, overlap: int) -> None:
+    from scipy import ndimage
+
+    img = np.zeros((16, 16, 16), np.float32)
+    img[4:8, 4:8, 4:8] = 1  # two blobs meeting at one corner of the eight tiles: (7,7,7)-(8,8,8)
+    img[8:12, 8:12, 8:12] = 1
+    src = write_zarr(tmp_path / "img.zarr", img)
+    run, _, _ = prepare_run(
+        src,
+        full_connectivity,
+        (8, 8, 8),
+        overlap,
+        write_to=tmp_path / "o.zarr",
+        merge_threshold=0.0,
+    )
+    out, n = run_in_process(run)
+    whole = ndimage.label(img > 0.5, structure=np.ones((3, 3, 3)))[0]
+    assert n == whole.max() == 1
+    assert_one_to_one(whole, out)
