@@ -20,6 +20,8 @@ import functools
 import hashlib
 import inspect
 import json
+import marshal
+import tokenize
 from typing import Any
 
 import cloudpickle
@@ -43,8 +45,12 @@ def _source_of(fn: Any) -> str:
         target = type(target)
     try:
         return inspect.getsource(target)
-    except (OSError, TypeError):
-        return ""
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        # Code compiled from a string (exec, notebooks) names a file that may be
+        # missing or another file of that name on sys.path; the bytecode still
+        # tells one fn from another.
+        code = getattr(target, "__code__", None)
+        return marshal.dumps(code).hex() if code is not None else ""
 
 
 def fn_fingerprint(ref: dict[str, Any] | None, fn: Any) -> str:
