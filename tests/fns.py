@@ -252,3 +252,11 @@ def threshold_blocks(src: str, dst: str, level: float, calls_dir: str) -> Callab
         target[sl] = (np.asarray(source[sl]) > level).astype(np.uint8)
 
     return block
+
+
+def log_thread(block: np.ndarray, log_dir: str) -> np.ndarray:
+    """``cc_label`` that records the name of the thread it runs in."""
+    import threading
+
+    Path(log_dir, uuid.uuid4().hex).write_text(threading.current_thread().name)
+    return cc_label(block)

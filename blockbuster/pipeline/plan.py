@@ -26,6 +26,14 @@ GROUP_MAX_TILES = 512
 """Most tiles in one stitch or relabel block."""
 GROUP_MIN_BLOCKS = 16
 """Fewest blocks a stitch or relabel task is cut into (so workers share the work)."""
+SEGMENT_GROUP_TILES = 8
+"""Most tiles in one segment block: a worker reads, runs and writes them as a pipeline, and a
+crash costs at most the tiles it had in flight."""
+SEGMENT_GROUP_READ_VOXELS = 2**26
+"""Most voxels (per channel) one segment block's region spans with its halo: the decoded
+chunks its tiles share are kept for it (see :class:`~blockbuster.io.chunks.ChunkCache`)."""
+SEGMENT_MIN_BLOCKS = 16
+"""Fewest blocks a segment task is cut into (so workers share the work)."""
 
 
 def normalize_tile_shape(
@@ -220,6 +228,45 @@ class TilePlan:
 
         while True:
             order = sorted(range(self.ndim), key=lambda a: -math.ceil(grid[a] / group[a]))
+            for axis in order:
+                if group[axis] >= grid[axis]:
+                    continue
+                trial = list(group)
+                trial[axis] = min(2 * group[axis], grid[axis])
+                if fits(trial):
+                    group = trial
+                    break
+            else:
+                return tuple(group)
+
+    def segment_group_shape(self) -> tuple[int, ...]:
+        """Tiles per segment block along each axis.
+
+        Neighbouring tiles share the chunks their halos reach into: a block of a few
+        neighbouring tiles, read one after the other by one worker, decodes those chunks
+        once. A block grows as a brick (doubling the axis with the most blocks left, never
+        along time) while it holds at most ``SEGMENT_GROUP_TILES`` tiles, spans at most
+        ``SEGMENT_GROUP_READ_VOXELS`` voxels with its halo, and the task keeps at least
+        ``SEGMENT_MIN_BLOCKS`` blocks. Without a halo tiles share no chunk reads, and blocks
+        still group them for the pipelined worker.
+        """
+        grid = self.grid
+        group = [1] * self.ndim
+
+        def fits(g: list[int]) -> bool:
+            span = math.prod(
+                n * t + 2 * o for n, t, o in zip(g, self.tile, self.overlap, strict=True)
+            )
+            blocks = math.prod(math.ceil(m / n) for n, m in zip(g, grid, strict=True))
+            return (
+                math.prod(g) <= SEGMENT_GROUP_TILES
+                and span <= SEGMENT_GROUP_READ_VOXELS
+                and blocks >= SEGMENT_MIN_BLOCKS
+            )
+
+        axes = range(1, self.ndim) if self.time_axis else range(self.ndim)
+        while True:
+            order = sorted(axes, key=lambda a: (-math.ceil(grid[a] / group[a]), -a))
             for axis in order:
                 if group[axis] >= grid[axis]:
                     continue

@@ -8,9 +8,14 @@ or labels per tile.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +25,14 @@ import zarr
 from numpy.typing import NDArray
 
 from blockbuster.io.boxes import Box, box_slices
-from blockbuster.io.sources import read_box
+from blockbuster.io.chunks import ChunkCache
 from blockbuster.pipeline.faces import tile_faces, write_faces
 from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import load_fn, read_spec
 from blockbuster.pipeline.stage import any_chunk_stored, open_stage, stage_chunk_file
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.fingerprint import input_digest
+from blockbuster.run.launch import write_worker_state
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.task import Block
 
@@ -90,8 +96,30 @@ def renumber_core_first(
     return out.astype(dtype, copy=False), len(in_core), len(order)
 
 
+class TilesFailed(Exception):
+    """Some tiles of a segment block failed; each failure is already in the records.
+
+    Raised after the block's other tiles were done, so that the engine retries the block
+    (its done tiles are not run again) or counts it failed.
+    """
+
+    #: the failures are in the records already (see :func:`blockbuster.run.blocks.process_block`)
+    recorded = True
+
+    def __init__(self, tiles: list[int], last: str) -> None:
+        super().__init__(f"tiles {tiles} failed; the last error: {last}")
+        self.tiles = tiles
+
+
 class Segmenter:
-    """Segments tiles inside one worker process; holds ``fn`` for the process's lifetime."""
+    """Segments tiles inside one worker process; holds ``fn`` for the process's lifetime.
+
+    A segment block is a few neighbouring tiles, run as a pipeline of three steps: while
+    ``fn`` runs on one tile in the calling thread (where a CUDA context lives; one ``fn``
+    call at a time), a reader thread reads the next tile and a writer thread stages the one
+    before (renumber, stage chunk, faces, record). At most one tile is being read, one is in
+    ``fn`` and one is being written, besides the decoded chunks the block's tiles share.
+    """
 
     def __init__(
         self,
@@ -114,28 +142,153 @@ class Segmenter:
         self.foreground = foreground
         self.map_plane = MapPlane.of(plan)
         self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-write")
+        self.cache: ChunkCache | None = None
 
-    def __call__(self, index: tuple[int, ...]) -> dict[str, Any]:
-        """Segment tile ``index`` and stage its labels; return the facts its record keeps."""
+    def close(self) -> None:
+        self._reader.shutdown()
+        self._writer.shutdown()
+
+    # -- one block: a pipeline over its tiles ------------------------------------------------
+
+    def segment_block(self, block: Block, group: Box) -> None:
+        """Segment every tile of ``group`` (a box of grid indices) not done yet, recording
+        each; raise :class:`TilesFailed` at the end if any failed."""
+        plan, records = self.plan, self.records
+        todo: list[tuple[int, ...]] = []
+        for index in plan.tiles_in(group):
+            tile = plan.tile_id(index)
+            if records.is_done(tile):
+                continue  # done by an earlier attempt at this block
+            if self.foreground is not None and not self.foreground[index]:
+                # outside the mask: never read, never segmented; its labels are background
+                records.done(tile, time.time(), 0.0, n_core=0, n_labels=0, skipped=True)
+                continue
+            todo.append(index)
+        if not todo:
+            return
+        self.cache = self._cache_for(todo)
+        failed: list[int] = []
+        last = ""
+        writing: Future[None] | None = None
+        reading = self._reader.submit(self._read, todo[0])
+        try:
+            for k, index in enumerate(todo):
+                tile = plan.tile_id(index)
+                started, start = time.time(), time.perf_counter()
+                try:
+                    data, digest = reading.result()
+                except Exception:
+                    last = self._fail(tile, failed)
+                    data = None
+                if k + 1 < len(todo):
+                    reading = self._reader.submit(self._read, todo[k + 1])
+                if data is None:
+                    continue
+                # the supervisor names the tile in fn if the worker dies, and times it alone
+                write_worker_state({"key": block.key, "tiles": [tile]})
+                try:
+                    records.call_started(tile)
+                    labels = check_labels(self.fn(data), data.shape[self._lead :])
+                except Exception:
+                    last = self._fail(tile, failed)
+                    continue
+                finally:
+                    # the tiles not known written yet, for the supervisor
+                    ahead = [plan.tile_id(i) for i in todo[max(k - 1, 0) :]]
+                    write_worker_state({"key": block.key, "tiles": ahead})
+                if writing is not None:
+                    last = self._wait(writing, failed) or last
+                writing = self._writer.submit(
+                    self._write, index, data, labels, digest, started, start
+                )
+                del data, labels
+            if writing is not None:
+                last = self._wait(writing, failed) or last
+                writing = None
+        finally:
+            if writing is not None:  # the worker is stopping: let the write finish or fail
+                self._wait(writing, failed)
+            self.cache = None
+        if failed:
+            raise TilesFailed(failed, last)
+
+    def _wait(self, writing: Future[None], failed: list[int]) -> str:
+        try:
+            writing.result()
+        except _WriteFailed as e:
+            failed.append(e.tile)
+            return e.message
+        return ""
+
+    def _fail(self, tile: int, failed: list[int]) -> str:
+        text = traceback.format_exc()
+        self.records.failed(tile, text)
+        failed.append(tile)
+        lines = text.strip().splitlines()
+        return lines[-1] if lines else ""
+
+    @property
+    def _lead(self) -> int:
+        return self.channel_axes - 1 if self.plan.time_axis else self.channel_axes
+
+    def _selection(self, index: tuple[int, ...]) -> tuple[int | slice, ...]:
+        """What the tile reads from the input array: its time point (dropped), every channel
+        and its halo-grown box."""
+        read = self.plan.read(index)
+        if self.plan.time_axis:  # fn sees one time point: the time axis is dropped
+            (t, _), *space = read
+            return (t,) + (slice(None),) * self._lead + box_slices(tuple(space))
+        return (slice(None),) * self._lead + box_slices(read)
+
+    def _cache_for(self, todo: list[tuple[int, ...]]) -> ChunkCache | None:
+        """A chunk cache for the block's tiles when they share chunks, sized to hold every
+        chunk their region meets (bounded by ``SEGMENT_GROUP_READ_VOXELS`` per channel)."""
+        if len(todo) < 2 or not any(self.plan.overlap):
+            return None
+        selections = [self._selection(i) for i in todo]
+        return ChunkCache.for_selections(self.image, selections)
+
+    def _read(self, index: tuple[int, ...]) -> tuple[NDArray[Any], str]:
+        """The tile's input (its halo included) and the digest its record keeps."""
+        selection = self._selection(index)
+        if self.cache is not None:
+            data = self.cache.read(selection)
+        else:
+            data = np.asarray(self.image[selection])
+        return data, input_digest(data)
+
+    def _write(
+        self,
+        index: tuple[int, ...],
+        data: NDArray[Any],
+        labels: NDArray[Any],
+        digest: str,
+        started: float,
+        start: float,
+    ) -> None:
+        tile = self.plan.tile_id(index)
+        try:
+            info = self._stage(index, data, labels)
+            info["input"] = digest
+            self.records.done(tile, started, time.perf_counter() - start, **info)
+        except Exception:
+            text = traceback.format_exc()
+            self.records.failed(tile, text)
+            lines = text.strip().splitlines()
+            raise _WriteFailed(tile, lines[-1] if lines else "") from None
+
+    def _stage(
+        self, index: tuple[int, ...], data: NDArray[Any], labels: NDArray[Any]
+    ) -> dict[str, Any]:
+        """Stage one tile's labels (renumbered core first) and its faces; return the facts
+        its record keeps."""
         plan = self.plan
-        if self.foreground is not None and not self.foreground[tuple(index)]:
-            # outside the mask: never read, never segmented; its labels are background
-            return {"n_core": 0, "n_labels": 0, "skipped": True}
         tile = plan.tile_id(index)
         read = plan.read(index)
-        if plan.time_axis:  # fn sees one time point: the time axis is dropped
-            (t, _), *space = read
-            data = read_box(self.image, tuple(space), self.channel_axes - 1, lead=(t,))
-            lead = self.channel_axes - 1
-        else:
-            data = read_box(self.image, read, self.channel_axes)
-            lead = self.channel_axes
-        digest = input_digest(data)
-        self.records.call_started(tile)
-        labels = self.fn(data)
-        labels = check_labels(labels, data.shape[lead:])
         if self.map_plane.crosses(plan, index):
-            self._save_plane(index, data, lead, read[1:] if plan.time_axis else read)
+            self._save_plane(index, data, self._lead, read[1:] if plan.time_axis else read)
         if plan.time_axis:
             labels = labels[np.newaxis]
         core = box_slices(plan.core(index), origin=[a for a, _ in read])
@@ -157,7 +310,7 @@ class Segmenter:
             if self.faces is not None:  # stitch never reads an empty tile's faces
                 path = write_faces(self.faces, tile, tile_faces(plan, index, chunk))
                 sizes["faces_bytes"] = os.stat(path).st_size
-        return {"n_core": n_core, "n_labels": n_labels, "input": digest, **sizes}
+        return {"n_core": n_core, "n_labels": n_labels, **sizes}
 
     def _stored(self, index: tuple[int, ...]) -> bool:
         """Whether this tile's stage chunk is on disk (an earlier attempt wrote it)."""
@@ -177,16 +330,29 @@ class Segmenter:
         self.records.write_plane(self.plan.tile_id(index), piece)
 
 
+class _WriteFailed(Exception):
+    def __init__(self, tile: int, message: str) -> None:
+        super().__init__(message)
+        self.tile, self.message = tile, message
+
+
 class SegmentTask(TileTask):
-    """segment: one block per tile; ``fn`` runs on the tile plus its halo (read context)."""
+    """segment: blocks of a few neighbouring tiles (:meth:`TilePlan.segment_group_shape`);
+    ``fn`` runs once on each tile plus its halo (read context), and each tile is recorded on
+    its own (``<tile>.json``), so a failed or killed block redoes only its unfinished tiles."""
 
     record_fields = {"n_core": int, "n_labels": int}
     uses_gpu = True  # fn is what a GPU serves
+    unit_records = True
 
     def __init__(self, run_root: str, plan: TilePlan) -> None:
-        super().__init__("segment", run_root, plan, (1,) * plan.ndim, plan.overlap)
+        super().__init__("segment", run_root, plan, plan.segment_group_shape(), plan.overlap)
 
-    def process_block_func(self) -> Callable[[Block], dict[str, Any]]:
+    def block_timeout(self, timeout: float) -> float:
+        # the supervisor times each tile; the engine's watchdog sees the whole block
+        return timeout * math.prod(self.group_tiles)
+
+    def process_block_func(self) -> AbstractContextManager[Callable[[Block], None]]:
         from blockbuster.pipeline.mask import load_tiles
         from blockbuster.run.rundir import RunDir
 
@@ -206,7 +372,16 @@ class SegmentTask(TileTask):
             faces=run.faces,
             foreground=foreground,
         )
-        return lambda block: segmenter(block.index)
+        task = self
+
+        @contextmanager
+        def opened() -> Iterator[Callable[[Block], None]]:
+            try:
+                yield lambda block: segmenter.segment_block(block, task.tile_group(block))
+            finally:
+                segmenter.close()
+
+        return opened()
 
     def damaged(self, records: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
         from blockbuster.pipeline.verify import damage

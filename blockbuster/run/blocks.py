@@ -31,9 +31,14 @@ def process_block(
     Exception
         Whatever ``fn`` raised, after recording it as a failed attempt.
     """
+    units = task.units(block)
+    if task.unit_records:
+        # the block function records each unit; the block is done when they all are
+        if all(records.is_done(u) for u in units):
+            return None
+        return _process_units(task, fn, records, block, units)
     if records.is_done(block.key):
         return None  # done by an attempt whose completion never reached the server
-    units = task.units(block)
     write_worker_state({"key": block.key, "tiles": units})
     started, start = time.time(), time.perf_counter()
     try:
@@ -46,6 +51,21 @@ def process_block(
     record = {"tiles": units, **info}
     records.done(block.key, started, time.perf_counter() - start, **record)
     return record
+
+
+def _process_units(
+    task: Task, fn: BlockFunction, records: TaskRecords, block: Block, units: list[int]
+) -> dict[str, Any] | None:
+    write_worker_state({"key": block.key, "tiles": units})
+    try:
+        fn(block)
+    except Exception as e:
+        if not getattr(e, "recorded", False):  # its units' failures are not recorded yet
+            records.failed(block.key, traceback.format_exc(), tiles=units)
+        raise
+    finally:
+        write_worker_state(None)
+    return None
 
 
 #: keys of a done record that blockbuster writes itself

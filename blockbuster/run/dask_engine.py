@@ -243,7 +243,7 @@ def _run_task(
         [str(run.root)] * len(blocks),
         [task.name] * len(blocks),
         [b.index for b in blocks],
-        [options.timeout] * len(blocks),
+        [task.block_timeout(options.timeout)] * len(blocks),
         [stamp] * len(blocks),
         pure=False,
         retries=options.max_retries,

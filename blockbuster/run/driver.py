@@ -70,6 +70,10 @@ def verify(tasks: Sequence[Task], run: RunDir) -> dict[str, Checked]:
             logger.warning("%s: %d block(s) will run again: %s%s", task.name, len(bad), shown, more)
         missing = []
         for block in task.blocks():
+            if task.unit_records:
+                if not all(u in done for u in task.units(block)):
+                    missing.append(block.key)
+                continue
             record = done.get(block.key)
             if record is None or record.get("tiles", [block.key]) != task.units(block):
                 missing.append(block.key)
@@ -103,16 +107,22 @@ def execute_tasks(
     run.write_tasks(tasks)
     infos = task_infos(tasks)
     folders = [(t.name, run.records(t.name)) for t in tasks]
-    verify(tasks, run)  # what a resumed run finds damaged is redone in the first pass
+    # what a resumed run finds damaged is redone in the first pass
+    checked = verify(tasks, run)
     seconds = 0.0
     reports: dict[str, TaskReport] = {}
-    checked: dict[str, Checked] = {}
     for attempt in range(MAX_PASSES):
         lease.check()
         if before_pass is not None:
             before_pass()
+            checked = verify(tasks, run)  # it may have cleared records
         events.emit(StageStarted(infos))
         start = time.perf_counter()
+        if attempt == 0 and not any(c.missing for c in checked.values()):
+            # every block is done on disk (a resumed finished run): no workers, no server
+            reports = {t.name: TaskReport(t.num_blocks, t.num_blocks, 0, 0, 0.0) for t in tasks}
+            events.emit(StageFinished(reports, 0.0))
+            break
         with RecordWatcher(events, folders):
             reports = run_engine(engine, tasks, run, options, client)
         elapsed = time.perf_counter() - start

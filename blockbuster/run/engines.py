@@ -98,7 +98,7 @@ def daisy_task(task: Task, run: RunDir, options: RunConfig) -> daisy.Task:
         max_workers=options.num_workers,
         max_retries=options.max_retries,
         max_worker_restarts=options.worker_restarts(task.num_blocks),
-        timeout=options.timeout,
+        timeout=task.block_timeout(options.timeout),
         # no daisy done markers: the workers' records already make a resumed run skip done
         # blocks, and daisy 2.0's tracking writer dies with SIGBUS (taking the driver with it)
         # when its disk fills up, where a worker's write fails with a clear ENOSPC instead

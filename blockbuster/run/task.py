@@ -124,6 +124,10 @@ class Task:
     #: its workers use a GPU: with ``use_gpu``, each local worker is pinned to one device
     #: (``CUDA_VISIBLE_DEVICES``) and one thread
     uses_gpu: bool = False
+    #: its block function records each unit itself (``<unit>.json``, a failure under the
+    #: unit that failed) instead of one record per block; a block is done when all its units
+    #: are, and a retried block redoes only the units not done
+    unit_records: bool = False
 
     def __init__(
         self,
@@ -192,6 +196,10 @@ class Task:
                 yield fn
         else:
             yield made
+
+    def block_timeout(self, timeout: float) -> float:
+        """Seconds one block may run, given the run's ``timeout`` (default: that)."""
+        return timeout
 
     # -- geometry ----------------------------------------------------------------------------
 

@@ -91,8 +91,8 @@ def _drain(pipeline: object, order: list[str]) -> dict[str, list[daisy.Block]]:
 @given(plans())
 def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
     """The stages' blocks, as daisy hands them out for the segment + stitch pipeline,
-    partition the tiles as ``plan.groups`` says (segment: one tile per block, write ROI ==
-    core; its read ROI the halo inside the image), in world units."""
+    partition the tiles as ``plan.groups`` says (segment: blocks of
+    ``segment_group_shape`` tiles, the read ROI the halo inside the image), in world units."""
     from blockbuster.config import RunConfig
     from blockbuster.pipeline.driver import stage_tasks
     from blockbuster.run.engines import daisy_pipeline
@@ -103,7 +103,10 @@ def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
     pipeline = daisy_pipeline([segment, stitch], run, RunConfig())
     seen = _drain(pipeline, ["stitch", "segment"])
     vs = Coordinate(plan.voxel_size)
-    for task, expected in ((segment, plan.groups((1,) * plan.ndim)), (stitch, plan.groups())):
+    for task, expected in (
+        (segment, plan.groups(plan.segment_group_shape())),
+        (stitch, plan.groups()),
+    ):
         blocks = [task.block_of(b.read_roi, b.write_roi) for b in seen[task.name]]
         groups = [task.tile_group(b) for b in blocks]
         assert sorted(groups) == sorted(expected), task.name
@@ -117,7 +120,6 @@ def test_daisy_blocks_are_exactly_the_tiles(plan: TilePlan) -> None:
             assert block.write_roi == Roi(begin, shape)
             assert task.units(block) == [plan.tile_id(i) for i in plan.tiles_in(group)]
             if task is segment:
-                assert core == plan.core(block.index)
                 # the read ROI covers the halo wherever it lies inside the image
                 grown = Roi(begin, shape).grow(plan.world(plan.overlap), plan.world(plan.overlap))
                 assert block.read_roi.intersect(plan.image_roi) == grown.intersect(plan.image_roi)
@@ -135,3 +137,19 @@ def test_groups_respect_their_limits(plan: TilePlan) -> None:
         assert np.prod(reads) <= plan_module.GROUP_STAGE_VOXELS
         assert np.prod(g) <= plan_module.GROUP_MAX_TILES
         assert len(list(plan.groups())) >= plan_module.GROUP_MIN_BLOCKS
+
+
+@settings(max_examples=100, deadline=None)
+@given(plans())
+def test_segment_groups_respect_their_limits(plan: TilePlan) -> None:
+    """segment blocks stay within their tile and read budgets, keep enough blocks, and never
+    group time points."""
+    g = plan.segment_group_shape()
+    assert all(1 <= n <= m for n, m in zip(g, plan.grid))
+    if plan.time_axis:
+        assert g[0] == 1
+    if g != (1,) * plan.ndim:
+        span = np.prod([n * t + 2 * o for n, t, o in zip(g, plan.tile, plan.overlap)])
+        assert span <= plan_module.SEGMENT_GROUP_READ_VOXELS
+        assert np.prod(g) <= plan_module.SEGMENT_GROUP_TILES
+        assert len(list(plan.groups(g))) >= plan_module.SEGMENT_MIN_BLOCKS

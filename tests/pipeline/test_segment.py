@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import fns
 import numpy as np
 import pytest
-from conftest import run_stage, write_zarr
-from fns import zeros
+from conftest import blobs, run_stage, write_zarr
+from fns import cc_label, zeros
 
 from blockbuster.pipeline.driver import prepare_run
 from blockbuster.pipeline.segment import check_labels, renumber_core_first
@@ -87,3 +89,108 @@ def test_an_empty_retry_clears_what_an_earlier_attempt_staged(tmp_path: Path) ->
     assert not stage[:].any()
     assert not any_chunk_stored(stage, ((0, 1), (0, 1), (0, 6), (0, 8)))  # never written
     assert {r["n_labels"] for r in records.done_records().values()} == {0}
+
+
+def _prepared(tmp_path: Path, fn, image: np.ndarray, tile, overlap, chunks):
+    src = write_zarr(tmp_path / "img.zarr", image, chunks=chunks)
+    run, spec, _ = prepare_run(
+        src,
+        fn,
+        tile,
+        overlap,
+        write_to=tmp_path / "out.zarr",
+        sequential_labels=False,
+        merge_threshold=0.5,
+        overwrite=True,
+    )
+    return run, spec
+
+
+def test_a_block_of_tiles_decodes_each_input_chunk_once(tmp_path: Path, monkeypatch) -> None:
+    """Chunks = tiles with a halo: every tile reads its 8 neighbours' chunks, yet a segment
+    block decodes each chunk its region meets once, and stages exactly what tile-by-tile
+    reads stage."""
+    import blockbuster.pipeline.segment as segment_module
+    from blockbuster.io.chunks import ChunkCache, chunks_touching
+
+    image = blobs((64, 64), seed=3)
+    run, spec = _prepared(tmp_path, cc_label, image, (8, 8), 2, (8, 8))
+    plan = spec.plan
+    group = plan.segment_group_shape()
+    assert np.prod(group) > 1
+    caches: list[ChunkCache] = []
+    real_init = ChunkCache.__init__
+
+    def kept_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        caches.append(self)
+
+    monkeypatch.setattr(ChunkCache, "__init__", kept_init)
+    records = run_stage(run, "segment")
+    stage = open_stage(run.stage)[:]
+    # what the blocks decoded: the chunks each block's region meets, once
+    expected = 0
+    for g in plan.groups(group):
+        reads = [plan.read(i) for i in plan.tiles_in(g)]
+        union = tuple((min(r[a][0] for r in reads), max(r[a][1] for r in reads)) for a in range(2))
+        expected += chunks_touching((8, 8), (64, 64), union)
+    assert len(caches) == len(list(plan.groups(group)))
+    assert sum(c.decoded for c in caches) == expected
+    assert expected < sum(chunks_touching((8, 8), (64, 64), plan.read(i)) for i in plan.tiles())
+    assert set(records.call_counts().values()) == {1}
+    # without the cache (every tile read on its own) the stage is the same, bit for bit
+    monkeypatch.setattr(segment_module.Segmenter, "_cache_for", lambda self, todo: None)
+    run2, _ = _prepared(tmp_path / "b", cc_label, image, (8, 8), 2, (8, 8))
+    run_stage(run2, "segment")
+    np.testing.assert_array_equal(open_stage(run2.stage)[:], stage)
+
+
+def test_a_failing_tile_costs_only_itself(tmp_path: Path) -> None:
+    """One tile of a block fails: the block's other tiles are done and recorded, and the
+    retried block calls fn on the failed tile alone."""
+    import functools
+
+    from blockbuster.pipeline.driver import stage_tasks
+    from blockbuster.pipeline.segment import TilesFailed
+    from blockbuster.run.blocks import process_block
+
+    image = blobs((32, 64), seed=5)
+    image[12, 20] = 1.5  # one tile holds the trigger value
+    flag = tmp_path / "flag"
+    flag.touch()
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    fn = functools.partial(fns.fail_while_flag, flag=str(flag), bad_value=1.5, calls_dir=str(calls))
+    run, spec = _prepared(tmp_path, fn, image, (8, 8), 2, None)
+    plan = spec.plan
+    segment = {t.name: t for t in stage_tasks(run, plan)}["segment"]
+    run.write_tasks([segment])
+    records = run.task_records(segment)
+    bad = plan.tile_id((1, 2))
+    block = next(b for b in segment.blocks() if plan.tile_id((1, 2)) in segment.units(b))
+    assert len(segment.units(block)) > 1
+    with segment.opened() as f:
+        with pytest.raises(TilesFailed) as caught:
+            process_block(segment, f, records, block)
+        assert caught.value.tiles == [bad]
+        assert set(records.done_records()) == set(segment.units(block)) - {bad}
+        assert set(records.failed_tiles()) == {bad}
+        flag.unlink()
+        process_block(segment, f, records, block)
+    assert set(records.done_records()) == set(segment.units(block))
+    counts = records.call_counts()
+    assert counts.pop(bad) == 2 and set(counts.values()) == {1}
+
+
+def test_fn_runs_in_the_calling_thread(tmp_path: Path) -> None:
+    """fn runs where the worker's CUDA context lives: the thread that runs the block."""
+    import functools
+
+    log = tmp_path / "threads"
+    log.mkdir()
+    fn = functools.partial(fns.log_thread, log_dir=str(log))
+    run, _ = _prepared(tmp_path, fn, blobs((32, 32), seed=1), (8, 8), 2, None)
+    run_stage(run, "segment")
+    names = {p.read_text() for p in log.iterdir()}
+    assert names == {threading.current_thread().name}
+    assert len(list(log.iterdir())) == 16

@@ -302,3 +302,25 @@ def test_the_fingerprint_is_the_same_in_every_process() -> None:
         assert proc.returncode == 0, proc.stderr
         prints.add(proc.stdout.strip())
     assert len(prints) == 1
+
+
+def test_a_finished_run_resumes_without_starting_an_engine(tmp_path: Path, monkeypatch) -> None:
+    """Every block is done on disk: the records are verified and no worker starts."""
+    import blockbuster.run.driver as driver_module
+
+    src, img = _image(tmp_path)
+    smooth, mask, calls = _tasks(tmp_path, src)
+    assert run_tasks([smooth, mask], tmp_path / "run", num_workers=2).ok
+    before = _calls(calls, "smooth")
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the engine ran for a finished run")
+
+    monkeypatch.setattr(driver_module, "run_engine", no_engine)
+    result = run_tasks([smooth, mask], tmp_path / "run", num_workers=2)
+    assert result.ok and result.tasks["smooth"].completed == 9
+    assert _calls(calls, "smooth") == before
+    # a record removed is a block to redo: then the engine runs
+    RunDir(tmp_path / "run").task_records(mask).discard(2)
+    with pytest.raises(AssertionError, match="the engine ran"):
+        run_tasks([smooth, mask], tmp_path / "run", num_workers=2)
