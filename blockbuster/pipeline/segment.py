@@ -157,9 +157,10 @@ class Segmenter:
         each; raise :class:`TilesFailed` at the end if any failed."""
         plan, records = self.plan, self.records
         todo: list[tuple[int, ...]] = []
+        records.index.refresh()  # one look at the logs for the whole block
         for index in plan.tiles_in(group):
             tile = plan.tile_id(index)
-            if records.is_done(tile):
+            if records.is_done(tile, refresh=False):
                 continue  # done by an earlier attempt at this block
             if self.foreground is not None and not self.foreground[index]:
                 # outside the mask: never read, never segmented; its labels are background

@@ -34,7 +34,8 @@ def process_block(
     units = task.units(block)
     if task.unit_records:
         # the block function records each unit; the block is done when they all are
-        if all(records.is_done(u) for u in units):
+        records.index.refresh()
+        if all(records.is_done(u, refresh=False) for u in units):
             return None
         return _process_units(task, fn, records, block, units)
     if records.is_done(block.key):

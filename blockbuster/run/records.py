@@ -1,27 +1,44 @@
-"""Per-block records that workers write as files, and the driver gathers.
+"""Per-block records that workers append to logs of their own, and the driver gathers.
 
-Workers never write a shared database: each block writes its own small files, created under a
-temporary name and renamed into place, which is safe on the network filesystems that
-multi-node runs share (SQLite is not). Layout under ``<run_dir>/records/<task>/``:
+Workers never write a shared database, nor a file another process writes: each process
+appends its records to its own log, which is safe on the network filesystems that multi-node
+runs share (SQLite is not), and keeps the run directory's file count growing with the
+workers, not with the tiles. Layout under ``<run_dir>/records/<task>/``:
 
-``<tile>.json``
-    The block succeeded: host, start time, seconds, and task-specific counts. A block of
-    several tiles (stitch, relabel) is recorded under its first tile and lists its ``tiles``.
+``log.<host>.<pid>.<id>.jsonl``
+    One per process that wrote records for the task. One record a line: the record as JSON,
+    a tab and the CRC-32 of the JSON (8 hex digits). Kinds of record:
+
+    ``done``
+        The block succeeded: host, start time, seconds, task-specific counts and a unique
+        ``id``. A block of several tiles (stitch, relabel) is recorded under its first tile
+        and lists its ``tiles``. Flushed to disk (fsync) before the worker goes on.
+    ``error``
+        A failed attempt: host, time and the traceback.
+    ``call``
+        segment only: appended just before each call of ``fn``, so calls are counted even
+        when the worker is killed inside ``fn``.
+    ``discard``
+        The driver found a done block damaged: the done records it names (by ``id``) no
+        longer count, and the block is redone.
+
+    A line a crash cut short, or one whose checksum does not match, is ignored (logged
+    once): its block is treated as not done and runs again.
 ``<tile>.edges.npy``
-    stitch only: the tile's equivalences, an ``(n, 4)`` int64 array
+    stitch only: the block's equivalences, an ``(n, 4)`` int64 array
     ``(tile_a, label_a, tile_b, label_b)``.
-``<tile>.call.<id>``
-    segment only: one file per call of ``fn``, created just before the call, so calls are
-    counted even when the worker is killed inside ``fn``.
 ``<tile>.plane.npy``
     segment and relabel, tiles crossing the block map's plane only: that plane's piece of the
     tile (image, or final labels), strided (see :mod:`.thumbnail`).
-``<tile>.error.<id>.json``
-    One per failed attempt: host, time and the traceback.
+
+Readers read logs incrementally (:class:`RecordIndex`): each look lists the folder and reads
+only the bytes appended since the last one, so checking one block, polling progress and
+verifying a finished run of 100,000 tiles all cost one pass over what is new.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -30,6 +47,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +56,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from blockbuster.run.files import write_atomic
+from blockbuster.run.files import fsync_dir, write_atomic
 
 logger = logging.getLogger("blockbuster")
+
+LOG_PREFIX = "log."
+LOG_SUFFIX = ".jsonl"
 
 
 def npy_bytes(array: NDArray[Any]) -> bytes:
@@ -50,29 +71,13 @@ def npy_bytes(array: NDArray[Any]) -> bytes:
     return buf.getvalue()
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when the file is missing, empty, truncated or not an
-    object (each bad file is logged once)."""
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        _warn_once(path, f"unreadable ({e.__class__.__name__}: {e})")
-        return None
-    if not isinstance(data, dict):
-        _warn_once(path, "not a JSON object")
-        return None
-    return data
-
-
 _warned: set[str] = set()
 
 
-def _warn_once(path: Path, why: str) -> None:
-    if str(path) not in _warned:
-        _warned.add(str(path))
-        logger.warning("ignoring %s: %s; its block is treated as not done", path, why)
+def _warn_once(where: str, why: str) -> None:
+    if where not in _warned:
+        _warned.add(where)
+        logger.warning("ignoring %s: %s; its block is treated as not done", where, why)
 
 
 Fields = Mapping[str, type | tuple[type, ...]]
@@ -86,27 +91,247 @@ def valid_record(tile: int, record: dict[str, Any], required: Fields = {}) -> bo
     return all(isinstance(record.get(k), t) for k, t in required.items())
 
 
-def parse_record_name(name: str) -> tuple[int, str] | None:
-    """``(key, kind)`` of a file in a record folder, or None (a temporary file, or not one of
-    ours); kind is ``"done"``, ``"error"``, ``"call"``, ``"edges"`` or ``"plane"``.
+def encode_line(record: Mapping[str, Any]) -> bytes:
+    """One log line: ``record`` as JSON, a tab, its CRC-32, a newline.
 
-    >>> parse_record_name("12.error.ab12.json"), parse_record_name(".12.json.x.tmp")
-    ((12, 'error'), None)
+    >>> encode_line({"kind": "call", "tile": 3})
+    b'{"kind": "call", "tile": 3}\\td94a7818\\n'
+    """
+    payload = json.dumps(record).encode()
+    return payload + b"\t%08x\n" % zlib.crc32(payload)
+
+
+def decode_line(line: bytes) -> dict[str, Any] | None:
+    """The record of one log line (without its newline); None when its checksum does not
+    match or it is not a JSON object with an int ``tile`` and a ``kind``."""
+    payload, tab, crc = line.rpartition(b"\t")
+    if not tab or len(crc) != 8:
+        return None
+    try:
+        if int(crc, 16) != zlib.crc32(payload):
+            return None
+        record = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("tile"), int):
+        return None
+    if record.get("kind") not in ("done", "error", "call", "discard"):
+        return None
+    return record
+
+
+def parse_record_name(name: str) -> tuple[int, str] | None:
+    """``(key, kind)`` of a per-block file in a record folder (``"edges"`` or ``"plane"``),
+    or None (a log, a temporary file, or not one of ours).
+
+    >>> parse_record_name("12.edges.npy"), parse_record_name(".12.edges.npy.x.tmp")
+    ((12, 'edges'), None)
     """
     if name.startswith("."):
         return None
     head, _, rest = name.partition(".")
-    if not head.isdigit():
-        return None
-    if rest.startswith("call."):
-        return int(head), "call"
-    if rest == "json":
-        return int(head), "done"
-    if rest.startswith("error.") and rest.endswith(".json"):
-        return int(head), "error"
-    if rest in ("edges.npy", "plane.npy"):
+    if head.isdigit() and rest in ("edges.npy", "plane.npy"):
         return int(head), rest.partition(".")[0]
     return None
+
+
+def record_tiles(record: Mapping[str, Any], tile: int) -> list[int]:
+    """The tiles a record stands for.
+
+    Parameters
+    ----------
+    record
+        A done or error record.
+    tile
+        The key it is recorded under.
+
+    Returns
+    -------
+    list of int
+        The record's ``"tiles"`` list where it has one (a block covering several tiles), else
+        ``[tile]``.
+    """
+    tiles = record.get("tiles")
+    if isinstance(tiles, list) and tiles:
+        return [int(t) for t in tiles]
+    return [tile]
+
+
+class RecordIndex:
+    """Every record in one task's logs, read incrementally.
+
+    Parameters
+    ----------
+    root
+        The task's record folder. It may not exist yet (or any more): it then holds no
+        records.
+
+    Notes
+    -----
+    :meth:`refresh` lists the folder and reads each log from where the last refresh stopped,
+    up to its last complete line, and files each new record by kind and key, so that looking
+    one block up costs nothing more; a log that disappears (a task's records are cleared
+    before it reruns) is forgotten with its records. Thread-safe.
+    """
+
+    done_by_key: dict[int, list[dict[str, Any]]]
+    """Done records by key, oldest first (discarded ones included)."""
+    discarded: set[str]
+    """The ids of discarded done records."""
+    calls: dict[int, int]
+    """Calls of ``fn`` by tile."""
+    errors: list[dict[str, Any]]
+    """Error records."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._offsets: dict[str, int] = {}
+        self._lines: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.RLock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.done_by_key = {}
+        self.discarded = set()
+        self.calls = {}
+        self.errors = []
+
+    def _file(self, record: dict[str, Any]) -> None:
+        kind, key = record["kind"], record["tile"]
+        if kind == "done":
+            self.done_by_key.setdefault(key, []).append(record)
+        elif kind == "discard":
+            self.discarded.add(str(record.get("id")))
+        elif kind == "call":
+            self.calls[key] = self.calls.get(key, 0) + 1
+        else:
+            self.errors.append(record)
+
+    def refresh(self) -> bool:
+        """Read what was appended since the last refresh; True when anything changed."""
+        with self._lock:
+            try:
+                names = {
+                    e.name
+                    for e in os.scandir(self.root)
+                    if e.name.startswith(LOG_PREFIX) and e.name.endswith(LOG_SUFFIX)
+                }
+            except FileNotFoundError:
+                names = set()
+            gone = self._offsets.keys() - names
+            for name in gone:
+                del self._offsets[name], self._lines[name]
+            if gone:  # rare (records cleared): file what is left again
+                self._clear()
+                for name in sorted(self._lines):
+                    for record in self._lines[name]:
+                        self._file(record)
+            changed = bool(gone)
+            for name in sorted(names):
+                changed |= self._read(name)
+            return changed
+
+    def _read(self, name: str) -> bool:
+        offset = self._offsets.setdefault(name, 0)
+        lines = self._lines.setdefault(name, [])
+        try:
+            with open(self.root / name, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return False
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next look
+        if not end:
+            return False
+        for n, line in enumerate(data[:end].split(b"\n")[:-1]):
+            record = decode_line(line)
+            if record is None:
+                _warn_once(f"{self.root / name} (line {n} after byte {offset})", "a damaged line")
+                continue
+            lines.append(record)
+            self._file(record)
+        self._offsets[name] = offset + end
+        return True
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The records read so far, of ``kind`` (all kinds by default), log by log."""
+        with self._lock:
+            return [
+                r for name in sorted(self._lines) for r in self._lines[name]
+                if kind is None or r["kind"] == kind
+            ]  # fmt: skip
+
+    def done_record(self, key: int, required: Fields = {}) -> dict[str, Any] | None:  # noqa: B006
+        """The newest valid done record of ``key`` not discarded, or None."""
+        with self._lock:
+            for record in self.done_by_key.get(key, [])[::-1]:
+                live = str(record.get("id")) not in self.discarded
+                if live and valid_record(key, record, required):
+                    return record
+            return None
+
+    def done(self, required: Fields = {}) -> dict[int, dict[str, Any]]:  # noqa: B006
+        """The valid done records not discarded, by key."""
+        with self._lock:
+            out = {}
+            for key in self.done_by_key:
+                record = self.done_record(key, required)
+                if record is not None:
+                    out[key] = record
+            return out
+
+
+class LogWriter:
+    """Appends records to this process's log in one record folder.
+
+    The log is created on the first record (with the folder); a log that was removed under
+    it (records cleared) or a forked child starts a new one. Each record is one ``write``;
+    one that fails (a full disk) is cut off again, so the log never holds half a line
+    followed by more.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fd: int | None = None
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def _open(self) -> int:
+        fd = self._fd
+        if fd is not None and self._pid == os.getpid() and os.fstat(fd).st_nlink > 0:
+            return fd
+        self.close()
+        self.root.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname().replace(".", "-").replace("/", "-")
+        name = f"{LOG_PREFIX}{host}.{os.getpid()}.{uuid.uuid4().hex[:12]}{LOG_SUFFIX}"
+        fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fsync_dir(self.root)  # the log's name survives a power cut
+        self._fd, self._pid = fd, os.getpid()
+        return fd
+
+    def append(self, record: Mapping[str, Any], durable: bool = True) -> None:
+        """Append ``record``; when ``durable``, on disk (fsync) before this returns."""
+        line = encode_line(record)
+        with self._lock:
+            fd = self._open()
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(f"short write to the record log ({written}/{len(line)} bytes)")
+                if durable:
+                    os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                self.close()  # the next record starts a fresh log
+                raise
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +353,7 @@ class TileError:
 
 
 class TaskRecords:
-    """The record files of one task.
+    """The records of one task: this process's writes, and everything its logs hold.
 
     Parameters
     ----------
@@ -145,37 +370,55 @@ class TaskRecords:
         self.task = task
         self.required: Fields = dict(required or {})
         self.host = socket.gethostname()
-        self._made = False
+        self.index = RecordIndex(self.root)
+        self.log = LogWriter(self.root)
+
+    def close(self) -> None:
+        """Close this process's log (records written later open a new one)."""
+        self.log.close()
 
     def _folder(self) -> Path:
         """The record folder, created on the first write (readers never create it)."""
-        if not self._made:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._made = True
+        self.root.mkdir(parents=True, exist_ok=True)
         return self.root
 
     # -- worker side -----------------------------------------------------------------------
 
-    def is_done(self, tile: int) -> bool:
-        """Whether ``tile`` has a valid done record (an unreadable one counts as none)."""
-        return self.record(tile) is not None
+    def is_done(self, tile: int, refresh: bool = True) -> bool:
+        """Whether ``tile`` has a valid done record (a damaged one counts as none); without
+        ``refresh``, as of the last look at the logs."""
+        return self.record(tile, refresh) is not None
 
-    def record(self, tile: int) -> dict[str, Any] | None:
+    def record(self, tile: int, refresh: bool = True) -> dict[str, Any] | None:
         """The done record of ``tile`` (the block keyed by it), or None if it has no valid one."""
-        record = read_json(self.root / f"{tile}.json")
-        return record if record is not None and valid_record(tile, record, self.required) else None
+        if refresh:
+            self.index.refresh()
+        return self.index.done_record(tile, self.required)
 
     def discard(self, tile: int) -> None:
-        """Forget the done record of the block keyed by ``tile`` (it is redone)."""
-        (self.root / f"{tile}.json").unlink(missing_ok=True)
+        """Forget the done records of the block keyed by ``tile`` (it is redone)."""
+        self.index.refresh()
+        for r in list(self.index.done_by_key.get(tile, ())):
+            if "id" in r:
+                self.log.append({"kind": "discard", "tile": tile, "id": r["id"]})
         self.edges_file(tile).unlink(missing_ok=True)
 
     def call_started(self, tile: int) -> None:
-        (self._folder() / f"{tile}.call.{uuid.uuid4().hex}").touch()
+        # not flushed: a worker killed in fn leaves it in the page cache, and a power cut
+        # only loses a count
+        self.log.append({"kind": "call", "tile": tile}, durable=False)
 
     def done(self, tile: int, start: float, seconds: float, **info: Any) -> None:
-        record = {"tile": tile, "host": self.host, "start": start, "seconds": seconds, **info}
-        write_atomic(self._folder() / f"{tile}.json", json.dumps(record).encode(), sync_dir=False)
+        record = {
+            "kind": "done",
+            "tile": tile,
+            "host": self.host,
+            "start": start,
+            "seconds": seconds,
+            **info,
+            "id": uuid.uuid4().hex,
+        }
+        self.log.append(record)
 
     def edges_file(self, tile: int) -> Path:
         return self.root / f"{tile}.edges.npy"
@@ -195,10 +438,10 @@ class TaskRecords:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as e:
-            _warn_once(path, f"unreadable ({e.__class__.__name__}: {e})")
+            _warn_once(str(path), f"unreadable ({e.__class__.__name__}: {e})")
             return None
         if edges.ndim != 2 or edges.shape[1] != 4 or edges.dtype != np.int64:
-            _warn_once(path, f"edges of shape {edges.shape} and dtype {edges.dtype}")
+            _warn_once(str(path), f"edges of shape {edges.shape} and dtype {edges.dtype}")
             return None
         return edges
 
@@ -208,6 +451,7 @@ class TaskRecords:
 
     def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
         record = {
+            "kind": "error",
             "task": self.task,
             "tile": tile,
             "tiles": tiles if tiles is not None else [tile],
@@ -215,13 +459,12 @@ class TaskRecords:
             "time": time.time(),
             "traceback": traceback,
         }
-        name = f"{tile}.error.{uuid.uuid4().hex}.json"
-        write_atomic(self._folder() / name, json.dumps(record).encode(), sync_dir=False)
+        self.log.append(record)
 
     # -- driver side -----------------------------------------------------------------------
 
     def files(self, kind: str) -> Iterator[tuple[int, Path]]:
-        """``(key, path)`` of every file of ``kind`` (see :func:`parse_record_name`)."""
+        """``(key, path)`` of every per-block file of ``kind`` (``"edges"`` or ``"plane"``)."""
         if not self.root.exists():
             return
         for entry in os.scandir(self.root):
@@ -230,13 +473,9 @@ class TaskRecords:
                 yield parsed[0], Path(entry.path)
 
     def done_records(self) -> dict[int, dict[str, Any]]:
-        """Successful blocks by tile (unreadable or invalid records are left out)."""
-        out = {}
-        for tile, path in self.files("done"):
-            record = read_json(path)
-            if record is not None and valid_record(tile, record, self.required):
-                out[tile] = record
-        return out
+        """Successful blocks by key (damaged, incomplete or discarded records left out)."""
+        self.index.refresh()
+        return self.index.done(self.required)
 
     def edges(self, keys: Iterator[int] | list[int]) -> NDArray[Any]:
         """The equivalences of the stitch blocks keyed by ``keys``, ``(n, 4)`` int64.
@@ -255,29 +494,24 @@ class TaskRecords:
         return np.concatenate(parts) if parts else np.empty((0, 4), dtype=np.int64)
 
     def call_counts(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for tile, _ in self.files("call"):
-            counts[tile] = counts.get(tile, 0) + 1
-        return counts
+        self.index.refresh()
+        return dict(self.index.calls)
 
     def errors(self) -> list[TileError]:
+        self.index.refresh()
         out = []
-        for _, path in self.files("error"):
-            d = read_json(path)
+        for d in list(self.index.errors):
             try:
-                assert d is not None
-                tiles = tuple(int(t) for t in d.get("tiles", [d["tile"]]))
                 err = TileError(
                     str(d["task"]),
                     int(d["tile"]),
                     str(d["host"]),
                     float(d["time"]),
                     str(d["traceback"]),
-                    tiles,
+                    tuple(record_tiles(d, d["tile"])),
                 )
-            except (AssertionError, KeyError, TypeError, ValueError):
-                if d is not None:
-                    _warn_once(path, "an error record without its fields")
+            except (KeyError, TypeError, ValueError):
+                _warn_once(f"{self.root}: error record of {d['tile']}", "fields missing")
                 continue
             out.append(err)
         return sorted(out, key=lambda e: (e.tile, e.time))
@@ -293,28 +527,6 @@ class TaskRecords:
 
 
 # -- counting while workers write -------------------------------------------------------
-
-
-def record_tiles(record: dict[str, Any], tile: int) -> list[int]:
-    """The tiles a record stands for.
-
-    Parameters
-    ----------
-    record
-        A parsed record file (done or error).
-    tile
-        The tile id in the record's file name (``<tile>.json``, ``<tile>.error.<id>.json``).
-
-    Returns
-    -------
-    list of int
-        The record's ``"tiles"`` list where it has one (a block covering several tiles), else
-        ``[tile]``.
-    """
-    tiles = record.get("tiles")
-    if isinstance(tiles, list) and tiles:
-        return [int(t) for t in tiles]
-    return [tile]
 
 
 @dataclass
@@ -374,7 +586,7 @@ class TileCounts:
 
 
 class RecordScanner:
-    """Counts one task's tiles from its record folder, cheaply and repeatedly.
+    """Counts one task's tiles from its record logs, cheaply and repeatedly.
 
     Parameters
     ----------
@@ -384,23 +596,18 @@ class RecordScanner:
 
     Notes
     -----
-    Each :meth:`scan` lists the folder once and parses only record files it has not seen
-    before, so polling a folder of thousands of records costs one directory listing (about
-    20 ms for 10,000 tiles). A file that disappears (a task's records are cleared before it
-    reruns) is forgotten.
+    Each :meth:`scan` lists the folder and reads only what the logs gained since the last
+    one (see :class:`RecordIndex`); when nothing changed it returns the last counts.
     """
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self._seen: set[str] = set()  # names handled (parsed, or not records)
-        self._done: dict[str, tuple[list[int], float, bool]] = {}
-        self._errors: dict[str, list[int]] = {}
-        self._calls: dict[str, int] = {}
+        self.index = RecordIndex(self.root)
         self._counts: TileCounts | None = None
         self._lock = threading.Lock()
 
     def scan(self) -> TileCounts:
-        """Read the folder now.
+        """Read the logs now.
 
         Returns
         -------
@@ -409,56 +616,25 @@ class RecordScanner:
             started tiles.
         """
         with self._lock:
-            try:
-                names = set(os.listdir(self.root))
-            except FileNotFoundError:
-                names = set()
-            gone, new = self._seen - names, names - self._seen
-            if not gone and not new and self._counts is not None:
-                return self._counts.copy()  # nothing changed since the last scan
-            for name in gone:
-                self._seen.discard(name)
-                self._done.pop(name, None)
-                self._errors.pop(name, None)
-                self._calls.pop(name, None)
-            unread: list[tuple[int, str]] = []  # records not readable yet: counted by name
-            for name in new:
-                parsed = parse_record_name(name)
-                if parsed is None:
-                    self._seen.add(name)
-                elif parsed[1] == "call":
-                    self._calls[name] = parsed[0]
-                    self._seen.add(name)
-                elif self._parse(name, *parsed):
-                    self._seen.add(name)
-                else:
-                    unread.append(parsed)
-            done = list(self._done.values())
-            done += [([t], 0.0, False) for t, k in unread if k == "done"]
-            errors = list(self._errors.values()) + [[t] for t, k in unread if k == "error"]
-            counts = TileCounts(started=set(self._calls.values()))
-            for tiles, seconds, skipped in done:
+            changed = self.index.refresh()
+            if not changed and self._counts is not None:
+                return self._counts.copy()
+            index = self.index
+            counts = TileCounts(started=set(index.calls))
+            errors = [record_tiles(r, r["tile"]) for r in index.errors]
+            for key, done in index.done_by_key.items():
+                live = [r for r in done if str(r.get("id")) not in index.discarded]
+                if not live:
+                    continue
+                r = live[-1]
+                tiles = record_tiles(r, key)
+                seconds = r.get("seconds", 0.0)
+                seconds = float(seconds) if isinstance(seconds, (int, float)) else 0.0
                 for t in tiles:
                     counts.done[t] = seconds / len(tiles)
-                if skipped:
+                if r.get("skipped"):
                     counts.skipped.update(tiles)
             for tiles in errors:
                 counts.failed.update(t for t in tiles if t not in counts.done)
-            self._counts = None if unread else counts.copy()
+            self._counts = counts.copy()
             return counts
-
-    def _parse(self, name: str, tile: int, kind: str) -> bool:
-        """Cache the record ``name``; False when it could not be read (try again next scan)."""
-        try:
-            record = json.loads((self.root / name).read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(record, dict):
-            return False
-        tiles = record_tiles(record, tile)
-        if kind == "done":
-            seconds = float(record.get("seconds", 0.0))
-            self._done[name] = (tiles, seconds, bool(record.get("skipped", False)))
-        else:
-            self._errors[name] = tiles
-        return True

@@ -37,7 +37,7 @@ def test_background_blocks_skip_the_stage_and_clear_stale_output(tmp_path: Path)
     output = open_array(spec.output_store, spec.output_path, mode="r+")
     output[12:16, 56:64] = 9
     assert not any_chunk_stored(output, ((8, 16), (0, 56)))  # background never written
-    for record in run.records("relabel").glob("*.json"):
+    for record in run.records("relabel").glob("log.*.jsonl"):
         record.unlink()  # the driver forgets relabel's records before it relabels again
     plan = spec.plan
     records = TaskRecords(run.records("relabel"), "relabel")

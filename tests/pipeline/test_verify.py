@@ -60,7 +60,8 @@ def _resume(out: Path, fn: functools.partial, **kw: object):
 
 
 @pytest.mark.parametrize(
-    "damage", ["delete chunk", "truncate chunk", "truncate faces", "empty record", "bad record"]
+    "damage",
+    ["delete chunk", "truncate chunk", "truncate faces", "flipped byte", "record cut short"],
 )
 def test_damaged_state_is_redone_on_resume(
     tmp_path: Path, volume: tuple[str, np.ndarray], damage: str
@@ -80,10 +81,17 @@ def test_damaged_state_is_redone_on_resume(
     elif damage == "truncate faces":
         path = face_file(run.faces, victim)
         path.write_bytes(path.read_bytes()[:5])
-    elif damage == "empty record":
-        (run.records("segment") / f"{victim}.json").write_bytes(b"")
-    else:
-        (run.records("segment") / f"{victim}.json").write_text('{"tile": ')
+    elif damage == "flipped byte":  # its checksum no longer matches
+        log, start, end = _done_line(run, victim)
+        data = bytearray(log.read_bytes())
+        data[start + data[start:end].index(b'"seconds"') + 3] ^= 0x01
+        log.write_bytes(bytes(data))
+    else:  # a crash cut the last record of a log short
+        log = next(iter(sorted(run.records("segment").glob("log.*.jsonl"))))
+        victim = max(_done_lines(log), key=lambda item: item[1])[0]
+        _, start, end = _done_line(run, victim)
+        with open(log, "r+b") as f:
+            f.truncate(start + (end - start) // 2)
     if damage in ("delete chunk", "truncate chunk", "truncate faces"):
         assert victim in damaged_tiles(run, plan)
     before = len(list(calls.iterdir()))
@@ -92,6 +100,25 @@ def test_damaged_state_is_redone_on_resume(
     # the victim and the tile that failed ran fn again, nothing else did
     assert len(list(calls.iterdir())) - before == 2
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], _clean(tmp_path, src))
+
+
+def _done_lines(log: Path) -> list[tuple[int, int, int]]:
+    """``(tile, start, end)`` of each done record's line in ``log``."""
+    out, start = [], 0
+    for line in log.read_bytes().split(b"\n")[:-1]:
+        record = json.loads(line.rpartition(b"\t")[0])
+        if record["kind"] == "done":
+            out.append((record["tile"], start, start + len(line)))
+        start += len(line) + 1
+    return out
+
+
+def _done_line(run: RunDir, tile: int) -> tuple[Path, int, int]:
+    for log in run.records("segment").glob("log.*.jsonl"):
+        for t, start, end in _done_lines(log):
+            if t == tile:
+                return log, start, end
+    raise AssertionError(f"no done record of tile {tile}")
 
 
 @pytest.mark.parametrize("what", ["chunks", "array"])
@@ -138,8 +165,9 @@ def test_corrupt_error_record_does_not_break_status(
     src, _ = volume
     out, _, _ = _failed_run(tmp_path, src)
     run = RunDir.for_output(out)
-    for path in run.records("segment").glob("*.error.*"):
-        path.write_bytes(path.read_bytes()[:10])
+    for log in run.records("segment").glob("log.*.jsonl"):  # every error record damaged
+        lines = log.read_bytes().split(b"\n")
+        log.write_bytes(b"\n".join(ln.replace(b'"error"', b'"errxr"', 1) for ln in lines))
     status = subprocess.run(
         [sys.executable, "-m", "blockbuster", "status", str(run.root)],
         capture_output=True,

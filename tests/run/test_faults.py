@@ -30,6 +30,7 @@ from blockbuster import TileFailureError, tile_process
 from blockbuster.io.boxes import box_slices
 from blockbuster.pipeline.plan import TilePlan
 from blockbuster.pipeline.spec import read_spec
+from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
 
 TRIGGER = 1.5  # outside the blobs' [0, 1] range, and foreground like them
@@ -171,7 +172,7 @@ def test_killed_driver_resumes_without_redoing_staged_tiles(tmp_path: Path) -> N
     first.wait()
     run = RunDir.for_output(out)
     _wait_for_workers_to_exit(run.root)
-    staged = {int(p.name.split(".")[0]) for p in run.records("segment").glob("*.json")}
+    staged = set(TaskRecords(run.records("segment"), "segment").done_records())
     assert 0 < len(staged) < 48
     plan = read_spec(run).plan
     keys = _block_keys(img, plan)

@@ -4,14 +4,14 @@ observer of the record watcher's events, as in a run)."""
 from __future__ import annotations
 
 import io
-import json
+import os
 import re
 import threading
 import time
 from pathlib import Path
 
 from blockbuster.run.events import Events, RecordWatcher, StageFinished, StageStarted, TaskInfo
-from blockbuster.run.records import RecordScanner, TaskRecords, record_tiles
+from blockbuster.run.records import RecordScanner, TaskRecords, encode_line, record_tiles
 from blockbuster.run.rundir import RunDir
 from blockbuster.ui.progress import ProgressMonitor
 
@@ -64,30 +64,43 @@ def test_scanner_counts_tiles_of_single_and_multi_tile_records(tmp_path: Path) -
     run = RunDir(tmp_path / "run")
     assert tile_counts(run, "stitch").num_done == 0  # no folder yet
     records = TaskRecords(run.records("stitch"), "stitch")
+    other = TaskRecords(run.records("stitch"), "stitch")  # a second worker: a log of its own
     records.done(0, time.time(), 2.0)
-    records.done(4, time.time(), 3.0, tiles=[4, 5, 6])  # one block, three tiles
+    other.done(4, time.time(), 3.0, tiles=[4, 5, 6])  # one block, three tiles
     records.failed(9, "Traceback\nValueError: x")
-    # a failed block of two tiles (written by hand: records.failed may not take tiles yet)
-    (records.root / "2.error.abc.json").write_text(
-        json.dumps({"task": "stitch", "tile": 2, "tiles": [2, 3], "host": "h", "time": 0.0,
-                    "traceback": "Traceback\nValueError: y"})
-    )  # fmt: skip
+    other.failed(2, "Traceback\nValueError: y", tiles=[2, 3])  # a failed block of two tiles
     records.failed(0, "Traceback\nValueError: retried, then done")
     records.write_edges(0, [[0, 1, 4, 1]])
-    (records.root / ".7.json.abc.tmp").write_text("{}")  # a record being written
-    (records.root / "8.json").write_text("{trunc")  # unreadable yet: counted by its name
+    logs = sorted(records.root.glob("log.*.jsonl"))
+    assert len(logs) == 2
+    line = encode_line({"kind": "done", "tile": 8, "seconds": 4.0, "id": "x"})
+    mine = records.log  # the log of ``records``: a line still being written is not counted
+    with open(next(p for p in logs if p != _log_of(other)), "ab") as f:
+        f.write(line[:10])
 
     scanner = RecordScanner(records.root)
     counts = scanner.scan()
-    assert counts.done == {0: 2.0, 4: 1.0, 5: 1.0, 6: 1.0, 8: 0.0}
+    assert counts.done == {0: 2.0, 4: 1.0, 5: 1.0, 6: 1.0}
     assert counts.failed == {2, 3, 9}
-    assert counts.pending(12) == 12 - 5 - 3
+    assert counts.pending(12) == 12 - 4 - 3
+    assert scanner.scan().done == counts.done  # nothing new
 
-    (records.root / "8.json").write_text(json.dumps({"tile": 8, "seconds": 4.0}))
-    (records.root / "4.json").unlink()  # records cleared: forgotten
+    with open(next(p for p in logs if p != _log_of(other)), "ab") as f:
+        f.write(line[10:])  # the line complete
+    mine.close()
+    _log_of(other).unlink()  # its records cleared: forgotten
     counts = scanner.scan()
     assert counts.done == {0: 2.0, 8: 4.0}
+    assert counts.failed == {9}
     assert tile_counts(run, "stitch").done == counts.done
+    records.discard(8)
+    assert scanner.scan().done == {0: 2.0}
+
+
+def _log_of(records: TaskRecords) -> Path:
+    (path,) = (p for p in records.root.glob("log.*.jsonl") if os.stat(p).st_ino == os.fstat(
+        records.log._fd).st_ino)  # type: ignore[arg-type]  # fmt: skip
+    return path
 
 
 def test_scanner_sees_started_segment_calls(tmp_path: Path) -> None:

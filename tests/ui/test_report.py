@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -64,8 +63,7 @@ def test_summary_table_from_a_run_dir_and_its_status(tmp_path: Path) -> None:
         seg.done(tile, time.time(), 0.1, n_core=0, n_labels=0)
     stitch = TaskRecords(run.records("stitch"), "stitch")
     stitch.done(0, time.time(), 0.3, tiles=[0, 1, 2, 3, 4, 5])  # one block of six tiles
-    error = {"task": "stitch", "tile": 6, "tiles": [6, 7], "host": "h", "time": 0.0}
-    (stitch.root / "6.error.abc.json").write_text(json.dumps({**error, "traceback": "x"}))
+    stitch.failed(6, "x", tiles=[6, 7])
     seconds = {"segment+stitch": 2.4, "resolve": 0.1, "relabel": 1.2, "total": 4.8}
     table = summary_table(run, seconds, num_labels=7)
     assert table.splitlines() == [
