@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_fns import nothing  # noqa: E402
 
 from blockbuster import Task, run_tasks  # noqa: E402
+from blockbuster.run.ownership import mark_run_dir, new_run_id  # noqa: E402
 from blockbuster.run.rundir import RunDir  # noqa: E402
 
 
@@ -65,6 +66,7 @@ def main() -> None:
             else:
                 run = RunDir(root)
                 run.create()
+                mark_run_dir(root, new_run_id(), root)
                 run.write_tasks([task])
                 records = run.task_records(task)
                 for block in task.blocks():
