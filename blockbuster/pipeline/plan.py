@@ -11,7 +11,7 @@ at the image edges: the halo never invents data past the image.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,32 @@ SEGMENT_GROUP_READ_VOXELS = 2**26
 chunks its tiles share are kept for it (see :class:`~blockbuster.io.chunks.ChunkCache`)."""
 SEGMENT_MIN_BLOCKS = 16
 """Fewest blocks a segment task is cut into (so workers share the work)."""
+
+
+def _grow(
+    grid: Sequence[int],
+    axes: Sequence[int],
+    fits: Callable[[list[int]], bool],
+    last_axis_first: bool,
+) -> tuple[int, ...]:
+    """Grow a block of one tile by doubling, along ``axes``, the axis with the most blocks
+    left (ties: the first axis, or the last with ``last_axis_first``) while ``fits``."""
+    group = [1] * len(grid)
+    while True:
+        order = sorted(
+            axes,
+            key=lambda a: (-math.ceil(grid[a] / group[a]), -a if last_axis_first else a),
+        )
+        for axis in order:
+            if group[axis] >= grid[axis]:
+                continue
+            trial = list(group)
+            trial[axis] = min(2 * group[axis], grid[axis])
+            if fits(trial):
+                group = trial
+                break
+        else:
+            return tuple(group)
 
 
 def normalize_tile_shape(
@@ -206,8 +232,7 @@ class TilePlan:
     def group_shape(self) -> tuple[int, ...]:
         """Tiles per block along each axis for the stages that group tiles (stitch, relabel).
 
-        Segment blocks are single tiles (``fn`` runs once per tile, and a failure costs one
-        tile). Stitch and relabel blocks group tiles, so that small tiles do not pay a daisy
+        Stitch and relabel blocks group tiles so that small tiles do not pay a daisy
         round trip, a record file and a zarr call each: a group grows (doubling the axis with
         the most groups left) while it reads at most ``GROUP_STAGE_VOXELS`` staged voxels
         (with the upper neighbours stitch compares against), holds at most
@@ -215,7 +240,6 @@ class TilePlan:
         It depends on the plan only, so a resumed run cuts the same blocks.
         """
         grid, stage = self.grid, self.stage_tile_shape
-        group = [1] * self.ndim
 
         def fits(g: list[int]) -> bool:
             voxels = math.prod(min(n + 1, m) * s for n, m, s in zip(g, grid, stage, strict=True))
@@ -226,18 +250,7 @@ class TilePlan:
                 and blocks >= GROUP_MIN_BLOCKS
             )
 
-        while True:
-            order = sorted(range(self.ndim), key=lambda a: -math.ceil(grid[a] / group[a]))
-            for axis in order:
-                if group[axis] >= grid[axis]:
-                    continue
-                trial = list(group)
-                trial[axis] = min(2 * group[axis], grid[axis])
-                if fits(trial):
-                    group = trial
-                    break
-            else:
-                return tuple(group)
+        return _grow(grid, range(self.ndim), fits, last_axis_first=False)
 
     def segment_group_shape(self) -> tuple[int, ...]:
         """Tiles per segment block along each axis.
@@ -251,7 +264,6 @@ class TilePlan:
         still group them for the pipelined worker.
         """
         grid = self.grid
-        group = [1] * self.ndim
 
         def fits(g: list[int]) -> bool:
             span = math.prod(
@@ -265,18 +277,7 @@ class TilePlan:
             )
 
         axes = range(1, self.ndim) if self.time_axis else range(self.ndim)
-        while True:
-            order = sorted(axes, key=lambda a: (-math.ceil(grid[a] / group[a]), -a))
-            for axis in order:
-                if group[axis] >= grid[axis]:
-                    continue
-                trial = list(group)
-                trial[axis] = min(2 * group[axis], grid[axis])
-                if fits(trial):
-                    group = trial
-                    break
-            else:
-                return tuple(group)
+        return _grow(grid, axes, fits, last_axis_first=True)
 
     def groups(self, group: Sequence[int] | None = None) -> Iterator[Box]:
         """The blocks of ``group`` tiles (default :meth:`group_shape`) as boxes of grid
