@@ -297,8 +297,10 @@ def prepare(
         )
     # a run directory without a spec (a driver killed at its start) has nothing to resume
     resumable = not overwrite and run.root.is_dir() and run.spec_file.exists()
-    stats = _image_stats(run, source, resumable)
-    fn = prepare_fn(fn, stats)
+    # the pass reads the whole image (or its coarse level): only for those who use it
+    stats = _image_stats(run, source, resumable) if _needs_stats(fn, mask) else None
+    if stats is not None:
+        fn = prepare_fn(fn, stats)
     payload = _validate_fn(fn)
     ref = describe_fn(fn)
     foreground = mask_tiles(mask, source, plan, stats)
@@ -313,7 +315,7 @@ def prepare(
         run_id=new_run_id(),
         fn_fingerprint=fn_fingerprint(ref, fn),
         input_fingerprint=input_fingerprint(source.open()),
-        stats_digest=stats.digest(),
+        stats_digest="" if stats is None else stats.digest(),
         mask="" if mask is None else "auto" if isinstance(mask, str) else "array",
         mask_digest="" if foreground is None else tiles_digest(foreground),
     )
@@ -351,7 +353,10 @@ def prepare(
                 )
             resume = True
         mark_run_dir(run.root, spec.run_id, out)
-        save_stats(run.stats_file, stats)
+        if stats is None:
+            run.stats_file.unlink(missing_ok=True)
+        else:
+            save_stats(run.stats_file, stats)
         if foreground is None:
             run.foreground_file.unlink(missing_ok=True)
         else:
@@ -375,6 +380,12 @@ def suggested_overlap(fn: Any) -> int | tuple[int, ...]:
     value = suggest()
     logger.info("overlap %s, as the fn suggests", value)
     return value  # type: ignore[no-any-return]
+
+
+def _needs_stats(fn: Any, mask: Any) -> bool:
+    """Whether the run uses the image statistics: a fn with ``prepare(stats)`` or
+    ``mask="auto"``."""
+    return callable(getattr(fn, "prepare", None)) or (isinstance(mask, str) and mask == "auto")
 
 
 def _image_stats(run: RunDir, source: ImageSource, resumable: bool) -> ImageStats:
@@ -590,7 +601,7 @@ def _execute(
         tasks=reports,
         run_dir=str(run.root),
         tiles_skipped=sum(1 for r in done.values() if r.get("skipped")),
-        stats=load_stats(run.stats_file, spec.stats_digest),
+        stats=load_stats(run.stats_file, spec.stats_digest) if spec.stats_digest else None,
     )
     result.failed = {t.name: run.task_records(t).failed_tiles() for t in (segment, stitch)}
     if not all(r.ok for r in reports.values()):

@@ -153,17 +153,17 @@ def test_prepare_fn_calls_prepare_and_checks_its_result(tmp_path: Path) -> None:
 def test_a_run_measures_once_and_a_resume_reuses_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fns import cc_label
-
     from blockbuster import tile_process
     from blockbuster.config import RunConfig
     from blockbuster.pipeline import driver
+    from blockbuster.plugins import watershed_fn
 
     rng = np.random.default_rng(4)
     img = rng.random((40, 50)).astype(np.float32)
     src = write_zarr(tmp_path / "img.zarr", img, chunks=(20, 25))
     config = RunConfig(tile_shape=(20, 25), overlap=2).validate()
-    run, spec, _, lease = driver.prepare(src, cc_label, config, tmp_path / "o.zarr")
+    fn = watershed_fn()  # its prepare() takes the image's Otsu threshold
+    run, spec, _, lease = driver.prepare(src, fn, config, tmp_path / "o.zarr")
     lease.release()  # the driver stopped before any tile ran
     kept = load_stats(run.stats_file, spec.stats_digest)
     assert kept is not None and kept.digest() == spec.stats_digest
@@ -172,19 +172,19 @@ def test_a_run_measures_once_and_a_resume_reuses_them(
         raise AssertionError("measured again")
 
     monkeypatch.setattr(driver, "compute_stats", refuse)
-    _, again, resume, lease = driver.prepare(src, cc_label, config, tmp_path / "o.zarr")
+    _, again, resume, lease = driver.prepare(src, fn, config, tmp_path / "o.zarr")
     lease.release()
     assert resume and again.stats_digest == spec.stats_digest
     monkeypatch.undo()
     # damaged: measured again, the same statistics, so the run still resumes
     run.stats_file.write_bytes(b"garbage")
-    _, third, resume, lease = driver.prepare(src, cc_label, config, tmp_path / "o.zarr")
+    _, third, resume, lease = driver.prepare(src, fn, config, tmp_path / "o.zarr")
     lease.release()
     assert resume and third.stats_digest == spec.stats_digest
     # and the finished run shows them
     result = tile_process(
         src,
-        cc_label,
+        fn,
         (20, 25),
         2,
         write_to=tmp_path / "o.zarr",
@@ -196,19 +196,45 @@ def test_a_run_measures_once_and_a_resume_reuses_them(
 
 
 def test_a_changed_input_is_refused_by_its_statistics(tmp_path: Path) -> None:
-    from fns import cc_label
-
     from blockbuster.config import RunConfig
     from blockbuster.pipeline import driver
+    from blockbuster.plugins import watershed_fn
 
     img = np.zeros((40, 50), np.float32)
     src = write_zarr(tmp_path / "img.zarr", img, chunks=(40, 50))
     config = RunConfig(tile_shape=(20, 25)).validate()
-    _, _, _, lease = driver.prepare(src, cc_label, config, tmp_path / "o.zarr")
+    _, _, _, lease = driver.prepare(src, watershed_fn(), config, tmp_path / "o.zarr")
     lease.release()
     run = driver.RunDir.for_output(tmp_path / "o.zarr")
     run.stats_file.unlink()  # so the statistics are measured again, from the new input
     img[10, 10] = 5.0
     write_zarr(tmp_path / "img.zarr", img, chunks=(40, 50))
     with pytest.raises(ValueError, match="input image changed"):
-        driver.prepare(src, cc_label, config, tmp_path / "o.zarr")
+        driver.prepare(src, watershed_fn(), config, tmp_path / "o.zarr")
+
+
+def test_no_statistics_pass_for_a_fn_that_does_not_use_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fn without ``prepare`` and no ``mask="auto"``: the image is not read for statistics,
+    and the run directory and the summary have none."""
+    from fns import cc_label
+
+    from blockbuster import tile_process
+    from blockbuster.config import RunConfig
+    from blockbuster.pipeline import driver
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("statistics measured")
+
+    monkeypatch.setattr(driver, "compute_stats", refuse)
+    img = np.random.default_rng(5).random((40, 50)).astype(np.float32)
+    src = write_zarr(tmp_path / "img.zarr", img, chunks=(20, 25))
+    config = RunConfig(tile_shape=(20, 25)).validate()
+    run, spec, _, lease = driver.prepare(src, cc_label, config, tmp_path / "o.zarr")
+    lease.release()
+    assert spec.stats_digest == "" and not run.stats_file.exists()
+    result = tile_process(
+        src, cc_label, (20, 25), write_to=tmp_path / "o.zarr", backend="serial", status_page=None
+    )
+    assert result.stats is None and "intensity" not in result.summary()
