@@ -1,11 +1,12 @@
-"""Scaling: planning and stitch+resolve+relabel seconds from 64 to 10,000 tiles.
+"""Scaling: planning, stitch+resolve+relabel seconds, files per tile in the run directory and
+the resume check of a finished run, from 64 to 100,000 tiles.
 
 Fixed tile size (8x32x32, 2-voxel halo), growing volume, threshold + connected components on
 smooth noise so that there are labels to merge across every face. Writes
 ``results/scaling.csv`` and ``results/scaling.png``, and prints the no-op vs plain-copy ratio
 from ``bench_overhead`` for the same run.
 
-    python scripts/bench_scaling.py [--sizes 64,512,2200,10000] [--workers 2]
+    python scripts/bench_scaling.py [--sizes 64,512,2200,10000,100000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def main() -> None:
             f"{row['stitch_s']:.2f} s, resolve {row['resolve_s']:.3f} s, relabel "
             f"{row['relabel_s']:.2f} s, stitch+resolve+relabel "
             f"{row['stitch_resolve_relabel_s']:.2f} s "
-            f"({1000 * row['stitch_resolve_relabel_s'] / row['tiles']:.1f} ms/tile)",
+            f"({1000 * row['stitch_resolve_relabel_s'] / row['tiles']:.1f} ms/tile), "
+            f"{row['files_per_tile']:.3f} files/tile, resume check {row['resume_check_s']:.2f} s",
             flush=True,
         )
     fields = [
@@ -92,6 +94,8 @@ def main() -> None:
         "resolve_s",
         "relabel_s",
         "stitch_resolve_relabel_s",
+        "files_per_tile",
+        "resume_check_s",
     ]
     with open(out / "scaling.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)

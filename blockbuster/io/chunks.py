@@ -24,7 +24,7 @@ Selection = tuple[int | slice, ...]
 
 
 class ChunkCache:
-    """Decoded chunks of one array, shared by the reads of one worker's block.
+    """Decoded chunks of one array, shared by the reads of one worker's blocks.
 
     Parameters
     ----------
@@ -51,15 +51,31 @@ class ChunkCache:
     @classmethod
     def for_selections(cls, array: zarr.Array[Any], selections: Sequence[Selection]) -> ChunkCache:
         """A cache large enough to keep every chunk that ``selections`` meet."""
-        shape = tuple(int(s) for s in array.shape)
-        chunks = tuple(int(c) for c in array.chunks)
-        ranges = [_ranges(sel, shape) for sel in selections]
+        cache = cls(array, 0)
+        cache.retain(selections)
+        return cache
+
+    def retain(self, selections: Sequence[Selection]) -> None:
+        """Make the cache the one ``selections`` need: keep the decoded chunks they meet, drop
+        the others, and hold as many bytes as every chunk they meet.
+
+        The next block of a worker often borders its last one, so the chunks they share (the
+        halo of one is the core of the other) are not decoded again, while memory stays
+        bounded by one block's region.
+        """
+        ranges = [_ranges(sel, self.shape) for sel in selections]
         union = [
-            (min(r[a][0] for r in ranges), max(r[a][1] for r in ranges)) for a in range(len(shape))
+            (min(r[a][0] for r in ranges), max(r[a][1] for r in ranges))
+            for a in range(len(self.shape))
         ]
-        count = chunks_touching(chunks, shape, union)
-        chunk_bytes = math.prod(min(c, n) for c, n in zip(chunks, shape, strict=True))
-        return cls(array, count * chunk_bytes * array.dtype.itemsize)
+        count = chunks_touching(self.chunks, self.shape, union)
+        chunk_bytes = math.prod(min(c, n) for c, n in zip(self.chunks, self.shape, strict=True))
+        self.capacity = count * chunk_bytes * self.array.dtype.itemsize
+        lo = [a // c for (a, _), c in zip(union, self.chunks, strict=True)]
+        hi = [(b - 1) // c for (_, b), c in zip(union, self.chunks, strict=True)]
+        for key in list(self._kept):
+            if not all(a <= k <= b for k, a, b in zip(key, lo, hi, strict=True)):
+                self._bytes -= self._kept.pop(key).nbytes
 
     def read(self, selection: Selection) -> NDArray[Any]:
         """``array[selection]``, assembled from decoded chunks.

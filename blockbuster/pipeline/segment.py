@@ -211,7 +211,6 @@ class Segmenter:
         finally:
             if writing is not None:  # the worker is stopping: let the write finish or fail
                 self._wait(writing, failed)
-            self.cache = None
         if failed:
             raise TilesFailed(failed, last)
 
@@ -244,12 +243,15 @@ class Segmenter:
         return (slice(None),) * self._lead + box_slices(read)
 
     def _cache_for(self, todo: list[tuple[int, ...]]) -> ChunkCache | None:
-        """A chunk cache for the block's tiles when they share chunks, sized to hold every
-        chunk their region meets (bounded by ``SEGMENT_GROUP_READ_VOXELS`` per channel)."""
-        if len(todo) < 2 or not any(self.plan.overlap):
-            return None
+        """The worker's chunk cache, made to hold every chunk the block's tiles meet (bounded
+        by ``SEGMENT_GROUP_READ_VOXELS`` per channel) and keeping those it already has."""
+        if not any(self.plan.overlap):
+            return None  # tiles meet no chunk twice
         selections = [self._selection(i) for i in todo]
-        return ChunkCache.for_selections(self.image, selections)
+        if self.cache is None:
+            return ChunkCache.for_selections(self.image, selections)
+        self.cache.retain(selections)
+        return self.cache
 
     def _read(self, index: tuple[int, ...]) -> tuple[NDArray[Any], str]:
         """The tile's input (its halo included) and the digest its record keeps."""

@@ -67,3 +67,20 @@ def test_a_small_budget_evicts_and_still_reads_right(tmp_path: Path) -> None:
         np.testing.assert_array_equal(cache.read((slice(0, 20), slice(3, 12))), arr[:, 3:12])
     assert cache.decoded == 2 * 4 * 3  # nothing kept from one pass to the next
     assert cache._bytes <= cache.capacity
+
+
+def test_retain_keeps_the_chunks_the_next_block_shares_and_drops_the_rest(tmp_path) -> None:
+    """A worker's next block: the chunks it shares with the last one are not decoded again,
+    the others are dropped, and the cache never holds more than the new region needs."""
+    data = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(8, 8), dtype="f4")
+    arr[:] = data
+    first = (slice(0, 18), slice(0, 18))  # chunk rows and columns 0..2
+    cache = ChunkCache.for_selections(arr, [first])
+    np.testing.assert_array_equal(cache.read(first), data[first])
+    assert cache.decoded == 9
+    second = (slice(14, 32), slice(0, 18))  # chunk rows 1..3: rows 1 and 2 are shared
+    cache.retain([second])
+    assert len(cache._kept) == 6 and cache._bytes <= cache.capacity == 9 * 64 * 4
+    np.testing.assert_array_equal(cache.read(second), data[second])
+    assert cache.decoded == 9 + 3

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from itertools import product
 from pathlib import Path
 
 import fns
@@ -108,8 +109,9 @@ def _prepared(tmp_path: Path, fn, image: np.ndarray, tile, overlap, chunks):
 
 def test_a_block_of_tiles_decodes_each_input_chunk_once(tmp_path: Path, monkeypatch) -> None:
     """Chunks = tiles with a halo: every tile reads its 8 neighbours' chunks, yet a segment
-    block decodes each chunk its region meets once, and stages exactly what tile-by-tile
-    reads stage."""
+    block decodes each chunk its region meets once, the next block of the same worker
+    decodes only the chunks it did not share with the last one, and the stage is exactly
+    what tile-by-tile reads stage."""
     import blockbuster.pipeline.segment as segment_module
     from blockbuster.io.chunks import ChunkCache, chunks_touching
 
@@ -128,15 +130,33 @@ def test_a_block_of_tiles_decodes_each_input_chunk_once(tmp_path: Path, monkeypa
     monkeypatch.setattr(ChunkCache, "__init__", kept_init)
     records = run_stage(run, "segment")
     stage = open_stage(run.stage)[:]
-    # what the blocks decoded: the chunks each block's region meets, once
-    expected = 0
+    # the blocks run in turn in this one process: each decodes the chunks its region meets
+    # that the block before it had not decoded
+    expected, kept = 0, set()
     for g in plan.groups(group):
         reads = [plan.read(i) for i in plan.tiles_in(g)]
         union = tuple((min(r[a][0] for r in reads), max(r[a][1] for r in reads)) for a in range(2))
-        expected += chunks_touching((8, 8), (64, 64), union)
-    assert len(caches) == len(list(plan.groups(group)))
-    assert sum(c.decoded for c in caches) == expected
-    assert expected < sum(chunks_touching((8, 8), (64, 64), plan.read(i)) for i in plan.tiles())
+        keys = set(product(*(range(a // 8, (b - 1) // 8 + 1) for a, b in union)))
+        expected += len(keys - kept)
+        kept = keys
+    assert len(caches) == 1  # one cache for the worker, its capacity set block by block
+    assert caches[0].decoded == expected
+    per_block = sum(
+        chunks_touching(
+            (8, 8),
+            (64, 64),
+            tuple(
+                (
+                    min(plan.read(i)[a][0] for i in plan.tiles_in(g)),
+                    max(plan.read(i)[a][1] for i in plan.tiles_in(g)),
+                )
+                for a in range(2)
+            ),
+        )
+        for g in plan.groups(group)
+    )
+    assert expected < per_block
+    assert per_block < sum(chunks_touching((8, 8), (64, 64), plan.read(i)) for i in plan.tiles())
     assert set(records.call_counts().values()) == {1}
     # without the cache (every tile read on its own) the stage is the same, bit for bit
     monkeypatch.setattr(segment_module.Segmenter, "_cache_for", lambda self, todo: None)
