@@ -15,10 +15,12 @@ import argparse
 import functools
 import importlib
 import json
+import os
 import re
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from blockbuster.pipeline.spec import read_spec
@@ -38,17 +40,41 @@ def load_fn(
         from blockbuster.plugins import watershed_fn
 
         return watershed_fn(**kwargs)
-    module_name, sep, attr = spec.partition(":")
+    module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--fn {spec!r} must look like package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"--fn {spec!r}: cannot import {module_name!r} ({e})") from None
+        raise ValueError(
+            f"--fn {spec!r} must look like package.module:function or path/to/file.py:function"
+        )
+    module = _import_fn_module(spec, module_name)
     fn = getattr(module, attr, None)
     if fn is None:
         raise ValueError(f"--fn {spec!r}: module {module_name!r} has no attribute {attr!r}")
     return functools.partial(fn, **kwargs) if kwargs else fn
+
+
+def _import_fn_module(spec: str, module_name: str) -> Any:
+    """The module ``--fn`` names: a file path (its folder joins ``sys.path``, as ``python
+    file.py`` does) or a module name looked up from the current directory too (as
+    ``python -m`` does). The workers get the same ``sys.path`` from the run's spec."""
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        path = Path(module_name).expanduser().absolute()
+        if path.suffix != ".py" or not path.is_file():
+            raise ValueError(f"--fn {spec!r}: {str(path)!r} is not a Python file")
+        folder, module_name = str(path.parent), path.stem
+        known = sys.modules.get(module_name)
+        if known is not None and Path(getattr(known, "__file__", "") or "") != path:
+            raise ValueError(
+                f"--fn {spec!r}: a module named {module_name!r} is already imported from "
+                f"{getattr(known, '__file__', None)!r}; rename {path.name}"
+            )
+    else:
+        folder = os.getcwd()
+    if folder not in sys.path and not (folder == os.getcwd() and "" in sys.path):
+        sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--fn {spec!r}: cannot import {module_name!r} ({e})") from None
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -140,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment SRC tile by tile into DST")
     seg.add_argument("src", help="input zarr array or OME-Zarr image group")
     seg.add_argument("dst", help="output label array (.ome.zarr for an OME-Zarr group)")
-    seg.add_argument("--fn", help="package.module:function (default: the --plugin)")
+    seg.add_argument(
+        "--fn",
+        help="module:function (modules in the current directory included) or "
+        "path/to/file.py:function (default: the --plugin)",
+    )
     seg.add_argument(
         "--plugin",
         choices=("watershed", "cellpose"),

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from conftest import assert_one_to_one, blobs, write_zarr
 from scipy import ndimage as ndi
@@ -320,3 +321,53 @@ def test_resubmit_from_another_directory_imports_what_the_first_driver_did(
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "12/12 completed, 0 failed" in again.stdout
+
+
+def _plain_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI as its console script runs it: no PYTHONPATH, and (``-P``) no current
+    directory on ``sys.path``."""
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "blockbuster.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+FN_SOURCE = """
+import numpy as np
+from scipy import ndimage
+
+
+def cc(block):
+    return ndimage.label(block > 0.5)[0].astype(np.uint32)
+"""
+
+
+@pytest.mark.parametrize("form", ["module", "path"])
+def test_fn_from_the_current_directory_or_a_file_path(tmp_path: Path, form: str) -> None:
+    """``--fn myseg:cc`` with myseg.py in the current directory, and ``--fn
+    sub/myseg.py:cc`` from anywhere, run on the workers too and equal whole-image labels."""
+    img = blobs((40, 50), seed=1)
+    src = write_zarr(tmp_path / "img.zarr", img)
+    folder = tmp_path if form == "module" else tmp_path / "sub"
+    folder.mkdir(exist_ok=True)
+    (folder / "myseg.py").write_text(FN_SOURCE)
+    fn = "myseg:cc" if form == "module" else f"{folder / 'myseg.py'}:cc"
+    out = tmp_path / "out.zarr"
+    args = ["segment", src, str(out), "--fn", fn, "--tile", "20,25", "--overlap", "2"]
+    done = _plain_cli(*args, "--workers", "2", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    labels = zarr.open_array(str(out))[:]
+    assert_one_to_one(labels, ndi.label(img > 0.5)[0])
+
+
+def test_fn_path_that_is_not_a_python_file_names_the_flag(tmp_path: Path) -> None:
+    src = write_zarr(tmp_path / "img.zarr", blobs((40, 50), seed=1))
+    args = ["segment", src, str(tmp_path / "o.zarr"), "--fn", "nowhere/seg.py:cc"]
+    done = _plain_cli(*args, "--tile", "20,25", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "--fn 'nowhere/seg.py:cc'" in done.stderr and "is not a Python file" in done.stderr
+    assert not (tmp_path / "o.zarr").exists()

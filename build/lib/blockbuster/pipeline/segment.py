@@ -1,0 +1,399 @@
+"""Stage 1, segment: run ``fn`` once on a tile plus its halo and stage the labels.
+
+The staged labels are renumbered per tile so that labels present in the core are ``1..n_core``
+and labels seen only in the halo follow them. Final IDs are assigned after every tile is
+counted (see :mod:`.resolve`), so they are unique across tiles with no cap on tiles
+or labels per tile.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import fastremap
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+from blockbuster.io.boxes import Box, box_slices
+from blockbuster.io.chunks import ChunkCache
+from blockbuster.pipeline.faces import tile_faces, write_faces
+from blockbuster.pipeline.plan import TilePlan, TileTask
+from blockbuster.pipeline.spec import load_fn, read_spec
+from blockbuster.pipeline.stage import any_chunk_stored, open_stage, stage_chunk_file
+from blockbuster.pipeline.thumbnail import MapPlane
+from blockbuster.run.fingerprint import input_digest
+from blockbuster.run.launch import write_worker_state
+from blockbuster.run.records import TaskRecords
+from blockbuster.run.task import Block
+
+SegmentFn = Callable[[NDArray[Any]], Any]
+
+
+def check_labels(labels: Any, expected_shape: tuple[int, ...]) -> NDArray[Any]:
+    """Check what ``fn`` returned and return it as an unsigned integer array.
+
+    Raises
+    ------
+    ValueError
+        If the result is not an integer array of the block's spatial shape with labels >= 0.
+    """
+    arr = np.asarray(labels)
+    if arr.shape != expected_shape:
+        raise ValueError(
+            f"fn returned shape {arr.shape} for a block of spatial shape {expected_shape}; "
+            "fn must return one label per voxel of the block it was given"
+        )
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"fn returned dtype {arr.dtype}; labels must be integers (0 = background)")
+    if np.issubdtype(arr.dtype, np.signedinteger) and arr.size and arr.min() < 0:
+        raise ValueError("fn returned negative labels; labels must be >= 0 (0 = background)")
+    return arr
+
+
+def renumber_core_first(
+    labels: NDArray[Any], core: tuple[slice, ...], dtype: str = "uint64"
+) -> tuple[NDArray[Any], int, int]:
+    """Renumber labels so those present in ``core`` are ``1..n_core`` and the rest follow.
+
+    Returns
+    -------
+    labels : NDArray[Any]
+        Renumbered labels of ``dtype``.
+    n_core, n_labels : int
+        Number of labels present in the core, and in all.
+    """
+    if not labels.any():  # an empty tile (background only): nothing to renumber
+        return np.zeros(labels.shape, dtype=dtype), 0, 0
+    whole_core = all(
+        (s.start or 0) == 0 and (s.stop is None or s.stop >= n)
+        for s, n in zip(core, labels.shape, strict=True)
+    )
+    if whole_core:  # no halo: every label is in the core; one pass renumbers them 1..n
+        out, remap = fastremap.renumber(labels, preserve_zero=True, in_place=False)
+        n = len(remap) - (1 if 0 in remap else 0)
+        return out.astype(dtype, copy=False), n, n
+    in_core = fastremap.unique(labels[core])
+    in_core = in_core[in_core != 0]
+    everywhere = fastremap.unique(labels)
+    everywhere = everywhere[everywhere != 0]
+    halo_only = np.setdiff1d(everywhere, in_core, assume_unique=True)
+    order = np.concatenate([in_core, halo_only])
+    mapping = {int(old): new for new, old in enumerate(order.tolist(), start=1)}
+    mapping[0] = 0
+    out = fastremap.remap(labels, mapping, preserve_missing_labels=False)
+    return out.astype(dtype, copy=False), len(in_core), len(order)
+
+
+class TilesFailed(Exception):
+    """Some tiles of a segment block failed; each failure is already in the records.
+
+    Raised after the block's other tiles were done, so that the engine retries the block
+    (its done tiles are not run again) or counts it failed.
+    """
+
+    #: the failures are in the records already (see :func:`blockbuster.run.blocks.process_block`)
+    recorded = True
+
+    def __init__(self, tiles: list[int], last: str) -> None:
+        super().__init__(f"tiles {tiles} failed; the last error: {last}")
+        self.tiles = tiles
+
+
+class Segmenter:
+    """Segments tiles inside one worker process; holds ``fn`` for the process's lifetime.
+
+    A segment block is a few neighbouring tiles, run as a pipeline of three steps: while
+    ``fn`` runs on one tile in the calling thread (where a CUDA context lives; one ``fn``
+    call at a time), a reader thread reads the next tile and a writer thread stages the one
+    before (renumber, stage chunk, faces, record). At most one tile is being read, one is in
+    ``fn`` and one is being written, besides the decoded chunks the block's tiles share.
+    """
+
+    def __init__(
+        self,
+        plan: TilePlan,
+        image: zarr.Array[Any],
+        channel_axes: int,
+        stage: zarr.Array[Any],
+        records: TaskRecords,
+        fn: SegmentFn,
+        faces: Path | None = None,
+        foreground: NDArray[np.bool_] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.image = image
+        self.channel_axes = channel_axes
+        self.stage = stage
+        self.records = records
+        self.fn = fn
+        self.faces = faces
+        self.foreground = foreground
+        self.map_plane = MapPlane.of(plan)
+        self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-write")
+        self.cache: ChunkCache | None = None
+
+    def close(self) -> None:
+        self._reader.shutdown()
+        self._writer.shutdown()
+
+    # -- one block: a pipeline over its tiles ------------------------------------------------
+
+    def segment_block(self, block: Block, group: Box) -> None:
+        """Segment every tile of ``group`` (a box of grid indices) not done yet, recording
+        each; raise :class:`TilesFailed` at the end if any failed."""
+        plan, records = self.plan, self.records
+        todo: list[tuple[int, ...]] = []
+        records.index.refresh()  # one look at the logs for the whole block
+        for index in plan.tiles_in(group):
+            tile = plan.tile_id(index)
+            if records.is_done(tile, refresh=False):
+                continue  # done by an earlier attempt at this block
+            if self.foreground is not None and not self.foreground[index]:
+                # outside the mask: never read, never segmented; its labels are background
+                records.done(tile, time.time(), 0.0, n_core=0, n_labels=0, skipped=True)
+                continue
+            todo.append(index)
+        if not todo:
+            return
+        self.cache = self._cache_for(todo)
+        failed: list[int] = []
+        last = ""
+        writing: Future[None] | None = None
+        reading = self._reader.submit(self._read, todo[0])
+        try:
+            for k, index in enumerate(todo):
+                tile = plan.tile_id(index)
+                started, start = time.time(), time.perf_counter()
+                try:
+                    data, digest = reading.result()
+                except Exception:
+                    last = self._fail(tile, failed)
+                    data = None
+                if k + 1 < len(todo):
+                    reading = self._reader.submit(self._read, todo[k + 1])
+                if data is None:
+                    continue
+                # the supervisor names the tile in fn if the worker dies, and times it alone
+                write_worker_state({"key": block.key, "tiles": [tile]})
+                try:
+                    records.call_started(tile)
+                    labels = check_labels(self.fn(data), data.shape[self._lead :])
+                except Exception:
+                    last = self._fail(tile, failed)
+                    continue
+                finally:
+                    # the tiles not known written yet, for the supervisor
+                    ahead = [plan.tile_id(i) for i in todo[max(k - 1, 0) :]]
+                    write_worker_state({"key": block.key, "tiles": ahead})
+                if writing is not None:
+                    last = self._wait(writing, failed) or last
+                writing = self._writer.submit(
+                    self._write, index, data, labels, digest, started, start
+                )
+                del data, labels
+            if writing is not None:
+                last = self._wait(writing, failed) or last
+                writing = None
+        finally:
+            if writing is not None:  # the worker is stopping: let the write finish or fail
+                self._wait(writing, failed)
+        if failed:
+            raise TilesFailed(failed, last)
+
+    def _wait(self, writing: Future[None], failed: list[int]) -> str:
+        try:
+            writing.result()
+        except _WriteFailed as e:
+            failed.append(e.tile)
+            return e.message
+        return ""
+
+    def _fail(self, tile: int, failed: list[int]) -> str:
+        text = traceback.format_exc()
+        self.records.failed(tile, text)
+        failed.append(tile)
+        lines = text.strip().splitlines()
+        return lines[-1] if lines else ""
+
+    @property
+    def _lead(self) -> int:
+        return self.channel_axes - 1 if self.plan.time_axis else self.channel_axes
+
+    def _selection(self, index: tuple[int, ...]) -> tuple[int | slice, ...]:
+        """What the tile reads from the input array: its time point (dropped), every channel
+        and its halo-grown box."""
+        read = self.plan.read(index)
+        if self.plan.time_axis:  # fn sees one time point: the time axis is dropped
+            (t, _), *space = read
+            return (t,) + (slice(None),) * self._lead + box_slices(tuple(space))
+        return (slice(None),) * self._lead + box_slices(read)
+
+    def _cache_for(self, todo: list[tuple[int, ...]]) -> ChunkCache | None:
+        """The worker's chunk cache, made to hold every chunk the block's tiles meet (bounded
+        by ``SEGMENT_GROUP_READ_VOXELS`` per channel) and keeping those it already has."""
+        if not any(self.plan.overlap):
+            return None  # tiles meet no chunk twice
+        selections = [self._selection(i) for i in todo]
+        if self.cache is None:
+            return ChunkCache.for_selections(self.image, selections)
+        self.cache.retain(selections)
+        return self.cache
+
+    def _read(self, index: tuple[int, ...]) -> tuple[NDArray[Any], str]:
+        """The tile's input (its halo included) and the digest its record keeps."""
+        selection = self._selection(index)
+        if self.cache is not None:
+            data = self.cache.read(selection)
+        else:
+            data = np.asarray(self.image[selection])
+        return data, input_digest(data)
+
+    def _write(
+        self,
+        index: tuple[int, ...],
+        data: NDArray[Any],
+        labels: NDArray[Any],
+        digest: str,
+        started: float,
+        start: float,
+    ) -> None:
+        tile = self.plan.tile_id(index)
+        try:
+            info = self._stage(index, data, labels)
+            info["input"] = digest
+            self.records.done(tile, started, time.perf_counter() - start, **info)
+        except Exception:
+            text = traceback.format_exc()
+            self.records.failed(tile, text)
+            lines = text.strip().splitlines()
+            raise _WriteFailed(tile, lines[-1] if lines else "") from None
+
+    def _stage(
+        self, index: tuple[int, ...], data: NDArray[Any], labels: NDArray[Any]
+    ) -> dict[str, Any]:
+        """Stage one tile's labels (renumbered core first) and its faces; return the facts
+        its record keeps."""
+        plan = self.plan
+        tile = plan.tile_id(index)
+        read = plan.read(index)
+        if self.map_plane.crosses(plan, index):
+            self._save_plane(index, data, self._lead, read[1:] if plan.time_axis else read)
+        if plan.time_axis:
+            labels = labels[np.newaxis]
+        core = box_slices(plan.core(index), origin=[a for a, _ in read])
+        labels, n_core, n_labels = renumber_core_first(labels, core, plan.stage_dtype)
+        if labels.shape == plan.stage_tile_shape:
+            chunk = labels  # an interior tile fills its whole stage chunk
+        else:
+            chunk = np.zeros(plan.stage_tile_shape, dtype=labels.dtype)
+            chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
+        if n_labels or self._stored(index):
+            self.stage[index] = chunk
+        # else: a background-only tile whose stage chunk was never written reads as zeros
+        sizes: dict[str, int] = {}
+        if n_labels:
+            # the sizes let the driver see, with one stat each, that what a done record
+            # promises is still whole on disk (a truncated or deleted file means: redo)
+            staged = stage_chunk_file(self.stage_root, plan.ndim, index)
+            sizes["stage_bytes"] = os.stat(staged).st_size
+            if self.faces is not None:  # stitch never reads an empty tile's faces
+                path = write_faces(self.faces, tile, tile_faces(plan, index, chunk))
+                sizes["faces_bytes"] = os.stat(path).st_size
+        return {"n_core": n_core, "n_labels": n_labels, **sizes}
+
+    def _stored(self, index: tuple[int, ...]) -> bool:
+        """Whether this tile's stage chunk is on disk (an earlier attempt wrote it)."""
+        box = tuple((i, i + 1) for i in index) + tuple((0, s) for s in self.plan.stage_tile_shape)
+        return any_chunk_stored(self.stage, box)
+
+    def _save_plane(
+        self, index: tuple[int, ...], data: NDArray[Any], lead: int, space: Box
+    ) -> None:
+        """Save this tile's piece of the block map's plane (channels averaged)."""
+        mp = self.map_plane
+        z = (mp.z - space[-3][0],) if mp.z is not None else ()
+        plane = np.asarray(data[(slice(None),) * lead + z], dtype=np.float32)
+        while plane.ndim > 2:
+            plane = plane.mean(axis=0)
+        piece = mp.piece(self.plan, index, plane, (space[-2][0], space[-1][0]))
+        self.records.write_plane(self.plan.tile_id(index), piece)
+
+
+class _WriteFailed(Exception):
+    def __init__(self, tile: int, message: str) -> None:
+        super().__init__(message)
+        self.tile, self.message = tile, message
+
+
+class SegmentTask(TileTask):
+    """segment: blocks of a few neighbouring tiles (:meth:`TilePlan.segment_group_shape`);
+    ``fn`` runs once on each tile plus its halo (read context), and each tile is recorded on
+    its own (``<tile>.json``), so a failed or killed block redoes only its unfinished tiles."""
+
+    record_fields = {"n_core": int, "n_labels": int}
+    uses_gpu = True  # fn is what a GPU serves
+    unit_records = True
+
+    def __init__(self, run_root: str, plan: TilePlan) -> None:
+        super().__init__("segment", run_root, plan, plan.segment_group_shape(), plan.overlap)
+
+    def block_timeout(self, timeout: float) -> float:
+        # the supervisor times each tile; the engine's watchdog sees the whole block
+        return timeout * math.prod(self.group_tiles)
+
+    def process_block_func(self) -> AbstractContextManager[Callable[[Block], None]]:
+        from blockbuster.pipeline.mask import load_tiles
+        from blockbuster.run.rundir import RunDir
+
+        run = RunDir(self.run_root)
+        spec = read_spec(run)
+        foreground = load_tiles(run.foreground_file, spec.mask_digest) if spec.mask else None
+        for path in reversed(spec.sys_path):  # where the driver that started the run imports
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        segmenter = Segmenter(
+            self.plan,
+            spec.source.open(),
+            spec.source.channel_axes,
+            open_stage(run.stage, mode="r+"),
+            run.task_records(self),
+            load_fn(run),
+            faces=run.faces,
+            foreground=foreground,
+        )
+        task = self
+
+        @contextmanager
+        def opened() -> Iterator[Callable[[Block], None]]:
+            try:
+                yield lambda block: segmenter.segment_block(block, task.tile_group(block))
+            finally:
+                segmenter.close()
+
+        return opened()
+
+    def damaged(self, records: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
+        from blockbuster.pipeline.verify import damage
+        from blockbuster.run.rundir import RunDir
+
+        run = RunDir(self.run_root)
+        out = {}
+        for tile, record in records.items():
+            why = damage(run, self.plan, tile, record)
+            if why is not None:
+                out[tile] = why
+        return out

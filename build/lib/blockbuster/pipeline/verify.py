@@ -1,0 +1,104 @@
+"""Verify a run from its run directory, never from what daisy counted.
+
+daisy counts a block as done when a client says so; any process that can reach the task's
+server can say so without doing the work. The driver therefore trusts only the run
+directory: a block is done when it has a valid done record, and a segment record is honoured
+only while the files it promises (the tile's stage chunk and face file, at the sizes it
+recorded) are whole on disk. What fails the check is discarded, so the next pass redoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from blockbuster.io.sources import read_box
+from blockbuster.pipeline.faces import face_file
+from blockbuster.pipeline.plan import TilePlan
+from blockbuster.pipeline.spec import read_spec
+from blockbuster.pipeline.stage import stage_chunk_file
+from blockbuster.run.records import TaskRecords
+from blockbuster.run.rundir import RunDir
+
+logger = logging.getLogger("blockbuster")
+
+
+def _size(path: os.PathLike[str] | str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def damage(run: RunDir, plan: TilePlan, tile: int, record: Mapping[str, Any]) -> str | None:
+    """What is wrong with the files a segment record promises, or None."""
+    if record["n_labels"] == 0:
+        return None  # nothing staged, no faces: nothing that can go missing
+    size = _size(stage_chunk_file(run.stage, plan.ndim, plan.tile_index(tile)))
+    want = record.get("stage_bytes")
+    if size is None or size == 0 or (want is not None and size != want):
+        return f"its stage chunk is {'missing' if size is None else 'damaged'}"
+    size = _size(face_file(run.faces, tile))
+    want = record.get("faces_bytes")
+    if size is None or (want is not None and size != want):
+        return "its face file is missing" if size is None else "its face file is damaged"
+    return None
+
+
+def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
+    """Tiles whose segment record promises files that are missing or not the recorded size.
+
+    Returns
+    -------
+    dict
+        Tile -> what is wrong, for every tile whose record must not be trusted.
+    """
+    records = TaskRecords(run.records("segment"), "segment")
+    bad = {}
+    for tile, record in records.done_records().items():
+        why = damage(run, plan, tile, record)
+        if why is not None:
+            bad[tile] = why
+    return bad
+
+
+@dataclass
+class InputCheck:
+    """What :func:`verify_inputs` found."""
+
+    checked: int = 0
+    changed: list[int] = field(default_factory=list)
+    unrecorded: list[int] = field(default_factory=list)
+
+
+def verify_inputs(run: RunDir) -> InputCheck:
+    """Read every done tile's input again and compare it with the digest its record holds."""
+    from blockbuster.run.fingerprint import input_digest
+
+    spec = read_spec(run)
+    plan = spec.plan
+    image = spec.source.open()
+    records = TaskRecords(run.records("segment"), "segment")
+    out = InputCheck()
+    for tile, record in sorted(records.done_records().items()):
+        if record.get("skipped"):
+            continue  # outside the mask: never read
+        want = record.get("input")
+        if not want:
+            out.unrecorded.append(tile)
+            continue
+        read = plan.read(plan.tile_index(tile))
+        if plan.time_axis:
+            (t, _), *space = read
+            data = read_box(image, tuple(space), spec.source.channel_axes - 1, lead=(t,))
+        else:
+            data = read_box(image, read, spec.source.channel_axes)
+        out.checked += 1
+        if input_digest(np.asarray(data)) != want:
+            out.changed.append(tile)
+    return out
