@@ -246,8 +246,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from blockbuster.run.rundir import RunDir
-    from blockbuster.ui.status import run_status
+    from blockbuster.ui.status import finished_output, run_status
 
+    out = finished_output(Path(args.run_dir))
+    if out is not None:
+        print(f"finished: the run directory was removed when the run ended; the labels are {out}")
+        return 0
     status = run_status(RunDir(args.run_dir))
     print(status.tracebacks() if args.tracebacks else status.format())
     return 1 if any(t.failed for t in status.tasks.values()) else 0

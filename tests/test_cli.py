@@ -211,6 +211,28 @@ def test_status_of_a_kept_finished_run(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "not a blockbuster run directory" in missing.stderr
 
 
+def test_status_of_a_finished_run_whose_run_directory_is_gone(tmp_path: Path) -> None:
+    """After a run that removed its run directory, ``status`` on that directory (or on the
+    output) says the run finished and where the labels are; ``--tracebacks`` of a run with
+    no failure says there are none."""
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20), seed=2))
+    args = ["segment", src, str(tmp_path / "o.zarr"), "--fn", "fns:cc_label", "--tile", "10,10"]
+    done = cli(*args, "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "o.zarr.blockbuster").exists()
+    for target in ("o.zarr.blockbuster", "o.zarr"):
+        status = cli("status", str(tmp_path / target), cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.strip() == (
+            "finished: the run directory was removed when the run ended; the labels are "
+            f"{tmp_path / 'o.zarr'}"
+        )
+    kept = cli(*args[:2], str(tmp_path / "k.zarr"), *args[3:], "--keep-stage", cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    status = cli("status", str(tmp_path / "k.zarr.blockbuster"), "--tracebacks", cwd=tmp_path)
+    assert status.returncode == 0 and status.stdout.strip() == "no failed tiles: no tracebacks"
+
+
 def test_cellpose_plugin_missing_model_is_a_one_line_error(tmp_path: Path) -> None:
     src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
     env_models = tmp_path / "models"

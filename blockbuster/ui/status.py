@@ -119,7 +119,7 @@ class RunStatus:
             for key, errors in sorted(t.failed.items()):
                 out.append(f"=== {name} {t.unit_name.rstrip('s')} {key} on {errors[-1].host}")
                 out.append(errors[-1].traceback.rstrip())
-        return "\n".join(out)
+        return "\n".join(out) if out else "no failed tiles: no tracebacks"
 
 
 def run_tasks_of(run: RunDir) -> list[TaskInfo]:
@@ -135,6 +135,23 @@ def run_tasks_of(run: RunDir) -> list[TaskInfo]:
         meta = run.task_meta(name) if (run.tasks_dir / f"{name}.json").exists() else {}
         total = int(meta.get("total", spec.plan.num_tiles if spec is not None else 0))
         out.append(TaskInfo(name, total, str(meta.get("unit_name", "tiles"))))
+    return out
+
+
+def finished_output(path: Path) -> Path | None:
+    """The finished output a ``status`` argument points at when its run directory is gone:
+    ``<write_to>.blockbuster`` (removed when the run ended) or ``write_to`` itself; None when
+    ``path`` is neither."""
+    from blockbuster.run.ownership import output_mark
+
+    path = Path(path).absolute()
+    if path.is_dir() and (path / "spec.json").exists():
+        return None  # a run directory: its status is read from it
+    suffix = ".blockbuster"
+    out = path.with_name(path.name[: -len(suffix)]) if path.name.endswith(suffix) else path
+    mark = output_mark(out) if out.exists() else None
+    if mark is None or not mark.get("complete") or RunDir.for_output(out).root.is_dir():
+        return None
     return out
 
 
