@@ -82,7 +82,9 @@ def verify(tasks: Sequence[Task], run: RunDir) -> dict[str, Checked]:
 
 
 def task_infos(tasks: Sequence[Task]) -> tuple[TaskInfo, ...]:
-    return tuple(TaskInfo(t.name, t.num_units, t.unit_name) for t in tasks)
+    return tuple(
+        TaskInfo(t.name, t.num_units, t.unit_name, tuple(u.name for u in t.upstream)) for t in tasks
+    )
 
 
 def execute_tasks(

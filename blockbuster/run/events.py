@@ -22,11 +22,13 @@ logger = logging.getLogger("blockbuster")
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A task as observers see it: its name, its size in progress units, their name."""
+    """A task as observers see it: its name, its size in progress units, their name, and
+    the names of the tasks it waits for."""
 
     name: str
     total: int
     unit_name: str = "blocks"
+    upstream: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

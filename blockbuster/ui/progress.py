@@ -195,6 +195,14 @@ class ProgressMonitor:
                 )
                 stage.bar.set_postfix(**_postfix(stage), refresh=False)
             bar = stage.bar
+            waiting = self._waiting_for(stage)
+            # while it waits for its upstream, tqdm's own ETA would be meaningless
+            bar.bar_format = (
+                f"{{l_bar}}{{bar}}| {{n_fmt}}/{{total_fmt}} [{{elapsed}}, waiting for {waiting}"
+                "{postfix}]"
+                if waiting
+                else None
+            )
             if (stage.done, stage.failed) != stage.printed:
                 bar.set_postfix(**_postfix(stage), refresh=False)
             if stage.done > bar.n:
@@ -225,7 +233,11 @@ class ProgressMonitor:
                     f"{stage.name}: {stage.done}/{total} {unit}{_skipped(stage)}, "
                     f"{stage.failed} failed, {format_rate(new, elapsed, unit)}"
                 )
-                if new > 0 and elapsed > 0:
+                waiting = self._waiting_for(stage)
+                if waiting:
+                    # its pace is its upstream's: an ETA from it would be meaningless
+                    line += f", waiting for {waiting}"
+                elif new > 0 and elapsed > 0:
                     line += f", ETA {format_eta((total - stage.done) * elapsed / new)}"
                 print(line, file=self.stream)
                 stage.printed = state
@@ -233,6 +245,15 @@ class ProgressMonitor:
         if printed:
             self._last_print = now
             self.stream.flush()
+
+    def _waiting_for(self, stage: _Stage) -> str:
+        """The upstream stages of this run still unfinished, comma-separated ("" for none)."""
+        names = set(stage.info.upstream)
+        return ", ".join(
+            s.name
+            for s in self.stages
+            if s.name in names and s.finished_at is None and s.done < s.info.total
+        )
 
     def _final_line(self, stage: _Stage, now: float) -> None:
         end = stage.finished_at if stage.finished_at is not None else now

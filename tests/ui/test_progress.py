@@ -23,10 +23,19 @@ def tile_counts(run: RunDir, task: str):
 class Watched:
     """A stage as the driver runs one: the monitor observes the record watcher's events."""
 
-    def __init__(self, run: RunDir, tasks: list[str], total: int, poll: float = 3600.0, **kw):
+    def __init__(
+        self,
+        run: RunDir,
+        tasks: list[str],
+        total: int,
+        poll: float = 3600.0,
+        upstream: dict[str, tuple[str, ...]] | None = None,
+        **kw,
+    ):
         self.monitor = ProgressMonitor(**kw)
         self.events = Events([self.monitor])
-        self.infos = tuple(TaskInfo(t, total, "tiles") for t in tasks)
+        ups = upstream or {}
+        self.infos = tuple(TaskInfo(t, total, "tiles", ups.get(t, ())) for t in tasks)
         self.watcher = RecordWatcher(self.events, [(t, run.records(t)) for t in tasks], poll)
 
     @property
@@ -214,3 +223,49 @@ def test_interactive_mode_draws_bars_then_final_lines(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "segment" in text and "2/2" in text and "failed=0" in text  # the tqdm bar
     assert text.splitlines()[-1] == "segment: 2/2 tiles, 0 failed, 4.0 s, 0.5 tiles/s"
+
+
+def test_a_stage_waiting_for_its_upstream_says_so_instead_of_an_eta(tmp_path: Path) -> None:
+    """Stitch reads segment's output: while segment runs, its line says what it waits for;
+    once segment is done it gets an ETA of its own."""
+    run = RunDir(tmp_path)
+    seg = TaskRecords(run.records("segment"), "segment")
+    stitch = TaskRecords(run.records("stitch"), "stitch")
+    out, clock = io.StringIO(), FakeClock()
+    ups = {"stitch": ("segment",)}
+    kw = {"interactive": False, "interval": 10.0, "stream": out, "clock": clock}
+    with Watched(run, ["segment", "stitch"], 4, upstream=ups, **kw) as monitor:
+        seg.done(0, 0.0, 1.0, n_core=0, n_labels=0)
+        clock.now = 5.0
+        monitor.update()
+        stitch.done(0, 0.0, 1.0, tiles=[0])
+        clock.now = 15.0
+        monitor.update()
+        for t in (1, 2, 3):
+            seg.done(t, 0.0, 1.0, n_core=0, n_labels=0)
+        clock.now = 20.0
+        monitor.update()
+        stitch.done(1, 0.0, 1.0, tiles=[1])
+        clock.now = 30.0
+        monitor.update()
+    assert out.getvalue().splitlines()[:4] == [
+        "segment: 1/4 tiles, 0 failed, 0.2 tiles/s, ETA 15 s",
+        "stitch: 1/4 tiles, 0 failed, 0.1 tiles/s, waiting for segment",
+        "segment: 4/4 tiles, 0 failed, 20.0 s, 0.2 tiles/s",
+        "stitch: 2/4 tiles, 0 failed, 0.1 tiles/s, ETA 30 s",
+    ]
+
+
+def test_interactive_bar_of_a_waiting_stage_has_no_eta(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    seg = TaskRecords(run.records("segment"), "segment")
+    stitch = TaskRecords(run.records("stitch"), "stitch")
+    out, clock = io.StringIO(), FakeClock()
+    ups = {"stitch": ("segment",)}
+    kw = {"interactive": True, "stream": out, "clock": clock}
+    with Watched(run, ["segment", "stitch"], 4, upstream=ups, **kw) as monitor:
+        seg.done(0, 0.0, 1.0, n_core=0, n_labels=0)
+        stitch.done(0, 0.0, 1.0, tiles=[0])
+        clock.now = 4.0
+        monitor.update()
+        assert "waiting for segment" in out.getvalue()
