@@ -124,6 +124,8 @@ def _add_config_flags(
         f = RunConfig.field(name)
         flag, default = f.metadata["flag"], f.default
         help_text = f.metadata["help"]
+        if not keep_run_values and default not in (None, (), "") and not isinstance(default, bool):
+            help_text += f" (default: {_cli_value(default)})"
         kwargs: dict[str, Any] = {"dest": name, "help": help_text}
         if keep_run_values:
             kwargs["default"] = argparse.SUPPRESS
@@ -152,6 +154,13 @@ def _add_config_flags(
         parser.add_argument(flag, **kwargs)
 
 
+def _cli_value(value: Any) -> str:
+    """A default as the command line spells it (tuples comma-separated)."""
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 #: the run options ``resubmit`` may change
 RESUBMIT = ["num_workers", "timeout", "max_retries", "max_worker_restarts", "launcher", "backend"]
 
@@ -178,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in fn when --fn is not given; --fn-kwargs configure it, e.g. "
         '\'{"model": "cyto3", "gpu": true, "diameter": 30}\' for cellpose',
     )
-    seg.add_argument("--fn-kwargs", default="{}", help="JSON object of keyword arguments")
+    seg.add_argument(
+        "--fn-kwargs",
+        default="{}",
+        help="JSON object of keyword arguments for --fn or the --plugin (default: {})",
+    )
     _add_config_flags(seg, list(RunConfig.flags()))
     seg.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 

@@ -393,3 +393,31 @@ def test_fn_path_that_is_not_a_python_file_names_the_flag(tmp_path: Path) -> Non
     assert done.returncode != 0
     assert "--fn 'nowhere/seg.py:cc'" in done.stderr and "is not a Python file" in done.stderr
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_help_shows_every_default_from_the_config() -> None:
+    """Every run flag's help ends with RunConfig's default in the CLI's spelling, so the
+    defaults have one source; the flags the Python API leaves unset say nothing."""
+    from blockbuster.cli import build_parser
+    from blockbuster.config import RunConfig
+
+    parser = build_parser()
+    segment = parser._subparsers._group_actions[0].choices["segment"]  # type: ignore[union-attr]
+    helps = {a.dest: a.help or "" for a in segment._actions}
+    expected = {"num_workers": "1", "merge_threshold": "0.5", "timeout": "3600", "max_retries": "2"}
+    for name in RunConfig.flags():
+        default = RunConfig.field(name).default
+        if default in (None, (), "") or isinstance(default, bool):
+            assert "(default:" not in helps[name], name
+        else:
+            spelled = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+            assert helps[name].endswith(f"(default: {spelled})"), name
+            if name in expected:
+                assert spelled.startswith(expected[name]), name
+    text = subprocess.run(
+        [sys.executable, "-m", "blockbuster.cli", "segment", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "(default: 3600" in " ".join(text.split())
