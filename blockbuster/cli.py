@@ -217,16 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_words(message: str) -> str:
-    """A library error message in the command line's words (flags, not parameters)."""
+    """A library error message in the command line's words (flags, not parameters).
+
+    >>> cli_words("pass overwrite=True to replace it; num_workers=0 must be positive")
+    'pass --overwrite to replace it; --workers 0 must be positive'
+    >>> cli_words("status_page must be HOST:PORT, or None for no page")
+    '--status-page must be HOST:PORT, or off for no page'
+    """
     from blockbuster.config import RunConfig
 
-    flags = {**RunConfig.flags(), "write_to": "DST", "image": "SRC"}
-    message = message.replace("overwrite=True", "--overwrite")
+    flags = {**RunConfig.flags(), "overwrite": "--overwrite", "write_to": "DST", "image": "SRC"}
+    switches = {n for n in flags if n in ("channels", "overwrite")} | {
+        n for n in RunConfig.flags() if isinstance(RunConfig.field(n).default, bool)
+    }
+    name = r"(?<![-\w]){}"  # a parameter's name, not part of a flag or a longer word
     for param, flag in flags.items():
+        if param in switches:
+            message = re.sub(name.format(param) + r"=True\b", flag, message)
+            message = re.sub(name.format(param) + r"=(False|None)\b", f"no {flag}", message)
         message = re.sub(
-            rf"\b{param}=", f"{flag} " if flag.startswith("-") else f"{flag}=", message
+            name.format(param) + "=", f"{flag} " if flag.startswith("-") else f"{flag}=", message
         )
-        message = re.sub(rf"\b{param}\b(?!\.)", flag, message)
+        message = re.sub(name.format(param) + r"\b(?!\.)", flag, message)
+    # the words the command line takes for None
+    for flag, word in (("--status-page", "off"), ("--host", "auto")):
+        if flag in message:
+            message = re.sub(r"\bNone\b", word, message)
     return message
 
 

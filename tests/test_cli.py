@@ -130,7 +130,9 @@ def test_bad_fn_is_a_one_line_error(tmp_path: Path) -> None:
         "segment", src, str(tmp_path / "o.zarr"), "--fn", "nosuch", "--tile", "8,8", cwd=tmp_path
     )
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: --fn 'nosuch' must look like package.module:function"
+    assert done.stderr.strip() == (
+        "error: --fn 'nosuch' must look like package.module:function or path/to/file.py:function"
+    )
 
 
 def test_status_then_resubmit_redoes_only_the_failed_tile(tmp_path: Path) -> None:
@@ -421,3 +423,21 @@ def test_help_shows_every_default_from_the_config() -> None:
         check=True,
     ).stdout
     assert "(default: 3600" in " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("flags", "said", "unsaid"),
+    [
+        (["--workers", "0"], "--workers 0", "num_workers"),
+        (["--status-page", "nowhere"], "or be off for no page", "None"),
+    ],
+)
+def test_errors_name_flags_and_the_cli_words_for_none(
+    tmp_path: Path, flags: list[str], said: str, unsaid: str
+) -> None:
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20), seed=2))
+    args = ["segment", src, str(tmp_path / "o.zarr"), "--fn", "fns:cc_label", "--tile", "10,10"]
+    done = cli(*args, *flags, cwd=tmp_path)
+    assert done.returncode == 2
+    assert said in done.stderr and unsaid not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.zarr").exists()
