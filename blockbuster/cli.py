@@ -123,7 +123,7 @@ def _add_config_flags(
     for name in names:
         f = RunConfig.field(name)
         flag, default = f.metadata["flag"], f.default
-        help_text = f.metadata["help"]
+        help_text = _plain(f.metadata["help"])
         if not keep_run_values and default not in (None, (), "") and not isinstance(default, bool):
             help_text += f" (default: {_cli_value(default)})"
         kwargs: dict[str, Any] = {"dest": name, "help": help_text}
@@ -154,6 +154,12 @@ def _add_config_flags(
         parser.add_argument(flag, **kwargs)
 
 
+def _plain(text: str) -> str:
+    """reST inline markup (``literal``, :role:`target`) as plain text."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
 def _cli_value(value: Any) -> str:
     """A default as the command line spells it (tuples comma-separated)."""
     if isinstance(value, tuple | list):
@@ -170,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     :class:`blockbuster.config.RunConfig`."""
     from blockbuster.config import RunConfig
 
-    parser = argparse.ArgumentParser(prog="blockbuster", description=__doc__)
+    # the module docstring is reST for the API docs; the terminal gets it plain
+    parser = argparse.ArgumentParser(prog="blockbuster", description=_plain(__doc__ or ""))
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment SRC tile by tile into DST")
     seg.add_argument("src", help="input zarr array or OME-Zarr image group")

@@ -423,6 +423,11 @@ def test_help_shows_every_default_from_the_config() -> None:
         check=True,
     ).stdout
     assert "(default: 3600" in " ".join(text.split())
+    top = subprocess.run(
+        [sys.executable, "-m", "blockbuster.cli", "--help"], capture_output=True, text=True
+    ).stdout
+    for help_text in (text, top):  # plain text: no reST markup
+        assert "``" not in help_text and ":func:" not in help_text and ":class:" not in help_text
 
 
 @pytest.mark.parametrize(
