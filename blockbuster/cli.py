@@ -234,7 +234,7 @@ def cli_words(message: str) -> str:
     from blockbuster.config import RunConfig
 
     flags = {**RunConfig.flags(), "overwrite": "--overwrite", "write_to": "DST", "image": "SRC"}
-    switches = {n for n in flags if n in ("channels", "overwrite")} | {
+    switches = {"channels", "overwrite"} | {
         n for n in RunConfig.flags() if isinstance(RunConfig.field(n).default, bool)
     }
     name = r"(?<![-\w]){}"  # a parameter's name, not part of a flag or a longer word

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from blockbuster.run.task import Task
 
 
+RUN_DIR_SUFFIX = ".blockbuster"
+"""What ``write_to``'s name gets for the name of its run directory."""
+
+
 class RunDirError(ValueError):
     """A run directory that cannot be used as it is (damaged, or not one); the message says
     which file and what to do."""
@@ -49,7 +53,7 @@ class RunDir:
     @classmethod
     def for_output(cls, write_to: Path | str) -> RunDir:
         out = Path(write_to)
-        return cls(out.with_name(out.name + ".blockbuster"))
+        return cls(out.with_name(out.name + RUN_DIR_SUFFIX))
 
     @property
     def spec_file(self) -> Path:

@@ -15,7 +15,7 @@ from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.events import TaskInfo
 from blockbuster.run.lease import read_holder
 from blockbuster.run.records import RecordScanner, TaskRecords, TileCounts, TileError
-from blockbuster.run.rundir import RunDir
+from blockbuster.run.rundir import RUN_DIR_SUFFIX, RunDir
 
 TASKS = ("segment", "stitch", "relabel")
 
@@ -145,10 +145,9 @@ def finished_output(path: Path) -> Path | None:
     from blockbuster.run.ownership import output_mark
 
     path = Path(path).absolute()
-    if path.is_dir() and (path / "spec.json").exists():
+    if RunDir(path).spec_file.exists():
         return None  # a run directory: its status is read from it
-    suffix = ".blockbuster"
-    out = path.with_name(path.name[: -len(suffix)]) if path.name.endswith(suffix) else path
+    out = path.with_name(path.name.removesuffix(RUN_DIR_SUFFIX))
     mark = output_mark(out) if out.exists() else None
     if mark is None or not mark.get("complete") or RunDir.for_output(out).root.is_dir():
         return None
