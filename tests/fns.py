@@ -260,3 +260,12 @@ def log_thread(block: np.ndarray, log_dir: str) -> np.ndarray:
 
     Path(log_dir, uuid.uuid4().hex).write_text(threading.current_thread().name)
     return cc_label(block)
+
+
+def log_process(block: np.ndarray, log_dir: str) -> np.ndarray:
+    """``cc_label`` that logs its worker process: pid, session, parent's command line and
+    the legacy numpy generator's next draw (which must differ between workers)."""
+    parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    info = [str(os.getpid()), str(os.getsid(0)), str(np.random.randint(2**31)), parent]  # noqa: NPY002
+    Path(log_dir, f"{os.getpid()}-{uuid.uuid4().hex}").write_text("\t".join(info))
+    return cc_label(block)

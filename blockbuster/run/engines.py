@@ -27,9 +27,10 @@ from funlib.geometry import Roi
 
 from blockbuster.config import RunConfig
 from blockbuster.run.blocks import process_block
-from blockbuster.run.launch import WorkerLauncher, server_dir
+from blockbuster.run.launch import LOCAL, WorkerLauncher, server_dir
 from blockbuster.run.rundir import RunDir
 from blockbuster.run.task import Task, TaskReport
+from blockbuster.run.zygote import Zygote
 
 Engine = Literal["daisy", "dask", "serial"]
 
@@ -78,8 +79,11 @@ def in_order(tasks: Sequence[Task]) -> list[Task]:
 # -- daisy -------------------------------------------------------------------------------------
 
 
-def daisy_task(task: Task, run: RunDir, options: RunConfig) -> daisy.Task:
-    """The daisy task that runs ``task``'s blocks in blockbuster workers."""
+def daisy_task(
+    task: Task, run: RunDir, options: RunConfig, zygote: str | None = None
+) -> daisy.Task:
+    """The daisy task that runs ``task``'s blocks in blockbuster workers (local ones forked
+    by the ``zygote`` at that socket, when given)."""
     write = Roi(task.roi.begin, task.block_shape)
     return daisy.Task(
         task.name,
@@ -92,6 +96,7 @@ def daisy_task(task: Task, run: RunDir, options: RunConfig) -> daisy.Task:
             options.launcher,
             options.gpus if task.uses_gpu else None,
             options.timeout,
+            zygote,
         ),
         read_write_conflict=False,
         fit=task.fit,
@@ -108,9 +113,11 @@ def daisy_task(task: Task, run: RunDir, options: RunConfig) -> daisy.Task:
     )
 
 
-def daisy_pipeline(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> Any:
+def daisy_pipeline(
+    tasks: Sequence[Task], run: RunDir, options: RunConfig, zygote: str | None = None
+) -> Any:
     """One daisy pipeline over ``tasks`` with an edge for each upstream relation."""
-    made = {t.name: daisy.Pipeline.from_task(daisy_task(t, run, options)) for t in tasks}
+    made = {t.name: daisy.Pipeline.from_task(daisy_task(t, run, options, zygote)) for t in tasks}
     pipe = made[tasks[0].name]
     for t in tasks[1:]:
         pipe = pipe | made[t.name]
@@ -157,15 +164,19 @@ def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[st
     announcer = _AddressAnnouncer(run) if options.host not in ("127.0.0.1", "localhost") else None
     if announcer is not None:
         announcer.start()
+    # local workers forked with their imports done (a launch script's run elsewhere)
+    zygote = Zygote.start() if options.launcher == LOCAL else None
     try:
         states = daisy.Server().run_blockwise(
-            daisy_pipeline(tasks, run, options),
+            daisy_pipeline(tasks, run, options, zygote.path if zygote else None),
             progress=False,
             host=options.host,
             summary=False,
             block_tracking=False,
         )
     finally:
+        if zygote is not None:
+            zygote.close()
         if announcer is not None:
             announcer.stop.set()
             announcer.join()

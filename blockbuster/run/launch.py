@@ -23,6 +23,7 @@ from typing import Any
 
 from blockbuster.run.files import write_atomic
 from blockbuster.run.gpu import gpu_worker_env
+from blockbuster.run.zygote import ZygoteChild, spawn
 
 LOCAL = "local"
 
@@ -97,10 +98,13 @@ class Supervisor:
     supervisor records that block's failure with the cause, so the run names the tile.
     """
 
-    def __init__(self, run_dir: Path, task: str, timeout: float | None) -> None:
+    def __init__(
+        self, run_dir: Path, task: str, timeout: float | None, zygote: str | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.task = task
         self.timeout = timeout
+        self.zygote = zygote
         folder = self.run_dir / "workers"
         folder.mkdir(parents=True, exist_ok=True)
         self.prefix = folder / f"{task}.{uuid.uuid4().hex[:12]}"
@@ -112,7 +116,11 @@ class Supervisor:
     def run(self, argv: list[str]) -> int:
         """Start ``argv`` in its own process group, watch it, and return its exit status."""
         env = dict(os.environ, **{STATE_ENV: str(self.prefix)})
-        proc = subprocess.Popen(argv, env=env, start_new_session=True)
+        proc: subprocess.Popen[bytes] | ZygoteChild | None = None
+        if self.zygote is not None:
+            proc = spawn(self.zygote, argv, env)
+        if proc is None:
+            proc = subprocess.Popen(argv, env=env, start_new_session=True)
         stopped_since: float | None = None
         reason = ""
         try:
@@ -183,7 +191,7 @@ class Supervisor:
             )
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes] | ZygoteChild) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -207,6 +215,11 @@ class WorkerLauncher:
         For GPU workers: pin to one thread, and, for local workers, to
         ``gpus[worker_id % len(gpus)]`` through ``CUDA_VISIBLE_DEVICES`` when the list is not
         empty (a launch script's scheduler assigns GPUs to its jobs itself).
+    timeout
+        The task's block timeout (the supervisor's limit).
+    zygote
+        The socket of this run's zygote (:mod:`.zygote`), which forks local workers with
+        their imports done; None, or a zygote that cannot, starts an interpreter.
     """
 
     def __init__(
@@ -216,12 +229,14 @@ class WorkerLauncher:
         launcher: str = LOCAL,
         gpus: tuple[str, ...] | None = None,
         timeout: float | None = None,
+        zygote: str | None = None,
     ) -> None:
         self.run_dir = str(run_dir)
         self.task = task
         self.launcher = launcher
         self.gpus = gpus
         self.timeout = timeout
+        self.zygote = zygote
 
     def __call__(self, *, context: Any = None) -> None:
         if context is not None:
@@ -237,10 +252,12 @@ class WorkerLauncher:
         os.environ["BLOCKBUSTER_PYTHON"] = sys.executable
         sys.stdout.flush()
         sys.stderr.flush()
+        zygote = None
         if self.launcher == LOCAL:
             argv = [sys.executable, "-m", "blockbuster.worker", self.run_dir, self.task]
+            zygote = self.zygote
         else:
             argv = [self.launcher, self.run_dir, self.task]
-        rc = Supervisor(Path(self.run_dir), self.task, self.timeout).run(argv)
+        rc = Supervisor(Path(self.run_dir), self.task, self.timeout, zygote).run(argv)
         if rc != 0:
             raise SystemExit(rc)  # a dirty exit: daisy counts it and starts another worker

@@ -1,0 +1,105 @@
+"""The zygote that forks local workers: what a child gets, refusals, and its own end."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_to_one, blobs, write_zarr
+from fns import log_process
+from scipy import ndimage as ndi
+
+from blockbuster import tile_process
+from blockbuster.run.zygote import Zygote, spawn
+
+WORKER = [sys.executable, "-m", "blockbuster.worker"]
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_forked_worker_gets_the_callers_output_and_exit_status(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with Zygote.start() as zygote:
+        child = spawn(zygote.path, [*WORKER, "--help"], dict(os.environ))
+        assert child is not None
+        assert child.wait(timeout=60) == 0
+        assert "usage: python -m blockbuster.worker" in capfd.readouterr().out
+        # a worker that refuses its arguments exits as the interpreter would (argparse: 2)
+        child = spawn(zygote.path, [*WORKER, "only-one-argument"], dict(os.environ))
+        assert child is not None
+        assert child.wait(timeout=60) == 2
+        assert "the following arguments are required: task" in capfd.readouterr().err
+        # not a worker's command line: never forked
+        assert spawn(zygote.path, [sys.executable, "-c", "print(1)"], dict(os.environ)) is None
+
+
+def test_a_request_with_another_import_environment_is_refused() -> None:
+    with Zygote.start() as zygote:
+        for var, value in (("PYTHONPATH", "/elsewhere"), ("OMP_NUM_THREADS", "7")):
+            env = dict(os.environ, **{var: f"{os.environ.get(var, '')}{value}"})
+            assert spawn(zygote.path, [*WORKER, "--help"], env) is None, var
+    # gone: the caller starts the interpreter itself
+    assert spawn(zygote.path, [*WORKER, "--help"], dict(os.environ)) is None
+
+
+def test_the_zygote_ends_with_the_driver_that_started_it(tmp_path: Path) -> None:
+    driver = (
+        "import os, signal, sys\n"
+        "from blockbuster.run.zygote import Zygote\n"
+        "z = Zygote.start()\n"
+        "print(z.proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True)
+    assert out.returncode == -signal.SIGKILL
+    assert _gone(int(out.stdout.split()[0]), within=10)
+
+
+def test_local_workers_are_forked_by_the_zygote(tmp_path: Path) -> None:
+    image = blobs((24, 48, 48), seed=3)
+    src = write_zarr(tmp_path / "image.zarr", image)
+    log = tmp_path / "log"
+    log.mkdir()
+    result = tile_process(
+        src,
+        functools.partial(log_process, log_dir=str(log)),
+        (8, 16, 16),
+        2,
+        write_to=tmp_path / "labels.zarr",
+        num_workers=2,
+        merge_threshold=0,
+    )
+    assert result.ok
+    whole, _ = ndi.label(image > 0.5)
+    import zarr
+
+    assert_one_to_one(zarr.open_array(str(tmp_path / "labels.zarr"))[:], whole)
+    rows = [p.read_text().split("\t") for p in log.iterdir()]
+    assert len(rows) == result.fn_calls == result.tiles_total
+    workers = {(pid, sid, draw, parent) for pid, sid, draw, parent in rows}
+    assert len({w[0] for w in workers}) >= 2
+    for pid, sid, _, parent in workers:
+        assert "blockbuster.run.zygote" in parent  # forked, not a fresh interpreter
+        assert sid == pid  # its own session, as a started worker has
+    # each worker's first draw of the legacy numpy generator: fresh state, not the zygote's
+    first = {}
+    for path in sorted(log.iterdir(), key=lambda p: p.stat().st_mtime_ns):
+        pid, _, draw, _ = path.read_text().split("\t")
+        first.setdefault(pid, draw)
+    assert len(set(first.values())) == len(first)
