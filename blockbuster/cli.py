@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import inspect
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from blockbuster.pipeline.spec import read_spec
+from blockbuster.plugins.catalog import PLUGINS
+from blockbuster.ui.text import plain
 
 
 def load_fn(
@@ -33,23 +36,29 @@ def load_fn(
     passed to :func:`blockbuster.plugins.watershed_fn` or
     :func:`blockbuster.plugins.cellpose.cellpose_fn`)."""
     if spec is None:
-        if plugin == "cellpose":
-            from blockbuster.plugins.cellpose import cellpose_fn
+        from blockbuster.plugins.catalog import builder
 
-            return cellpose_fn(**kwargs)
-        from blockbuster.plugins import watershed_fn
-
-        return watershed_fn(**kwargs)
+        build = builder(plugin)
+        known = inspect.signature(build).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in known.values()):
+            unknown = sorted(set(kwargs) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"--fn-kwargs: the {plugin} plugin takes no {', '.join(unknown)}; its "
+                    f"parameters are {', '.join(known)} (see blockbuster plugins {plugin})"
+                )
+        fn: Callable[..., Any] = build(**kwargs)
+        return fn
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ValueError(
             f"--fn {spec!r} must look like package.module:function or path/to/file.py:function"
         )
     module = _import_fn_module(spec, module_name)
-    fn = getattr(module, attr, None)
-    if fn is None:
+    found = getattr(module, attr, None)
+    if found is None:
         raise ValueError(f"--fn {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    return functools.partial(fn, **kwargs) if kwargs else fn
+    return functools.partial(found, **kwargs) if kwargs else found
 
 
 def _import_fn_module(spec: str, module_name: str) -> Any:
@@ -123,7 +132,7 @@ def _add_config_flags(
     for name in names:
         f = RunConfig.field(name)
         flag, default = f.metadata["flag"], f.default
-        help_text = _plain(f.metadata["help"])
+        help_text = plain(f.metadata["help"])
         if not keep_run_values and default not in (None, (), "") and not isinstance(default, bool):
             help_text += f" (default: {_cli_value(default)})"
         kwargs: dict[str, Any] = {"dest": name, "help": help_text}
@@ -154,12 +163,6 @@ def _add_config_flags(
         parser.add_argument(flag, **kwargs)
 
 
-def _plain(text: str) -> str:
-    """reST inline markup (``literal``, :role:`target`) as plain text."""
-    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
-    return text.replace("``", "")
-
-
 def _cli_value(value: Any) -> str:
     """A default as the command line spells it (tuples comma-separated)."""
     if isinstance(value, tuple | list):
@@ -177,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     from blockbuster.config import RunConfig
 
     # the module docstring is reST for the API docs; the terminal gets it plain
-    parser = argparse.ArgumentParser(prog="blockbuster", description=_plain(__doc__ or ""))
+    parser = argparse.ArgumentParser(prog="blockbuster", description=plain(__doc__ or ""))
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment SRC tile by tile into DST")
     seg.add_argument("src", help="input zarr array or OME-Zarr image group")
@@ -189,10 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--plugin",
-        choices=("watershed", "cellpose"),
+        choices=tuple(PLUGINS),
         default="watershed",
         help="built-in fn when --fn is not given; --fn-kwargs configure it, e.g. "
-        '\'{"model": "cyto3", "gpu": true, "diameter": 30}\' for cellpose',
+        '\'{"model": "cyto3", "gpu": true, "diameter": 30}\' for cellpose; '
+        "blockbuster plugins lists their parameters (default: watershed, thresholded at the "
+        "whole image's Otsu threshold)",
     )
     seg.add_argument(
         "--fn-kwargs",
@@ -205,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="tiles done/failed/pending per task of a run directory")
     st.add_argument("run_dir", help="the <DST>.blockbuster directory of a run")
     st.add_argument("--tracebacks", action="store_true", help="print failed tiles' tracebacks")
+
+    pl = sub.add_parser("plugins", help="the built-in fns (--plugin) and their parameters")
+    pl.add_argument("name", nargs="?", choices=tuple(PLUGINS), help="one plugin (default: all)")
 
     vf = sub.add_parser(
         "verify", help="check staged tiles against the input and their files on disk"
@@ -328,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "resubmit":
             return _resubmit(args)
+        if args.command == "plugins":
+            from blockbuster.plugins.catalog import describe
+
+            print("\n\n".join(describe(n) for n in ([args.name] if args.name else PLUGINS)))
+            return 0
         try:
             kwargs = json.loads(args.fn_kwargs)
         except ValueError as e:

@@ -446,3 +446,42 @@ def test_errors_name_flags_and_the_cli_words_for_none(
     assert done.returncode == 2
     assert said in done.stderr and unsaid not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.zarr").exists()
+
+
+def test_plugins_lists_every_parameter_with_its_default(tmp_path: Path) -> None:
+    import inspect
+
+    from blockbuster.plugins import watershed_fn
+    from blockbuster.plugins.cellpose import cellpose_fn
+
+    done = cli("plugins", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    for build in (watershed_fn, cellpose_fn):
+        for p in inspect.signature(build).parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                assert f"**{p.name} (default: any other keyword)" in text
+            else:
+                assert f"    {p.name} (default: {p.default!r})" in text
+    # the default threshold is stated, in plain text
+    assert "None: Otsu's threshold of the whole image's" in text
+    assert "``" not in text and ":func:" not in text
+    one = cli("plugins", "watershed", cwd=tmp_path).stdout
+    assert one.startswith("watershed: blockbuster.plugins.watershed.watershed_fn")
+    assert "cellpose" not in one
+
+
+def test_an_unknown_plugin_parameter_is_a_one_line_error_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 20)))
+    out = tmp_path / "o.zarr"
+    done = cli(
+        "segment", src, str(out), "--tile", "8,8", "--fn-kwargs", '{"thresh": 3}', cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --fn-kwargs: the watershed plugin takes no thresh; its parameters are sigma, "
+        "threshold, h, sampling, channel (see blockbuster plugins watershed)"
+    )
+    assert not out.exists() and not Path(f"{out}.blockbuster").exists()
