@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+#: the distribution this package comes from (``pip install blockbuster-seg``)
+__distribution__ = "blockbuster-seg"
 __all__ = [
     "Block",
     "BlockFailureError",
@@ -27,6 +29,36 @@ __all__ = [
     "run_tasks",
     "tile_process",
 ]
+
+
+def _check_not_overwritten() -> None:
+    """Refuse to run where the PyPI project ``blockbuster`` (another package with this import
+    name) was installed into the same folder: each overwrote files of the other."""
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        other = metadata.distribution("blockbuster")
+    except metadata.PackageNotFoundError:
+        return
+    if (other.metadata["Summary"] or "").startswith("Segment microscopy"):
+        return  # this project, from before it was renamed (a checkout's old egg-info)
+    here = Path(__file__).resolve().parent
+    for f in other.files or ():
+        if (
+            f.parts[:1] == ("blockbuster",)
+            and Path(str(other.locate_file(f))).resolve().parent == here
+        ):
+            raise ImportError(
+                f"the PyPI project 'blockbuster' {other.version} (an asyncio blocking-call "
+                f"detector, not blockbuster-seg) is installed in {here.parent} too, and the two "
+                "overwrite each other's files there: pip uninstall -y blockbuster "
+                "blockbuster-seg, then pip install blockbuster-seg (or keep them in separate "
+                "environments)"
+            )
+
+
+_check_not_overwritten()
 
 if TYPE_CHECKING:
     from blockbuster.api import run_tasks, tile_process

@@ -1,7 +1,7 @@
 """Ready-made segmentation functions for :func:`blockbuster.tile_process`.
 
 ``watershed_fn`` needs nothing beyond scikit-image. The Cellpose plugin lives in
-``blockbuster.plugins.cellpose`` (optional extra ``blockbuster[cellpose]``).
+``blockbuster.plugins.cellpose`` (optional extra ``blockbuster-seg[cellpose]``).
 """
 
 from blockbuster.plugins.watershed import WatershedFn, watershed_fn

@@ -1,4 +1,4 @@
-"""Cellpose as a blockbuster ``fn`` (optional extra: ``pip install "blockbuster[cellpose]"``).
+"""Cellpose as a blockbuster ``fn`` (optional extra: ``pip install "blockbuster-seg[cellpose]"``).
 
 :func:`cellpose_fn` checks the model before any block runs and returns a picklable callable
 that loads the model once per worker process, on first use, and segments each block with it.
@@ -61,7 +61,7 @@ def _cellpose_models() -> Any:
         from cellpose import models
     except ImportError:
         raise ImportError(
-            'cellpose_fn needs Cellpose: pip install "blockbuster[cellpose]" (install torch '
+            'cellpose_fn needs Cellpose: pip install "blockbuster-seg[cellpose]" (install torch '
             "for your GPU or CPU first)"
         ) from None
     return models

@@ -1,4 +1,4 @@
-"""GPU tile sizing from free VRAM (``nvidia-ml-py``, extra ``blockbuster[gpu]``).
+"""GPU tile sizing from free VRAM (``nvidia-ml-py``, extra ``blockbuster-seg[gpu]``).
 
 With ``tile_process(use_gpu=True)`` the tile shape is the largest one, no bigger than the one
 asked for, whose working set (tile plus halo, times the fn's bytes per voxel) fits in half the
@@ -28,7 +28,7 @@ def _warn_once(reason: str) -> None:
     if not _warned:
         warnings.warn(
             f"cannot read free GPU memory ({reason}); assuming 8 GiB. Install it with "
-            'pip install "blockbuster[gpu]" for sizing to your card',
+            'pip install "blockbuster-seg[gpu]" for sizing to your card',
             RuntimeWarning,
             stacklevel=3,
         )
