@@ -23,7 +23,7 @@ import cloudpickle
 import numpy as np
 
 from blockbuster.config import RunConfig
-from blockbuster.io import ome
+from blockbuster.io import ome, sdstore
 from blockbuster.io.outputs import check_output, create_output, is_ome_path
 from blockbuster.io.sources import ImageSource, describe_source
 from blockbuster.pipeline.mask import mask_tiles, save_tiles, tiles_digest
@@ -653,6 +653,9 @@ def _execute(
         _fail(result)
     lease.check()
     mark_output(out, complete=True, num_labels=result.num_labels, work=work_digest(spec))
+    sd = sdstore.labels_element(out)
+    if sd is not None:  # spatialdata.read_zarr lists the elements in the consolidated metadata
+        sdstore.consolidate(sd[0])
     _remove_run_dir(run, options, lease)
     return result
 
