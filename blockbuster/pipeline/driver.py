@@ -653,11 +653,18 @@ def _execute(
         _fail(result)
     lease.check()
     mark_output(out, complete=True, num_labels=result.num_labels, work=work_digest(spec))
-    sd = sdstore.labels_element(out)
-    if sd is not None:  # spatialdata.read_zarr lists the elements in the consolidated metadata
-        sdstore.consolidate(sd[0])
     _remove_run_dir(run, options, lease)
+    _publish(out)
     return result
+
+
+def _publish(out: Path) -> None:
+    """Make a finished SpatialData labels element visible: ``spatialdata.read_zarr`` lists the
+    elements in the store's consolidated metadata, rewritten here (after the run directory
+    is gone)."""
+    found = sdstore.labels_element(out)
+    if found is not None:
+        sdstore.consolidate(found[0])
 
 
 def _remove_run_dir(run: RunDir, options: RunConfig, lease: Lease) -> None:
@@ -674,6 +681,7 @@ def _cleanup_finished(
     result = finished_result(Finished(Path(spec.output_store), mark), spec)
     result.run_dir = str(run.root)
     _remove_run_dir(run, options, lease)
+    _publish(Path(spec.output_store))
     return result
 
 
