@@ -8,6 +8,7 @@ as "no pyramid").
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,38 @@ def test_tile_process_writes_a_labels_element(tmp_path: Path) -> None:
     expected = get_transformation(sd.read_zarr(reference).labels["cells"], get_all=True)
     assert got == expected
     assert got["global"] == _transformations()["global"]
+
+
+def test_single_scale_image(tmp_path: Path) -> None:
+    """A single-scale image element (made from a written two-level one, see the module doc):
+    the labels get their own pyramid, and the element keeps SpatialData's OME version."""
+    store = tmp_path / "single.zarr"
+    _, whole = _image_2d(store)
+    group = zarr.open_group(str(store / "images" / "he"), mode="r+")
+    meta = dict(group.attrs["ome"])
+    meta["multiscales"] = [
+        {**meta["multiscales"][0], "datasets": meta["multiscales"][0]["datasets"][:1]}
+    ]
+    group.attrs["ome"] = meta
+    shutil.rmtree(store / "images" / "he" / "s1")
+    zarr.consolidate_metadata(str(store))
+    assert not hasattr(sd.read_zarr(store).images["he"], "children")  # single-scale now
+    tile_process(
+        str(store / "images" / "he"),
+        first_channel_cc,
+        (16, 16),
+        4,
+        write_to=str(store / "labels" / "cells"),
+        merge_threshold=0,
+        **FAST,
+    )
+    labels = sd.read_zarr(store).labels["cells"]
+    assert_one_to_one(whole, _level0(labels))
+    assert len(labels.children) > 1
+    assert (
+        zarr.open_group(str(store / "labels" / "cells")).attrs["ome"]["version"] == meta["version"]
+    )
+    assert get_transformation(labels, get_all=True)["global"] == _transformations()["global"]
 
 
 def test_segment_adds_3d_labels_to_the_object(tmp_path: Path) -> None:

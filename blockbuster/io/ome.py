@@ -663,7 +663,6 @@ def add_levels(group: zarr.Group, ms: Multiscale, levels: Sequence[Level]) -> No
     """
     first = group[ms.levels[0].path]
     assert isinstance(first, zarr.Array)
-    version = "0.5" if ms.zarr_format == 3 else "0.4"
     for lv in levels:
         kwargs: dict[str, Any] = {}
         if ms.zarr_format == 2:
@@ -684,4 +683,7 @@ def add_levels(group: zarr.Group, ms: Multiscale, levels: Sequence[Level]) -> No
     entries[0]["datasets"] = list(entries[0]["datasets"]) + [
         {"path": lv.path, "coordinateTransformations": lv.transforms_json()} for lv in levels
     ]
-    _set_ome_attrs(group, version, {"multiscales": entries})
+    if ms.zarr_format == 2:
+        group.attrs.update({"multiscales": entries})
+    else:  # keeps the version string as it was (SpatialData's "0.5-dev-spatialdata")
+        _set_ome_attrs(group, str(attrs.get("version") or ms.version), {"multiscales": entries})
