@@ -71,7 +71,8 @@ def tile_process(
         Parameters
         ----------
         image
-            Path of a zarr array or OME-Zarr image group, a ``zarr.Array[Any]`` or a
+            Path of a zarr array or OME-Zarr image group (a SpatialData image element
+            ``<store>/images/<name>`` is one), a ``zarr.Array[Any]`` or a
             ``funlib.persistence.Array`` (on disk). 2D or 3D, plus optionally one leading
             channel axis (see ``channels``).
         fn
@@ -80,7 +81,9 @@ def tile_process(
             array of the block's spatial shape, 0 = background. Called exactly once per tile.
         write_to
             Output path: a zarr array, or an OME-Zarr image group when it ends in ``.ome.zarr``
-            (or is ``<image>/labels/<name>``). Output labels are uint32, or uint64 when there are
+            (or is ``<image>/labels/<name>``), or a SpatialData labels element when it is
+            ``<store>/labels/<name>`` and ``image`` is ``<store>/images/<other>`` (the image's
+            transformations copied). Output labels are uint32, or uint64 when there are
             2**32 labels or more; chunked by tile.
     {config}
 

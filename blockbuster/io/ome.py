@@ -115,13 +115,20 @@ class Level:
 
 @dataclass(frozen=True)
 class Multiscale:
-    """The first multiscale image of an OME-Zarr group."""
+    """The first multiscale image of an OME-Zarr group.
+
+    ``systems`` holds the multiscale's own transformations when each maps to a named
+    coordinate system (SpatialData's form, see :func:`is_system_transform`), as written; the
+    levels' scale and translation then come from their datasets alone (SpatialData's
+    intrinsic coordinates).
+    """
 
     version: str
     zarr_format: int
     name: str
     axes: tuple[Axis, ...]
     levels: tuple[Level, ...]
+    systems: tuple[dict[str, Any], ...] = ()
 
     @property
     def spatial(self) -> tuple[bool, ...]:
@@ -165,6 +172,54 @@ def _ome_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return ome if isinstance(ome, dict) else attrs
 
 
+def _affine_scale_translation(
+    tr: dict[str, Any], ndim: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Per-axis scale and translation equal to an NGFF ``affine``, if it has no rotation or shear.
+
+    The matrix is ``ndim x (ndim + 1)`` (or the square ``(ndim + 1)`` form with a last row
+    ``0 ... 0 1``). Where the transformation names its input and output axes (SpatialData
+    does) and the output lists them in another order, its rows are put in input order first.
+    """
+    m = np.asarray(tr.get("affine"), dtype=float)
+    if m.shape == (ndim + 1, ndim + 1):
+        m = m[:ndim]
+    if m.shape != (ndim, ndim + 1):
+        raise ValueError(f"NGFF affine of shape {m.shape} does not map {ndim} axes")
+    names_in = _axis_names(tr.get("input"))
+    names_out = _axis_names(tr.get("output"))
+    if names_in and names_out and names_in != names_out and sorted(names_in) == sorted(names_out):
+        m = m[[names_out.index(n) for n in names_in]]
+    linear = m[:, :ndim]
+    if np.any(linear[~np.eye(ndim, dtype=bool)] != 0):
+        raise ValueError(
+            "an NGFF affine with rotation or shear cannot be written as per-axis scale and "
+            "translation (only SpatialData outputs copy it as it is)"
+        )
+    return np.diag(linear).copy(), m[:, ndim].copy()
+
+
+def _axis_names(system: Any) -> list[str]:
+    """Axis names of a SpatialData-style ``input``/``output`` coordinate system ([] if none)."""
+    if not isinstance(system, dict):
+        return []
+    return [str(a.get("name")) for a in system.get("axes") or [] if isinstance(a, dict)]
+
+
+def _flatten(transforms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The transformations with every ``sequence`` replaced by its members, in order."""
+    out: list[dict[str, Any]] = []
+    for tr in transforms:
+        if tr.get("type") == "sequence":
+            members = tr.get("transformations")
+            if not isinstance(members, list):
+                raise ValueError("NGFF sequence transformation without a transformations list")
+            out.extend(_flatten(members))
+        else:
+            out.append(tr)
+    return out
+
+
 def compose_transforms(
     transform_lists: Sequence[Sequence[dict[str, Any]]], ndim: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -173,8 +228,9 @@ def compose_transforms(
     Parameters
     ----------
     transform_lists
-        Lists of ``scale``, ``translation`` and ``identity`` transformations, applied in order
-        (the dataset's first, then the multiscale's).
+        Lists of ``scale``, ``translation``, ``identity``, ``sequence`` (its members in order)
+        and ``affine`` (without rotation or shear) transformations, applied in order (the
+        dataset's first, then the multiscale's).
     ndim
         Number of axes.
 
@@ -182,21 +238,41 @@ def compose_transforms(
     -------
     scale, translation
         The single scale-then-translation equal to the composition.
+
+    Raises
+    ------
+    ValueError
+        For another type, values that are not inline, the wrong number of entries, or an
+        affine that rotates or shears.
+
+    Examples
+    --------
+    >>> compose_transforms([[{"type": "sequence", "transformations": [
+    ...     {"type": "scale", "scale": [2.0, 3.0]},
+    ...     {"type": "translation", "translation": [1.0, 0.0]}]}]], 2)
+    ((2.0, 3.0), (1.0, 0.0))
+    >>> compose_transforms([[{"type": "affine", "affine": [[2, 0, 1], [0, 3, 0]]}]], 2)
+    ((2.0, 3.0), (1.0, 0.0))
     """
     scale = np.ones(ndim)
     translation = np.zeros(ndim)
     for transforms in transform_lists:
-        for tr in transforms:
+        for tr in _flatten(transforms):
             kind = tr.get("type")
             if kind == "identity":
                 continue
-            if kind not in ("scale", "translation"):
+            if kind not in ("scale", "translation", "affine"):
                 raise ValueError(f"unsupported NGFF coordinate transformation type {kind!r}")
             if kind not in tr:
                 raise ValueError(
                     f"NGFF {kind} transformation without inline values (path={tr.get('path')!r})"
                     " is not supported"
                 )
+            if kind == "affine":
+                s, t = _affine_scale_translation(tr, ndim)
+                scale = scale * s
+                translation = translation * s + t
+                continue
             values = np.asarray(tr[kind], dtype=float)
             if values.shape != (ndim,):
                 raise ValueError(f"NGFF {kind} {list(values)} does not have {ndim} entries")
@@ -206,6 +282,15 @@ def compose_transforms(
             else:
                 translation = translation + values
     return tuple(float(v) for v in scale), tuple(float(v) for v in translation)
+
+
+def is_system_transform(tr: Any) -> bool:
+    """Whether a multiscale-level transformation maps to a named coordinate system.
+
+    SpatialData writes one such transformation per coordinate system (``output.name`` is the
+    system's name); they are alternatives, not steps to compose.
+    """
+    return isinstance(tr, dict) and isinstance(tr.get("output"), dict) and "name" in tr["output"]
 
 
 def read_multiscale(group: zarr.Group) -> Multiscale | None:
@@ -220,7 +305,8 @@ def read_multiscale(group: zarr.Group) -> Multiscale | None:
     -------
     Multiscale or None
         Axes (types inferred from names where the version has none), and per level the path,
-        shape and composed scale and translation.
+        shape and composed scale and translation; SpatialData's per-coordinate-system
+        transformations kept apart in ``systems``.
     """
     attrs = dict(group.attrs)
     ome = _ome_attrs(attrs)
@@ -257,6 +343,9 @@ def read_multiscale(group: zarr.Group) -> Multiscale | None:
             f"{datasets[0]['path']!r} has {ndim} dimensions"
         )
     outer = ms.get("coordinateTransformations") or []
+    systems: tuple[dict[str, Any], ...] = ()
+    if outer and all(is_system_transform(tr) for tr in outer):
+        systems, outer = tuple(outer), []
     levels = []
     for ds in datasets:
         arr = group[ds["path"]]
@@ -280,6 +369,7 @@ def read_multiscale(group: zarr.Group) -> Multiscale | None:
         name=str(ms.get("name") or ""),
         axes=tuple(axes),
         levels=tuple(levels),
+        systems=systems,
     )
 
 
@@ -573,7 +663,6 @@ def add_levels(group: zarr.Group, ms: Multiscale, levels: Sequence[Level]) -> No
     """
     first = group[ms.levels[0].path]
     assert isinstance(first, zarr.Array)
-    version = "0.5" if ms.zarr_format == 3 else "0.4"
     for lv in levels:
         kwargs: dict[str, Any] = {}
         if ms.zarr_format == 2:
@@ -594,4 +683,7 @@ def add_levels(group: zarr.Group, ms: Multiscale, levels: Sequence[Level]) -> No
     entries[0]["datasets"] = list(entries[0]["datasets"]) + [
         {"path": lv.path, "coordinateTransformations": lv.transforms_json()} for lv in levels
     ]
-    _set_ome_attrs(group, version, {"multiscales": entries})
+    if ms.zarr_format == 2:
+        group.attrs.update({"multiscales": entries})
+    else:  # keeps the version string as it was (SpatialData's "0.5-dev-spatialdata")
+        _set_ome_attrs(group, str(attrs.get("version") or ms.version), {"multiscales": entries})

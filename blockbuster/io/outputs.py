@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from funlib.geometry import Coordinate
 
-from blockbuster.io import ome
+from blockbuster.io import ome, sdstore
 from blockbuster.io.sources import ImageSource
 
 logger = logging.getLogger("blockbuster")
@@ -23,10 +23,14 @@ logger = logging.getLogger("blockbuster")
 def is_ome_path(path: str | Path) -> bool:
     """Whether ``path`` names an OME-Zarr label image output (its level 0 array is ``"0"``).
 
-    True when it ends in ``.ome.zarr`` or is ``<image>/labels/<name>`` inside an existing
-    OME-Zarr image group.
+    True when it ends in ``.ome.zarr``, is ``<image>/labels/<name>`` inside an existing
+    OME-Zarr image group, or is ``<store>/labels/<name>`` in a SpatialData store.
     """
-    return str(path).rstrip("/").endswith(".ome.zarr") or ome.label_parent(path) is not None
+    return (
+        str(path).rstrip("/").endswith(".ome.zarr")
+        or ome.label_parent(path) is not None
+        or sdstore.labels_element(path) is not None
+    )
 
 
 def _image_level(image: ome.Multiscale, source: ImageSource, parent: Path) -> int | None:
@@ -57,8 +61,29 @@ def check_output(path: str | Path, source: ImageSource) -> None:
     ------
     ValueError
         If ``path`` is ``<image>/labels/<name>`` and no level of ``<image>`` has the input's
-        spatial shape.
+        spatial shape; if ``path`` is a SpatialData labels element (``<store>/labels/<name>``)
+        and the input is not level 0 of an image element of the same store, or its
+        transformations cannot be copied; if ``path`` is inside a SpatialData store's
+        ``images``.
     """
+    if sdstore.image_element(path) is not None:
+        store = Path(path).absolute().parent.parent
+        raise ValueError(
+            f"write_to={str(path)!r} is an image element path of the SpatialData store "
+            f"{str(store)!r}; labels go to '{store}/labels/<name>'"
+        )
+    if sdstore.labels_element(path) is not None:
+        image = ome.open_multiscale(source.store) if source.ome_version else None
+        if image is None:
+            found = sdstore.labels_element(path)
+            assert found is not None
+            raise ValueError(
+                f"write_to={str(path)!r} is a labels element of the SpatialData store "
+                f"{str(found[0])!r}, but the input is no image element of it; pass "
+                f"image='{found[0]}/images/<name>' or write the labels elsewhere"
+            )
+        sdstore.check_output(Path(path), source.store, source.path, image)
+        return
     parent = ome.label_parent(path)
     if parent is None:
         return
@@ -139,7 +164,9 @@ def create_output(
         that image in its NGFF version (0.4 in zarr v2, 0.5 in zarr v3), listed in its
         ``labels`` group, ``image-label.source.image = "../../"``, and levels matching the
         image's levels from the one the input was read at. Otherwise a plain zarr array with
-        funlib metadata.
+        funlib metadata. Of the form ``<store>/labels/<name>`` in a SpatialData store: a
+        labels element of the input image element (see
+        :func:`blockbuster.io.sdstore.write_labels`), its transformations copied.
     source
         The input description.
     tile
@@ -164,6 +191,11 @@ def create_output(
     lead: tuple[int, ...] = (source.time_points,) if keep else ()
     shape = lead + source.spatial_shape
     chunks = (1,) * len(lead) + tuple(tile[len(tile) - len(source.spatial_shape) :])
+    if sdstore.labels_element(path) is not None:
+        if path.exists():
+            shutil.rmtree(path)
+        sdstore.write_labels(path, source.store, shape, chunks, dtype)
+        return str(path), "0"
     if is_ome_path(path):
         axes = [
             ome.Axis(n, ome.SPACE, ome.ngff_unit(u))

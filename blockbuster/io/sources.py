@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from blockbuster.io import ome
+from blockbuster.io import ome, sdstore
 from blockbuster.io.boxes import Box, box_slices
 
 logger = logging.getLogger("blockbuster")
@@ -184,8 +184,9 @@ def describe_source(
     Parameters
     ----------
     image
-        Path to a zarr array or an OME-Zarr image group (NGFF 0.4 or 0.5), a ``zarr.Array[Any]`` or
-        a ``funlib.persistence.Array``.
+        Path to a zarr array or an OME-Zarr image group (NGFF 0.4 or 0.5; a SpatialData
+        store's image element ``<store>/images/<name>`` is one, described in its intrinsic
+        voxel coordinates), a ``zarr.Array[Any]`` or a ``funlib.persistence.Array``.
     spatial_ndim
         Number of trailing spatial axes (the length of ``tile_shape``).
     channels
@@ -243,6 +244,7 @@ def describe_source(
                 "convert the image to zarr first (e.g. OME-Zarr with bioformats2raw)"
             ) from None
         if isinstance(node, zarr.Group):
+            sdstore.check_input(Path(store), param)
             ms = ome.read_multiscale(node)
             if ms is None:
                 members = sorted(k for k, _ in node.arrays())

@@ -23,7 +23,7 @@ import cloudpickle
 import numpy as np
 
 from blockbuster.config import RunConfig
-from blockbuster.io import ome
+from blockbuster.io import ome, sdstore
 from blockbuster.io.outputs import check_output, create_output, is_ome_path
 from blockbuster.io.sources import ImageSource, describe_source
 from blockbuster.pipeline.mask import mask_tiles, save_tiles, tiles_digest
@@ -654,7 +654,17 @@ def _execute(
     lease.check()
     mark_output(out, complete=True, num_labels=result.num_labels, work=work_digest(spec))
     _remove_run_dir(run, options, lease)
+    _publish(out)
     return result
+
+
+def _publish(out: Path) -> None:
+    """Make a finished SpatialData labels element visible: ``spatialdata.read_zarr`` lists the
+    elements in the store's consolidated metadata, rewritten here (after the run directory
+    is gone)."""
+    found = sdstore.labels_element(out)
+    if found is not None:
+        sdstore.consolidate(found[0])
 
 
 def _remove_run_dir(run: RunDir, options: RunConfig, lease: Lease) -> None:
@@ -671,6 +681,7 @@ def _cleanup_finished(
     result = finished_result(Finished(Path(spec.output_store), mark), spec)
     result.run_dir = str(run.root)
     _remove_run_dir(run, options, lease)
+    _publish(Path(spec.output_store))
     return result
 
 

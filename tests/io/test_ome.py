@@ -52,6 +52,52 @@ def test_transforms_compose_in_order() -> None:
         ome.compose_transforms([[{"type": "scale", "path": "s"}]], 2)
 
 
+def test_sequence_and_affine_transforms() -> None:
+    seq = {
+        "type": "sequence",
+        "transformations": [
+            {"type": "scale", "scale": [2.0, 3.0]},
+            {"type": "sequence", "transformations": [{"type": "identity"}]},
+            {"type": "translation", "translation": [1.0, -1.0]},
+        ],
+    }
+    assert ome.compose_transforms([[seq]], 2) == ((2.0, 3.0), (1.0, -1.0))
+    # the affine after a scale: its scale multiplies the translation so far
+    affine = {"type": "affine", "affine": [[2.0, 0.0, 1.0], [0.0, 4.0, 0.0], [0.0, 0.0, 1.0]]}
+    assert ome.compose_transforms([[seq, affine]], 2) == ((4.0, 12.0), (3.0, -4.0))
+    # SpatialData names the axes: output rows in another order are put in input order
+    axes = [{"name": "y"}, {"name": "x"}]
+    swapped = {
+        "type": "affine",
+        "affine": [[0.0, 3.0, 5.0], [2.0, 0.0, 7.0]],
+        "input": {"name": "yx", "axes": axes},
+        "output": {"name": "global", "axes": axes[::-1]},
+    }
+    assert ome.compose_transforms([[swapped]], 2) == ((2.0, 3.0), (7.0, 5.0))
+    rotation = {"type": "affine", "affine": [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]}
+    with pytest.raises(ValueError, match="rotation or shear cannot be written as per-axis"):
+        ome.compose_transforms([[rotation]], 2)
+    with pytest.raises(ValueError, match="does not map 3 axes"):
+        ome.compose_transforms([[affine]], 3)
+
+
+def test_spatialdata_coordinate_systems_are_kept_apart(tmp_path: Path) -> None:
+    """One multiscale transformation per named coordinate system (SpatialData's form):
+    alternatives, not steps, so levels keep their datasets' transforms alone."""
+    systems = [
+        {"type": "scale", "scale": [1.0, 2.0, 2.0], "output": {"name": "global"}},
+        {"type": "affine", "affine": [[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]],
+         "output": {"name": "aligned"}},
+    ]  # fmt: skip
+    axes = [{"name": "c", "type": "channel"}, *space("y", "x")]
+    level = np.zeros((2, 8, 8), np.uint8)
+    write_ngff(tmp_path / "img", "0.4", [level], axes, [scale_tr([1, 0.5, 0.5])], systems)
+    ms = ome.read_multiscale(zarr.open_group(str(tmp_path / "img"), mode="r"))
+    assert ms is not None
+    assert ms.systems == tuple(systems)
+    assert (ms.levels[0].scale, ms.levels[0].translation) == ((1.0, 0.5, 0.5), (0.0, 0.0, 0.0))
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_describe_levels_axes_and_composed_transforms(tmp_path: Path, version: str) -> None:
     img = czyx_image(tmp_path / "img.ome.zarr", version)
