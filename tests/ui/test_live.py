@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -70,6 +71,25 @@ def test_status_json_and_page_over_http(tmp_path: Path) -> None:
             "relabel": {"done": 0, "failed": 0, "pending": 12, "running": 0, "skipped": 0},
         }
         assert status["failed_tiles"]["segment"] == [7]
+        # the failed tile links to its traceback, served by the page
+        [failed] = status["failed"]["segment"]
+        assert failed["tile"] == 7 and failed["message"] == "ValueError: boom"
+        code, ctype, body = get(server.url + failed["url"])
+        assert code == 200 and ctype.startswith("text/plain")
+        assert "Traceback\nValueError: boom" in body.decode() and "segment 7" in body.decode()
+        assert get(server.url + "traceback/segment/3")[0] == 404  # done: no traceback
+        # the running tile, with the worker that runs it
+        [running] = status["running_tiles"]["segment"]
+        assert running["tile"] == 9 and running["host"] == socket.gethostname()
+        assert running["pid"] == os.getpid() and running["since"] <= time.time()
+        assert status["workers"]["segment"] == {f"{socket.gethostname()} {os.getpid()}": 1}
+        # the block map's legend: the segment row's counts, from the same source
+        assert dict(map(tuple, status["legend"])) == status["tasks"]["segment"]
+        # times: stitch waits for segment, segment has a rate and an ETA
+        assert status["timing"]["stitch"]["state"] == "waiting"
+        assert status["timing"]["stitch"]["waiting"] == ["segment"]
+        assert status["timing"]["segment"]["state"] == "running"
+        assert status["elapsed"] >= 0 and status["finished"] is False
 
         seg.done(5, time.time(), 0.1, n_core=0, n_labels=0)  # counts are read on every request
         assert json.loads(get(server.url + "status.json")[2])["tasks"]["segment"]["done"] == 6
@@ -80,7 +100,17 @@ def test_status_json_and_page_over_http(tmp_path: Path) -> None:
         for task in ("segment", "stitch", "relabel"):
             for key in ("done", "failed", "pending", "running"):
                 assert f'id="{task}-{key}"' in page
-        assert 'id="block-map"' in page and "status.json" in page
+        assert 'id="block-map"' in page and "panel.html" in page
+        for name in ("input", "output", "tile shape", "overlap", "workers", "fn"):
+            assert f"<th>{name}</th>" in page, name
+        assert str(tmp_path / "img.zarr") in page and "10x20" in page
+        assert "fns:cc_label" in page
+        code, ctype, body = get(server.url + "panel.html")
+        panel = body.decode()
+        assert code == 200 and ctype.startswith("text/html")
+        assert 'id="segment-done">6<' in panel and 'id="stitch-eta">waiting for segment<' in panel
+        assert '<a class="traceback" href="traceback/segment/7">' in panel
+        assert re.search(r"<td>segment</td><td>9</td><td>[^<]+</td><td>\d+</td>", panel)
 
         code, ctype, png = get(server.url + "block_map.png?t=123")
         assert code == 200 and ctype == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n"
