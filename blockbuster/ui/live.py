@@ -117,8 +117,9 @@ class StageClock:
             elif isinstance(event, (StageFinished, RunFinished)):
                 if isinstance(event, RunFinished):
                     self.ended = now
-            elif isinstance(event, Progress):
-                pass  # counts are read from the records when asked
+            elif isinstance(event, Progress) and event.task in self.task_start:
+                # the first look of a stage: what was done before it does not count
+                self.initial.setdefault(event.task, event.counts.num_done)
 
     def timing(
         self, tasks: Sequence[TaskInfo], states: dict[str, dict[str, int]]
@@ -615,6 +616,7 @@ class _State:
         self.final: dict[str, Any] | None = None
         self.final_png: bytes | None = None
         self.final_tracebacks: dict[tuple[str, int], str] = {}
+        self.status()  # the clock's first look: units done before the page started do not count
 
     def status(self) -> dict[str, Any]:
         if self.final is not None:
