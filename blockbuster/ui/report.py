@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -630,12 +630,20 @@ class Reporter:
     ``result.status_page``.
     """
 
-    def __init__(self, print_table: bool = False) -> None:
-        from blockbuster.ui.live import StageClock
-
+    def __init__(
+        self,
+        print_table: bool = False,
+        *,
+        page_writer: Callable[..., Path] | None = None,
+        clock: Callable[[Event], None] | None = None,
+    ) -> None:
         self.print_table = print_table
-        #: elapsed times and rates per task, for the status page's final copy
-        self.clock = StageClock()
+        #: writes the status page's final copy: ``page_writer(run, path, clock=, map_png=)``
+        #: (:func:`blockbuster.ui.live.write_status_page`; None: no copy)
+        self.page_writer = page_writer
+        #: fed every event: elapsed times and rates per task for that copy
+        #: (a :class:`blockbuster.ui.live.StageClock`)
+        self.clock = clock
         self.seconds: dict[str, float] = {}
         self._started = 0.0
         self._totals: dict[str, int] = {}
@@ -643,7 +651,8 @@ class Reporter:
     def __call__(self, event: Event) -> None:
         import time
 
-        self.clock(event)
+        if self.clock is not None:
+            self.clock(event)
         if isinstance(event, StageStarted):
             self._started = time.monotonic()
             self._totals = {t.name: t.total for t in event.tasks}
@@ -661,8 +670,6 @@ class Reporter:
     def finish(self, run: RunDir, result: Any, keep: bool) -> None:
         if not hasattr(result, "block_map") or not run.spec_file.exists():
             return  # not a tile_process run: no table of tiles, no map
-        from blockbuster.ui.live import write_status_page
-
         seconds = {**self.seconds, **result.seconds}
         result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
         base = f"{run.root}/" if keep else f"{result.output}."
@@ -674,8 +681,9 @@ class Reporter:
         except Exception as e:  # a picture must never fail a run
             logger.warning("could not draw the block map: %s", e)
         try:
-            page = write_status_page(run, f"{base}status.html", clock=self.clock, map_png=png)
-            result.status_page = str(page)
+            if self.page_writer is not None:
+                page = self.page_writer(run, f"{base}status.html", clock=self.clock, map_png=png)
+                result.status_page = str(page)
         except Exception as e:
             logger.warning("could not write the status page's final copy: %s", e)
         if self.print_table:
