@@ -25,9 +25,10 @@ C = RunConfig  # the defaults below are RunConfig's: they exist there only
 
 
 def observers(config: RunConfig, progress: bool) -> list[Observer]:
-    """What watches a run: the summary table and block map always, the live status page
-    where ``config.status_page`` asks for one, progress bars or lines with ``progress``."""
-    from blockbuster.ui.live import StatusPageObserver
+    """What watches a run: the summary table, block map and the status page's final copy
+    always, the live status page where ``config.status_page`` asks for one, progress bars or
+    lines with ``progress``."""
+    from blockbuster.ui.live import StageClock, StatusPageObserver, write_status_page
     from blockbuster.ui.progress import ProgressMonitor
     from blockbuster.ui.report import Reporter
 
@@ -36,7 +37,8 @@ def observers(config: RunConfig, progress: bool) -> list[Observer]:
         out.append(ProgressMonitor())
     if config.status_page is not None:
         out.append(StatusPageObserver(config.status_page))
-    out.append(Reporter(print_table=progress))
+    # the report writes the status page's final copy beside the block map
+    out.append(Reporter(print_table=progress, page_writer=write_status_page, clock=StageClock()))
     return out
 
 

@@ -104,6 +104,9 @@ class RunResult:
         PNG of the volume's mid-plane with the tile grid coloured by state and seconds per
         tile: ``<run_dir>/block_map.png`` while the run directory is kept, else
         ``<write_to>.block_map.png``.
+    status_page
+        The status page's final state, a self-contained HTML file beside the block map:
+        ``<run_dir>/status.html``, else ``<write_to>.status.html``.
     """
 
     output: str
@@ -118,6 +121,7 @@ class RunResult:
     failed: dict[str, dict[int, list[TileError]]] = field(default_factory=dict)
     table: str = ""
     block_map: str | None = None
+    status_page: str | None = None
     #: ``write_to`` already held this call's finished output: nothing was run
     already_finished: bool = False
     #: tiles outside the mask (``tile_process(mask=...)``): done without reading them
@@ -146,6 +150,8 @@ class RunResult:
             lines += self.stats.summary()
         if self.block_map:
             lines.append(f"block map       {self.block_map}")
+        if self.status_page:
+            lines.append(f"status page     {self.status_page}")
         if self.table and table:
             lines += ["", self.table, ""]
         elif not self.table:

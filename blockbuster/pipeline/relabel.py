@@ -114,7 +114,8 @@ class Relabeler:
                 final = out[box_slices(core_box, [a for a, _ in out_box])]
             mp = self.map_plane
             if mp.crosses(plan, index):
-                plane = final[tuple(h - a for h, (a, _) in zip(mp.head(), core_box, strict=False))]
+                head = mp.head(plan, index)
+                plane = final[tuple(h - a for h, (a, _) in zip(head, core_box, strict=False))]
                 origin = (core_box[-2][0], core_box[-1][0])
                 self.records.write_plane(tile, mp.piece(plan, index, plane, origin))
         if staged is not None or any_chunk_stored(self.output, out_box):

@@ -323,9 +323,9 @@ class Segmenter:
     def _save_plane(
         self, index: tuple[int, ...], data: NDArray[Any], lead: int, space: Box
     ) -> None:
-        """Save this tile's piece of the block map's plane (channels averaged)."""
+        """Save this tile's piece of the block map (its layer's plane; channels averaged)."""
         mp = self.map_plane
-        z = (mp.z - space[-3][0],) if mp.z is not None else ()
+        z = (mp.zs[index[-3]] - space[-3][0],) if mp.layers else ()
         plane = np.asarray(data[(slice(None),) * lead + z], dtype=np.float32)
         while plane.ndim > 2:
             plane = plane.mean(axis=0)

@@ -16,8 +16,9 @@ workers, not with the tiles. Layout under ``<run_dir>/records/<task>/``:
     ``error``
         A failed attempt: host, time and the traceback.
     ``call``
-        segment only: appended just before each call of ``fn``, so calls are counted even
-        when the worker is killed inside ``fn``.
+        segment only: appended just before each call of ``fn`` (host, pid, time), so calls
+        are counted even when the worker is killed inside ``fn``, and the status page can
+        say which worker runs a tile.
     ``discard``
         The driver found a done block damaged: the done records it names (by ``id``) no
         longer count, and the block is redone.
@@ -28,8 +29,9 @@ workers, not with the tiles. Layout under ``<run_dir>/records/<task>/``:
     stitch only: the block's equivalences, an ``(n, 4)`` int64 array
     ``(tile_a, label_a, tile_b, label_b)``.
 ``<tile>.plane.npy``
-    segment and relabel, tiles crossing the block map's plane only: that plane's piece of the
-    tile (image, or final labels), strided (see :mod:`.thumbnail`).
+    segment and relabel, every tile on the block map (a time series' first time point): the
+    tile's piece of the plane drawn through its layer (image, or final labels), strided (see
+    :mod:`.thumbnail`).
 
 Readers read logs incrementally (:class:`RecordIndex`): each look lists the folder and reads
 only the bytes appended since the last one, so checking one block, polling progress and
@@ -180,6 +182,8 @@ class RecordIndex:
     """The ids of discarded done records."""
     calls: dict[int, int]
     """Calls of ``fn`` by tile."""
+    last_call: dict[int, dict[str, Any]]
+    """The newest call record by tile (host, pid, time where the worker wrote them)."""
     errors: list[dict[str, Any]]
     """Error records."""
 
@@ -194,6 +198,7 @@ class RecordIndex:
         self.done_by_key = {}
         self.discarded = set()
         self.calls = {}
+        self.last_call = {}
         self.errors = []
 
     def _file(self, record: dict[str, Any]) -> None:
@@ -204,6 +209,7 @@ class RecordIndex:
             self.discarded.add(str(record.get("id")))
         elif kind == "call":
             self.calls[key] = self.calls.get(key, 0) + 1
+            self.last_call[key] = record
         else:
             self.errors.append(record)
 
@@ -406,7 +412,14 @@ class TaskRecords:
     def call_started(self, tile: int) -> None:
         # not flushed: a worker killed in fn leaves it in the page cache, and a power cut
         # only loses a count
-        self.log.append({"kind": "call", "tile": tile}, durable=False)
+        record = {
+            "kind": "call",
+            "tile": tile,
+            "host": self.host,
+            "pid": os.getpid(),
+            "time": time.time(),
+        }
+        self.log.append(record, durable=False)
 
     def done(self, tile: int, start: float, seconds: float, **info: Any) -> None:
         record = {

@@ -1,9 +1,10 @@
 """What a run shows at its end: a summary table, and a block map picture of the tiles.
 
 :func:`summary_table` formats tiles, failures, seconds and throughput per stage.
-:func:`write_block_map` draws a mid-plane of the input image with the tile grid over it, each
-tile coloured by state, next to a heatmap of the seconds each tile took; :class:`BlockMap`
-keeps the image plane in memory for redrawing while a run goes on (the live status page).
+:func:`write_block_map` draws the input image (for 3D, one panel per layer of tiles along z)
+with the tile grid over it, each tile coloured by state, next to the final labels (a colour
+per label) and a heatmap of the seconds each tile took; :class:`BlockMap` keeps the image
+pieces in memory for redrawing while a run goes on (the live status page).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +163,79 @@ STATE_COLORS: dict[str, tuple[float, float, float, float]] = {
     "failed": (0.9, 0.05, 0.05, 0.65),
     "skipped": (0.35, 0.35, 0.5, 0.55),
 }
+#: outline of a tile segmented but failed in a later task (stitch, relabel)
+LATER_FAILED_COLOR = (0.75, 0.0, 0.75)
+#: drawn where a panel has no image yet (tiles not segmented), and between panels
+NO_IMAGE_GREY, GAP_GREY = 0.97, 1.0
+#: the tile grid's lines, drawn over every tile (pending ones included)
+GRID_COLOR = (0.35, 0.35, 0.35, 0.8)
+NOT_DONE_GREY = 0.85
+
+
+def legend_counts(states: Mapping[str, Mapping[str, int]]) -> list[tuple[str, int]]:
+    """The block map's legend: ``(entry, tiles)`` for each of segment's five states (the
+    status table's segment row, from the same :meth:`TileCounts.states`), then
+    ``"<task> failed"`` for each later task with failed tiles (its row's failed column).
+
+    >>> legend_counts({"segment": {"done": 3, "failed": 1}, "stitch": {"failed": 2}})[2:]
+    [('done', 3), ('failed', 1), ('skipped', 0), ('stitch failed', 2)]
+    """
+    seg = states.get("segment", {})
+    out = [(name, int(seg.get(name, 0))) for name in STATE_NAMES]
+    for task in TASKS[1:]:
+        failed = int(states.get(task, {}).get("failed", 0))
+        if failed:
+            out.append((f"{task} failed", failed))
+    return out
+
+
+def robust_limits(
+    values: Any,
+    percentiles: tuple[float, float] = (2, 98),
+    min_span_fraction: float = 0.2,
+    min_span: float = 0.01,
+) -> tuple[float, float] | None:
+    """Colour limits of a heat map that outliers do not stretch: the given percentiles of the
+    finite ``values`` (nearest values inside, so one outlier among few is left out), widened
+    around their middle to at least ``min_span_fraction`` of the median and ``min_span``;
+    None when no value is finite (draw no colour bar). Limits of non-negative values stay
+    non-negative.
+
+    >>> robust_limits([3.055, 3.06, 3.067])  # a near-constant run: a span of 20% of 3.06 s
+    (2.754, 3.366)
+    >>> robust_limits([1.0] * 20 + [1.2] * 20 + [100.0])  # the 100 s outlier is left out
+    (0.98, 1.22)
+    >>> robust_limits([np.nan]) is None
+    True
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return None
+    lo = float(np.percentile(v, percentiles[0], method="higher"))
+    hi = float(np.percentile(v, percentiles[1], method="lower"))
+    lo, hi = min(lo, hi), max(lo, hi)
+    span = max(min_span, min_span_fraction * abs(float(np.median(v))))
+    if hi - lo < span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - span / 2, mid + span / 2
+        if lo < 0 <= v.min():
+            lo, hi = 0.0, span
+    return round(lo, 9), round(hi, 9)
+
+
+def label_colors(labels: NDArray[Any]) -> NDArray[Any]:
+    """An RGB colour (float, ``labels.shape + (3,)``) per label, hashed from its value so that
+    neighbouring labels differ (a seam where one object gets two colours shows); 0 is black."""
+    from matplotlib.colors import hsv_to_rgb
+
+    h = (np.asarray(labels).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+    hue = (h & np.uint64(0xFFF)).astype(np.float64) / 4096.0
+    sat = 0.55 + 0.45 * ((h >> np.uint64(12)) & np.uint64(0x3F)).astype(np.float64) / 63
+    val = 0.7 + 0.3 * ((h >> np.uint64(18)) & np.uint64(0x3F)).astype(np.float64) / 63
+    rgb: NDArray[Any] = hsv_to_rgb(np.stack([hue, sat, val], axis=-1))
+    rgb[np.asarray(labels) == 0] = 0.0
+    return rgb
 
 
 class BlockMap:
@@ -174,231 +248,360 @@ class BlockMap:
 
     Notes
     -----
-    The drawn plane is the middle z plane (the image itself in 2D; a time series' first time
-    point), strided to at most ``thumbnail.MAX_PIXELS`` a side. Its pixels come from the
-    pieces the segment and relabel workers saved (:mod:`.thumbnail`), so the input
-    and output are never read here: tiles not segmented yet are blank. Tile states come from
-    the record files on every draw: a tile is *done* when segmented, *running* when its ``fn``
-    was called without a result yet, *skipped* when it lies outside the mask (done without
-    being read), *failed* when any task failed on it (failed is drawn over every other
-    state), else *pending*.
+    A 2D image is one panel; a 3D one is one panel per layer of tiles along z (small
+    multiples, each named with its z range and the plane drawn: the middle plane of the
+    layer's cores, never a tile boundary), strided together to at most
+    ``thumbnail.MAX_PIXELS`` a side (a time series: its first time point). The pixels come
+    from the pieces the segment and relabel workers saved (:mod:`.thumbnail`), so the input
+    and output are never read here: tiles not segmented yet are blank (with the tile grid
+    over them). Tile states come from the record files on every draw, as the status table
+    counts them (:meth:`TileCounts.states` of segment): *done*, *running* (``fn`` called
+    without a result yet), *skipped* (outside the mask), *failed*, else *pending*; a tile
+    segmented but failed in stitch or relabel is outlined.
     """
 
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self.spec = read_spec(run)
-        #: the drawn plane: the middle z, a time series' first time point (as the workers save)
         self.map = MapPlane.of(self.spec.plan)
-        self.t, self.z, self.step = self.map.t, self.map.z, self.map.step
+        self.t, self.step = self.map.t, self.map.step
         self.height, self.width = self.map.height, self.map.width
         self.scanners = {t: RecordScanner(run.records(t)) for t in TASKS}
-        self._pieces: dict[str, dict[int, NDArray[Any]]] = {"segment": {}, "relabel": {}}
+        self._pieces: dict[str, dict[int, tuple[int, NDArray[Any]]]] = {
+            "segment": {},
+            "relabel": {},
+        }
         self._lock = threading.Lock()
+        #: the task states the last drawing's legend counted
+        self.last_counts: dict[str, dict[str, int]] = {}
 
     # -- data ---------------------------------------------------------------------------------
 
     def _load_pieces(self, task: str) -> dict[int, NDArray[Any]]:
-        """The plane pieces ``task``'s workers saved so far (each file is read once)."""
-        pieces = self._pieces[task]
+        """The plane pieces ``task``'s workers saved so far (each file version read once;
+        pieces whose file went, records cleared, are forgotten)."""
+        cache = self._pieces[task]
+        seen = set()
         for tile, path in TaskRecords(self.run.records(task), task).files("plane"):
-            if tile not in pieces:
-                try:
-                    pieces[tile] = np.load(path)
-                except (OSError, ValueError):
-                    continue  # removed or replaced meanwhile: next draw
-        return pieces
+            try:
+                stamp = path.stat().st_mtime_ns
+                if tile not in cache or cache[tile][0] != stamp:
+                    cache[tile] = (stamp, np.load(path))
+            except (OSError, ValueError, EOFError):
+                continue  # removed or replaced meanwhile: next draw
+            seen.add(tile)
+        for tile in cache.keys() - seen:
+            del cache[tile]
+        return {tile: piece for tile, (_, piece) in cache.items()}
 
-    def image_plane(self) -> NDArray[Any]:
-        """The drawn plane of the input, 2D float, strided for large images.
+    def image_mosaic(self) -> NDArray[Any]:
+        """The drawn planes of the input as one 2D float mosaic of panels (NaN where nothing
+        was drawn yet and between panels), strided for large images.
 
-        Assembled from the pieces segment workers saved (see :mod:`.thumbnail`):
-        the input is never read here, and tiles not segmented yet are blank.
+        Assembled from the pieces segment workers saved (see :mod:`.thumbnail`): the input
+        is never read here.
         """
         return self.map.assemble(self.spec.plan, self._load_pieces("segment"), fill=np.nan)
 
-    def label_outlines(self) -> NDArray[Any] | None:
-        """Boolean outlines of the final labels on the drawn plane, or None before relabel.
+    def image_plane(self, layer: int = 0) -> NDArray[Any]:
+        """The drawn plane of tile layer ``layer`` (the image itself in 2D), strided."""
+        return self.map.panel(self.image_mosaic(), layer)
 
-        From the pieces relabel workers saved (the output is never read here).
-        """
-        from skimage.segmentation import find_boundaries
-
+    def label_mosaic(self) -> NDArray[Any] | None:
+        """The final labels on the drawn planes (a mosaic like :meth:`image_mosaic`, 0
+        elsewhere), or None before relabel wrote any."""
         pieces = self._load_pieces("relabel")
         if not pieces:
             return None
-        lab = self.map.assemble(self.spec.plan, pieces, fill=0)
-        outlines: NDArray[Any] = find_boundaries(lab, mode="inner") & (lab != 0)
-        return outlines
+        return self.map.assemble(self.spec.plan, pieces, fill=0)
 
-    def slab_tiles(self) -> NDArray[Any]:
-        """Tile ids of the drawn plane's tiles, shaped as their grid ``(rows, columns)``."""
+    def layer_tiles(self) -> NDArray[Any]:
+        """Tile ids of the drawn tiles, shaped ``(layers, rows, columns)`` (1 layer in 2D)."""
         plan = self.spec.plan
-        gy, gx = plan.grid[-2:]
         head: tuple[int, ...] = (self.t,) if self.t is not None else ()
-        if self.z is not None:
-            head += (self.z // plan.tile[-3],)
-        return np.array(
-            [[plan.tile_id((*head, iy, ix)) for ix in range(gx)] for iy in range(gy)],
-            dtype=np.int64,
-        ).reshape(gy, gx)
+        layers = len(self.map.layers) or 1
+        gy, gx = plan.grid[-2:]
+        out = np.empty((layers, gy, gx), dtype=np.int64)
+        for k in range(layers):
+            z = (k,) if self.map.layers else ()
+            for iy in range(gy):
+                first = plan.tile_id((*head, *z, iy, 0))
+                out[k, iy] = np.arange(first, first + gx)
+        return out
 
-    def tile_states(self) -> tuple[NDArray[Any], NDArray[Any], dict[str, int]]:
-        """Per tile of the drawn plane: its state and its segment seconds (NaN if not done).
+    def task_states(self) -> dict[str, dict[str, int]]:
+        """Per task, its tiles by state: what the status table and ``status.json`` show."""
+        num = self.spec.plan.num_tiles
+        return {t: s.scan().states(num) for t, s in self.scanners.items()}
+
+    def tile_states(
+        self,
+    ) -> tuple[NDArray[Any], NDArray[Any], set[int], dict[str, dict[str, int]]]:
+        """Per drawn tile: its state and its segment seconds (NaN if not done).
 
         Returns
         -------
         states
-            ``(rows, columns)`` int array of ``PENDING``, ``RUNNING``, ``DONE``, ``FAILED``,
-            ``SKIPPED``.
+            ``(layers, rows, columns)`` int array of ``PENDING``, ``RUNNING``, ``DONE``,
+            ``FAILED``, ``SKIPPED`` (segment's state, as the status table counts it).
         seconds
-            ``(rows, columns)`` float array.
-        totals
-            Tiles of the whole run by state name.
+            ``(layers, rows, columns)`` float array.
+        later_failed
+            Tiles segmented whose stitch or relabel block failed.
+        task_states
+            Per task, its tiles by state (see :meth:`task_states`).
         """
-        counts = {t: s.scan() for t, s in self.scanners.items()}
-        seg = counts["segment"]
-        failed = set().union(*(c.failed for c in counts.values()))
-        tiles = self.slab_tiles()
-        states = np.full(tiles.shape, PENDING, dtype=np.int8)
-        seconds = np.full(tiles.shape, np.nan)
-        for pos, tile in np.ndenumerate(tiles):
-            t = int(tile)
-            if t in failed:
-                states[pos] = FAILED
-            elif t in seg.skipped and t in seg.done:
-                states[pos] = SKIPPED
-            elif t in seg.done:
-                states[pos] = DONE
-            elif t in seg.started:
-                states[pos] = RUNNING
-            if t in seg.done:
-                seconds[pos] = seg.done[t]
+        scans = {t: s.scan() for t, s in self.scanners.items()}
         num = self.spec.plan.num_tiles
-        n_failed = len(failed)
-        n_skipped = len(seg.skipped & seg.done.keys() - failed)
-        n_done = len(seg.done.keys() - failed) - n_skipped
-        n_running = len(seg.started - seg.done.keys() - failed)
-        totals = {
-            "pending": num - n_failed - n_done - n_running - n_skipped,
-            "running": n_running,
-            "done": n_done,
-            "failed": n_failed,
-            "skipped": n_skipped,
-        }
-        return states, seconds, totals
+        seg = scans["segment"]
+        tiles = self.layer_tiles()
+        flat = tiles.ravel()
+        done = np.fromiter(seg.done.keys(), dtype=np.int64, count=len(seg.done))
+        seconds_of = np.fromiter(seg.done.values(), dtype=np.float64, count=len(seg.done))
+
+        def member(ids: Any) -> NDArray[Any]:
+            return np.isin(flat, np.fromiter(ids, dtype=np.int64))
+
+        states = np.full(flat.shape, PENDING, dtype=np.int8)
+        states[member(seg.running)] = RUNNING
+        states[member(seg.done.keys())] = DONE
+        states[member(seg.skipped & seg.done.keys())] = SKIPPED
+        states[member(seg.failed)] = FAILED
+        seconds = np.full(flat.shape, np.nan)
+        if done.size:
+            order = np.argsort(done)
+            pos = np.searchsorted(done[order], flat)
+            pos = np.minimum(pos, done.size - 1)
+            hit = done[order][pos] == flat
+            seconds[hit] = seconds_of[order][pos[hit]]
+        later = set().union(scans["stitch"].failed, scans["relabel"].failed) - seg.failed
+        counts = {t: c.states(num) for t, c in scans.items()}
+        return states.reshape(tiles.shape), seconds.reshape(tiles.shape), later, counts
 
     # -- drawing ------------------------------------------------------------------------------
 
-    def figure(self) -> Figure:
-        """Draw the block map as a matplotlib figure (on an Agg canvas; drawn when saved)."""
+    def _pixels(self, per_tile: NDArray[Any], fill: float) -> NDArray[Any]:
+        """A per-tile ``(layers, rows, columns)`` array spread over the mosaic's pixels."""
+        mp, plan = self.map, self.spec.plan
+        rows, cols = mp.tile_lookup(plan)
+        out = np.full(mp.mosaic_shape, fill, dtype=np.result_type(per_tile.dtype, type(fill)))
+        for k in range(per_tile.shape[0]):
+            mp.panel(out, k)[...] = per_tile[k][rows[:, None], cols[None, :]]
+        return out
+
+    def data_xy(self, layer: int, y: float, x: float) -> tuple[float, float]:
+        """Where voxel ``(y, x)`` of tile layer ``layer`` is in the map's axes (data units)."""
+        r, c = self.map.panel_origin(layer)
+        return c + x / self.step, r + y / self.step
+
+    def _grid_segments(self) -> list[list[tuple[float, float]]]:
+        """The panels' frames, and the tile grid inside them (unless too dense to see)."""
+        mp, plan = self.map, self.spec.plan
+        ph, pw = mp.shape
+        ty, tx = plan.tile[-2:]
+        gy, gx = plan.grid[-2:]
+        dense = max(gy, gx) > MAX_GRID_LINES or min(ty, tx) / self.step < 3
+        segments: list[list[tuple[float, float]]] = []
+        for k in range(mp.num_panels):
+            r, c = mp.panel_origin(k)
+            segments += [
+                [(c, r), (c + pw, r)],
+                [(c + pw, r), (c + pw, r + ph)],
+                [(c + pw, r + ph), (c, r + ph)],
+                [(c, r + ph), (c, r)],
+            ]
+            if dense:
+                continue
+            for i in range(1, gx):
+                x = c + -(-i * tx // self.step)
+                segments.append([(x, r), (x, r + ph)])
+            for i in range(1, gy):
+                y = r + -(-i * ty // self.step)
+                segments.append([(c, y), (c + pw, y)])
+        return segments
+
+    def figure(self, legend: bool = True) -> Figure:
+        """Draw the block map as a matplotlib figure (on an Agg canvas; drawn when saved).
+
+        Three views of the same panels: tiles by state over the image, the final labels
+        (each its own colour), and the seconds each tile took (colour limits from
+        :func:`robust_limits`; no colour bar before a tile is done). ``legend``: draw the
+        legend of tile states with their counts (the live page shows its own, in HTML).
+        """
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.colors import ListedColormap
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.collections import LineCollection
+        from matplotlib.colors import Normalize
         from matplotlib.figure import Figure
         from matplotlib.patches import Patch
 
-        plan = self.spec.plan
-        image = self.image_plane()
-        outlines = self.label_outlines()
-        states, seconds, totals = self.tile_states()
-        ty, tx = plan.tile[-2:]
-        gy, gx = states.shape
-        h, w = self.height, self.width
+        mp, plan = self.map, self.spec.plan
+        image = self.image_mosaic()
+        labels = self.label_mosaic()
+        states, seconds, later, counts = self.tile_states()
+        gaps = self._pixels(np.zeros(states.shape, dtype=np.int8), 1) == 1
+        mh, mw = mp.mosaic_shape
 
-        panel_w = 5.0
-        panel_h = float(np.clip(panel_w * h / w, 2.0, 8.0))
-        fig = Figure(figsize=(2 * panel_w + 1.2, panel_h + 1.1), dpi=100)
+        # the image in grey (1st-99th percentile), blank where not segmented yet
+        finite = image[np.isfinite(image)]
+        lo, hi = (float(v) for v in np.percentile(finite, (1, 99))) if finite.size else (0, 1)
+        grey = np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+        grey = np.where(np.isfinite(image), grey, NO_IMAGE_GREY)
+        grey[gaps] = GAP_GREY
+
+        # tiles by state over the image
+        tiles_rgb = np.repeat(grey[..., None], 3, axis=-1)
+        state_px = self._pixels(states, -1)
+        for code, name in enumerate(STATE_NAMES):
+            *rgb, alpha = STATE_COLORS[name]
+            where = state_px == code
+            tiles_rgb[where] = alpha * np.array(rgb) + (1 - alpha) * tiles_rgb[where]
+
+        # the final labels, one colour each, their borders darkened; the image dimmed under
+        labels_rgb = np.repeat((0.25 + 0.5 * grey)[..., None], 3, axis=-1)
+        if labels is not None:
+            from skimage.segmentation import find_boundaries
+
+            colored = label_colors(labels)
+            borders = find_boundaries(labels, mode="inner") & (labels != 0)
+            colored[borders] *= 0.45
+            labels_rgb = np.where((labels != 0)[..., None], colored, labels_rgb)
+        labels_rgb[gaps] = GAP_GREY
+
+        # seconds per tile
+        limits = robust_limits(seconds)
+        cmap = matplotlib.colormaps["viridis"]
+        norm = Normalize(*(limits or (0.0, 1.0)))
+        secs_px = self._pixels(seconds, np.nan)
+        secs_rgb = np.full((mh, mw, 3), NOT_DONE_GREY)
+        ok = np.isfinite(secs_px)
+        secs_rgb[ok] = cmap(norm(secs_px[ok]))[:, :3]
+        secs_rgb[gaps] = GAP_GREY
+
+        panel_w = 4.6
+        panel_h = float(np.clip(panel_w * mh / mw, 2.0, 9.0))
+        bottom = 0.95 if legend else 0.45
+        fig = Figure(figsize=(3 * panel_w + 1.6, panel_h + bottom + 0.45), dpi=100)
         FigureCanvasAgg(fig)
         # fixed margins in inches: a constrained layout would draw the figure twice
         fw, fh = fig.get_size_inches()
         fig.subplots_adjust(
-            left=0.6 / fw, right=1 - 0.2 / fw, bottom=0.85 / fh, top=1 - 0.35 / fh, wspace=0.15
+            left=0.45 / fw, right=1 - 0.15 / fw, bottom=bottom / fh, top=1 - 0.4 / fh, wspace=0.12
         )
-        ax_state, ax_secs = fig.subplots(1, 2)
-        extent = (0.0, float(w), float(h), 0.0)
-        tile_extent = (0.0, float(gx * tx), float(gy * ty), 0.0)
-
-        finite = image[np.isfinite(image)]
-        lo, hi = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)
-        vmax = hi if hi > lo else lo + 1
-        ax_state.imshow(
-            image, cmap="gray", vmin=lo, vmax=vmax, extent=extent, interpolation="nearest"
+        ax_state, ax_labels, ax_secs = fig.subplots(1, 3)
+        extent = (0.0, float(mw), float(mh), 0.0)
+        segments = self._grid_segments()
+        names = [mp.panel_name(k) for k in range(mp.num_panels)]
+        fontsize = float(np.clip(8 - mp.num_panels / 8, 4, 8))
+        for ax, picture in ((ax_state, tiles_rgb), (ax_labels, labels_rgb), (ax_secs, secs_rgb)):
+            ax.imshow(picture, extent=extent, interpolation="nearest")
+            ax.add_collection(LineCollection(segments, colors=[GRID_COLOR], linewidths=0.5))
+            for k, name in enumerate(names):
+                if name:
+                    r, c = mp.panel_origin(k)
+                    ax.text(
+                        c + 1, r + 1, name, fontsize=fontsize, va="top", ha="left",
+                        bbox={"facecolor": "white", "alpha": 0.75, "pad": 1, "linewidth": 0},
+                    )  # fmt: skip
+            ax.set_xlim(0, mw)
+            ax.set_ylim(mh, 0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if later:
+            ty, tx = plan.tile[-2:]
+            boxes = []
+            for tile in sorted(later):
+                index = plan.tile_index(tile)
+                if not mp.crosses(plan, index):
+                    continue
+                (y0, y1), (x0, x1) = plan.core(index)[-2:]
+                k = mp.layer_of(plan, index)
+                a, b = self.data_xy(k, y0, x0), self.data_xy(k, y1, x1)
+                boxes.append([a, (b[0], a[1]), b, (a[0], b[1]), a])
+            ax_state.add_collection(
+                LineCollection(boxes, colors=[LATER_FAILED_COLOR], linewidths=1.5)
+            )
+        layers = f", {len(mp.layers)} tile layers along z" if mp.layers else ""
+        where = f"t = {self.t}, " if self.t is not None else ""
+        ax_state.set_title(
+            f"tiles ({where}{self.height} x {self.width} voxels{layers})", fontsize=10
         )
-        colors = ListedColormap([STATE_COLORS[n] for n in STATE_NAMES])
-        top = len(STATE_NAMES) - 0.5
-        ax_state.imshow(
-            states, cmap=colors, vmin=-0.5, vmax=top, extent=tile_extent, interpolation="nearest"
-        )
-        if outlines is not None:
-            rgba = np.zeros((*outlines.shape, 4), dtype=np.float32)
-            rgba[outlines] = (0.2, 0.9, 1.0, 1.0)
-            ax_state.imshow(rgba, extent=extent, interpolation="nearest")
-        where = f"z = {self.z}, " if self.z is not None else ""
-        ax_state.set_title(f"tiles ({where}{h} x {w} voxels)", fontsize=10)
-        fig.legend(
-            handles=[
-                Patch(
-                    facecolor=STATE_COLORS[n][:3] if n != "pending" else "none",
-                    edgecolor="0.3",
-                    label=f"{n} {totals[n]}",
-                )
-                for n in STATE_NAMES
-            ],
-            loc="lower left",
-            bbox_to_anchor=(0.5 / fw, 0.0),
-            ncols=4,
-            fontsize=8,
-            frameon=False,
-        )
-
-        cmap = matplotlib.colormaps["viridis"].with_extremes(bad=(0.85, 0.85, 0.85))
-        shown = ax_secs.imshow(
-            np.ma.masked_invalid(seconds), cmap=cmap, extent=tile_extent, interpolation="nearest"
-        )
-        bar = fig.colorbar(shown, ax=ax_secs, shrink=0.8)
-        bar.set_label("seconds", fontsize=8)
-        bar.ax.tick_params(labelsize=7)
+        ax_labels.set_title(
+            "final labels (a colour per label)" if labels is not None
+            else "final labels (once relabel runs)",
+            fontsize=10,
+        )  # fmt: skip
         done = seconds[np.isfinite(seconds)]
-        stats = f" (mean {done.mean():.2f} s, max {done.max():.2f} s)" if done.size else ""
+        if limits is not None:
+            extend = {(False, False): "neither", (True, False): "min", (False, True): "max"}
+            key = (bool((done < limits[0]).any()), bool((done > limits[1]).any()))
+            bar = fig.colorbar(
+                ScalarMappable(norm, cmap), ax=ax_secs, shrink=0.8, extend=extend.get(key, "both")
+            )
+            bar.set_label("seconds (2nd-98th percentile)", fontsize=8)
+            bar.ax.tick_params(labelsize=7)
+            stats = f" (median {np.median(done):.2f} s, max {done.max():.2f} s)"
+        else:
+            ax_secs.text(
+                mw / 2, mh / 2, "no tile done yet", ha="center", va="center", fontsize=10,
+                bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0},
+            )  # fmt: skip
+            stats = ""
         ax_secs.set_title(f"segment seconds per tile{stats}", fontsize=10)
-
-        for ax in (ax_state, ax_secs):
-            ax.set_xlim(0, w)
-            ax.set_ylim(h, 0)
-            if max(gx, gy) <= MAX_GRID_LINES:  # beyond, lines would hide the picture
-                ax.vlines(np.arange(1, gx) * tx, 0, h, colors="white", linewidths=0.6, alpha=0.7)
-                ax.hlines(np.arange(1, gy) * ty, 0, w, colors="white", linewidths=0.6, alpha=0.7)
-            ax.tick_params(labelsize=7)
-            ax.set_xlabel("x (voxels)", fontsize=8)
-        ax_state.set_ylabel("y (voxels)", fontsize=8)
+        if legend:
+            handles = [
+                Patch(
+                    facecolor=STATE_COLORS[name][:3]
+                    if name in STATE_COLORS and name != "pending"
+                    else "none",
+                    edgecolor=GRID_COLOR[:3] if name in STATE_COLORS else LATER_FAILED_COLOR,
+                    linewidth=0.8 if name in STATE_COLORS else 1.5,
+                    label=f"{name} {n}",
+                )
+                for name, n in legend_counts(counts)
+            ]
+            fig.legend(
+                handles=handles,
+                loc="lower left",
+                bbox_to_anchor=(0.45 / fw, 0.0),
+                ncols=len(handles),
+                fontsize=8,
+                frameon=False,
+            )
+        self.last_counts = counts
         return fig
 
-    def png(self) -> bytes:
+    def png(self, legend: bool = True) -> bytes:
         """The block map as PNG bytes."""
         with self._lock:
-            fig = self.figure()
+            fig = self.figure(legend)
             buf = io.BytesIO()
             fig.savefig(buf, format="png")
         return buf.getvalue()
 
-    def write(self, path: Path | str) -> Path:
-        """Write the block map to ``path`` as PNG (written whole, then renamed into place)."""
+    def write(self, path: Path | str, png: bytes | None = None) -> Path:
+        """Write the block map (or ``png``, drawn already) to ``path`` as PNG (written
+        whole, then renamed into place)."""
         from blockbuster.run.files import write_atomic
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, self.png(), mode=0o644)
+        write_atomic(path, self.png() if png is None else png, mode=0o644)
         return path
 
 
 def write_block_map(run: RunDir, path: Path | None = None) -> Path:
     """Draw the block map of ``run`` to a PNG file.
 
-    Left: the middle plane of the input (the image itself for 2D) in grey with the tile grid
-    over it, each tile coloured by state (done, running, failed, pending; a tile that failed
-    in any task is drawn failed), with the final labels' outlines once relabel ran. Right:
-    seconds per tile of the segment task as a heatmap. Neither the input nor the output is
-    read: the pieces of that plane the workers saved are.
+    Three views of the same panels (a 2D image: one; a 3D one: one per layer of tiles along
+    z, each named with its z range and the plane drawn, the middle of the layer): the input
+    in grey with the tile grid over it, each tile coloured by state (done, running, failed,
+    skipped, pending; a tile that failed in stitch or relabel outlined), with a legend of
+    the counts the status table shows; the final labels once relabel ran, a colour per label
+    so that a seam between tiles shows; and seconds per tile of the segment task as a
+    heatmap with robust colour limits (:func:`robust_limits`). Neither the input nor the
+    output is read: the pieces the workers saved are.
 
     Parameters
     ----------
@@ -422,11 +625,25 @@ class Reporter:
     done; at :class:`~blockbuster.run.events.RunFinished` it writes the table into
     ``result.table`` (printed too with ``print_table``) and draws the block map into
     ``result.block_map``: ``<run_dir>/block_map.png`` while the run directory is kept, else
-    ``<write_to>.block_map.png``.
+    ``<write_to>.block_map.png``; beside it, the status page's final state as a
+    self-contained HTML file, ``status.html`` (``<write_to>.status.html``), named in
+    ``result.status_page``.
     """
 
-    def __init__(self, print_table: bool = False) -> None:
+    def __init__(
+        self,
+        print_table: bool = False,
+        *,
+        page_writer: Callable[..., Path] | None = None,
+        clock: Callable[[Event], None] | None = None,
+    ) -> None:
         self.print_table = print_table
+        #: writes the status page's final copy: ``page_writer(run, path, clock=, map_png=)``
+        #: (:func:`blockbuster.ui.live.write_status_page`; None: no copy)
+        self.page_writer = page_writer
+        #: fed every event: elapsed times and rates per task for that copy
+        #: (a :class:`blockbuster.ui.live.StageClock`)
+        self.clock = clock
         self.seconds: dict[str, float] = {}
         self._started = 0.0
         self._totals: dict[str, int] = {}
@@ -434,6 +651,8 @@ class Reporter:
     def __call__(self, event: Event) -> None:
         import time
 
+        if self.clock is not None:
+            self.clock(event)
         if isinstance(event, StageStarted):
             self._started = time.monotonic()
             self._totals = {t.name: t.total for t in event.tasks}
@@ -453,10 +672,19 @@ class Reporter:
             return  # not a tile_process run: no table of tiles, no map
         seconds = {**self.seconds, **result.seconds}
         result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
-        path = run.root / "block_map.png" if keep else Path(result.output + ".block_map.png")
+        base = f"{run.root}/" if keep else f"{result.output}."
+        png = None
         try:
-            result.block_map = str(write_block_map(run, path))
+            block_map = BlockMap(run)
+            png = block_map.png()
+            result.block_map = str(block_map.write(f"{base}block_map.png", png))
         except Exception as e:  # a picture must never fail a run
             logger.warning("could not draw the block map: %s", e)
+        try:
+            if self.page_writer is not None:
+                page = self.page_writer(run, f"{base}status.html", clock=self.clock, map_png=png)
+                result.status_page = str(page)
+        except Exception as e:
+            logger.warning("could not write the status page's final copy: %s", e)
         if self.print_table:
             print(result.table, file=sys.stderr, flush=True)

@@ -38,6 +38,10 @@ def test_progress_lines_table_and_block_map(tmp_path: Path, capsys) -> None:
     assert not RunDir.for_output(out).root.exists()
     assert r.block_map == str(out) + ".block_map.png"
     assert mpimg.imread(r.block_map).ndim == 3
+    # and the status page's final copy beside it, named in the summary
+    assert r.status_page == str(out) + ".status.html" and Path(r.status_page).is_file()
+    assert f"status page     {r.status_page}" in r.summary()
+    assert 'id="segment-done">12<' in Path(r.status_page).read_text()
 
 
 def test_live_status_page_while_the_run_goes(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import pytest
 from conftest import blobs, run_stage, write_zarr
 from fns import cc_label
 from serial import run_in_process
-from skimage.segmentation import find_boundaries
 
 from blockbuster.io.sources import ImageSource
 from blockbuster.pipeline.driver import prepare_run
@@ -19,7 +18,18 @@ from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
-from blockbuster.ui.report import STATE_COLORS, BlockMap, summary_table, write_block_map
+from blockbuster.ui.live import start_status_server
+from blockbuster.ui.report import (
+    DONE,
+    LATER_FAILED_COLOR,
+    STATE_COLORS,
+    BlockMap,
+    label_colors,
+    legend_counts,
+    robust_limits,
+    summary_table,
+    write_block_map,
+)
 from blockbuster.ui.status import run_status
 
 
@@ -128,30 +138,97 @@ def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
     path = write_block_map(run)
     assert path == run.root / "block_map.png"
     png = matplotlib.image.imread(path)
-    fig = BlockMap(run).figure()  # the same drawing: its axes give the pixel positions
+    bm = BlockMap(run)
+    fig = bm.figure()  # the same drawing: its axes give the pixel positions
     assert png.shape[:2] == (fig.canvas.get_width_height()[1], fig.canvas.get_width_height()[0])
-    ax_state, ax_secs = fig.axes[:2]
+    ax_state, ax_labels, ax_secs = fig.axes[:3]
 
     def centre(tile: int) -> tuple[float, float]:
         (y0, y1), (x0, x1) = plan.core(plan.tile_index(tile))
-        return (x0 + x1) / 2, (y0 + y1) / 2
+        return bm.data_xy(0, (y0 + y1) / 2, (x0 + x1) / 2)
 
     grey = 0.5  # the flat part of the image, drawn mid-grey
     expected = {
         done: _blend(STATE_COLORS["done"], grey),
         failed: _blend(STATE_COLORS["failed"], grey),
-        stitch_failed: _blend(STATE_COLORS["failed"], grey),
+        stitch_failed: _blend(STATE_COLORS["done"], grey),  # segment's state, outlined
         running: _blend(STATE_COLORS["running"], grey),
         pending: np.array([grey] * 3),
     }
     for tile, rgb in expected.items():
         got = _rgb_at(png, fig, ax_state, *centre(tile))
         np.testing.assert_allclose(got, rgb, atol=0.03, err_msg=f"tile {tile}")
-    # the seconds panel: the slowest tile at the top of viridis, tiles not done in light grey
+    # the stitch failure is outlined: its core's edge is drawn in the later-failure colour
+    (y0, y1), (x0, x1) = plan.core(plan.tile_index(stitch_failed))
+    edge = _rgb_at(png, fig, ax_state, *bm.data_xy(0, (y0 + y1) / 2, x0))
+    np.testing.assert_allclose(edge, LATER_FAILED_COLOR, atol=0.15)
+    # the seconds panel: tiles not done in light grey, done ones in viridis; limits robust
+    limits = robust_limits([3.0, 1.0, 1.0])
+    assert limits is not None
+    norm = (3.0 - limits[0]) / (limits[1] - limits[0])
     np.testing.assert_allclose(
-        _rgb_at(png, fig, ax_secs, *centre(done)), colormaps["viridis"](1.0)[:3], atol=0.03
-    )
+        _rgb_at(png, fig, ax_secs, *centre(done)), colormaps["viridis"](min(norm, 1.0))[:3],
+        atol=0.03,
+    )  # fmt: skip
     np.testing.assert_allclose(_rgb_at(png, fig, ax_secs, *centre(pending)), [0.85] * 3, atol=0.03)
+    # the legend's counts are the status table's (segment's row, then later failures)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    states = bm.task_states()
+    assert texts == [f"{name} {n}" for name, n in legend_counts(states)]
+    assert texts == ["pending 7", "running 1", "done 3", "failed 1", "skipped 0", "stitch failed 1"]
+    with start_status_server(run) as server:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(server.url + "status.json", timeout=30) as response:
+            status = json.loads(response.read())
+    assert status["legend"] == [[name, n] for name, n in legend_counts(states)]
+    assert status["tasks"]["segment"] == states["segment"]
+
+
+def test_block_map_of_a_volume_has_a_panel_per_tile_layer_from_the_first_tile_on(
+    tmp_path: Path,
+) -> None:
+    import matplotlib.image
+
+    img = blobs((20, 32, 48))
+    run = make_run(tmp_path, img, (5, 16, 16))  # 4 layers of 2 x 3 tiles
+    plan = read_spec(run).plan
+    mp = MapPlane.of(plan)
+    assert mp.layers == ((0, 5), (5, 10), (10, 15), (15, 20))
+    assert mp.zs == (2, 7, 12, 17)  # the middle of each layer: never a tile boundary
+    assert [mp.panel_name(k) for k in range(4)][0] == "z 0-4 (plane 2)"
+    # one tile in the first layer done: it is on the map at once (no wait for the middle)
+    seg = TaskRecords(run.records("segment"), "segment")
+    seg.done(0, time.time(), 1.0, n_core=0, n_labels=0)
+    bm = BlockMap(run)
+    states, _, _, _ = bm.tile_states()
+    assert states.shape == (4, 2, 3)
+    assert states[0, 0, 0] == DONE and (states.ravel()[1:] != DONE).all()
+    fig = bm.figure()
+    ax_state = fig.axes[0]
+    names = [t.get_text() for t in ax_state.texts]
+    assert names == [
+        "z 0-4 (plane 2)",
+        "z 5-9 (plane 7)",
+        "z 10-14 (plane 12)",
+        "z 15-19 (plane 17)",
+    ]
+    # no tile done, no colour bar; one done, a colour bar (three axes, plus the bar)
+    assert len(fig.axes) == 4
+    # every layer done: the pixels of done tiles in each panel
+    for tile in range(1, plan.num_tiles):
+        seg.done(tile, time.time(), 1.0, n_core=0, n_labels=0)
+    path = bm.write(tmp_path / "map.png")
+    png = matplotlib.image.imread(path)
+    fig = bm.figure()
+    ax_state = fig.axes[0]
+    done = _blend(STATE_COLORS["done"], 0.97)  # no image pieces saved: the blank panel
+    for k in range(4):
+        for iy, ix in ((0, 0), (1, 2)):
+            y, x = 8 + 16 * iy, 8 + 16 * ix
+            got = _rgb_at(png, fig, ax_state, *bm.data_xy(k, y, x))
+            np.testing.assert_allclose(got, done, atol=0.03, err_msg=f"layer {k}")
 
 
 def test_block_map_is_drawn_from_the_workers_pieces_without_reading_the_image(
@@ -176,11 +253,38 @@ def test_block_map_is_drawn_from_the_workers_pieces_without_reading_the_image(
     out = bm.write(tmp_path / "maps" / "map.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert reads == []  # the input is never read
-    np.testing.assert_array_equal(bm.image_plane(), img[10])  # the middle plane, exactly
-    outlines = find_boundaries(labels[10], mode="inner") & (labels[10] != 0)
-    np.testing.assert_array_equal(bm.label_outlines(), outlines)
-    assert outlines.any()
-    assert bm.slab_tiles().tolist() == [[12, 13, 14], [15, 16, 17]]  # z slab 2 of 4
+    for k, z in enumerate((2, 7, 12, 17)):  # each layer's middle plane, exactly
+        np.testing.assert_array_equal(bm.image_plane(k), img[z])
+        lab = bm.label_mosaic()
+        assert lab is not None
+        np.testing.assert_array_equal(bm.map.panel(lab, k), labels[z])
+    assert bm.layer_tiles()[2].tolist() == [[12, 13, 14], [15, 16, 17]]  # z layer 2 of 4
+
+
+def test_labels_are_coloured_one_by_one() -> None:
+    labels = np.array([[0, 1, 2], [3, 1000, 1001]], dtype=np.uint32)
+    rgb = label_colors(labels)
+    assert rgb.shape == (2, 3, 3)
+    np.testing.assert_array_equal(rgb[0, 0], [0, 0, 0])  # background
+    colours = {tuple(np.round(rgb.reshape(-1, 3)[i], 3)) for i in range(1, 6)}
+    assert len(colours) == 5  # neighbouring ids, distinct colours
+    np.testing.assert_array_equal(label_colors(labels), rgb)  # a label's colour is fixed
+    many = label_colors(np.arange(1, 2001, dtype=np.uint64))
+    assert len({tuple(np.round(c, 2)) for c in many}) > 1500
+
+
+def test_colour_limits_are_robust() -> None:
+    assert robust_limits([]) is None and robust_limits([np.nan, np.nan]) is None
+    rng = np.random.default_rng(0)
+    secs = rng.uniform(1.0, 2.0, 200)
+    lo, hi = robust_limits(np.append(secs, 500.0))  # type: ignore[misc]
+    assert 1.0 <= lo < 1.1 and 1.9 < hi <= 2.0  # the outlier does not stretch them
+    lo, hi = robust_limits([1.0] * 9 + [60.0])  # type: ignore[misc]
+    assert hi < 2  # one slow tile of ten
+    lo, hi = robust_limits([3.055, 3.06, 3.067])  # type: ignore[misc]
+    assert hi - lo >= 0.2 * 3.06 - 1e-9 and lo < 3.055 and hi > 3.067  # a sensible span
+    lo, hi = robust_limits([0.001, 0.002])  # type: ignore[misc]
+    assert lo >= 0 and hi - lo >= 0.01
 
 
 def test_block_map_of_a_huge_plane_is_strided(tmp_path: Path) -> None:
@@ -190,6 +294,14 @@ def test_block_map_of_a_huge_plane_is_strided(tmp_path: Path) -> None:
     bm = BlockMap(run)
     assert bm.step == 3
     np.testing.assert_array_equal(bm.image_plane(), img[::3, ::3])
+
+
+def test_block_map_of_many_layers_stays_small(tmp_path: Path) -> None:
+    img = np.zeros((64, 256, 256), dtype=np.uint8)
+    run = make_run(tmp_path, img, (2, 32, 32))  # 32 layers of 8 x 8 tiles
+    mp = BlockMap(run).map
+    assert mp.num_panels == 32 and max(mp.mosaic_shape) <= 1024
+    assert mp.rows * mp.columns >= 32
 
 
 def test_block_map_while_tiles_are_missing_leaves_them_blank(tmp_path: Path) -> None:
