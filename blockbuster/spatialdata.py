@@ -1,5 +1,5 @@
 """Segmenting an image element of a ``spatialdata.SpatialData`` object (``pip install
-blockbuster[spatialdata]``).
+blockbuster-seg[spatialdata]``).
 
 The object must be backed by a zarr store (``sdata.path``) holding the image element:
 :func:`segment` runs :func:`blockbuster.tile_process` on ``<store>/images/<image_key>``,

@@ -28,10 +28,12 @@ workers, not with the tiles. Layout under ``<run_dir>/records/<task>/``:
 ``<tile>.edges.npy``
     stitch only: the block's equivalences, an ``(n, 4)`` int64 array
     ``(tile_a, label_a, tile_b, label_b)``.
-``<tile>.plane.npy``
-    segment and relabel, every tile on the block map (a time series' first time point): the
-    tile's piece of the plane drawn through its layer (image, or final labels), strided (see
-    :mod:`.thumbnail`).
+``planes/log.<host>.<pid>.<id>.jsonl``
+    segment and relabel: one ``plane`` record per tile (a time series' first time point),
+    the tile's piece of the plane drawn through its layer (image, or final labels), strided
+    (see :mod:`.thumbnail`), zlib-compressed in base64. Logs of their own, so that the block
+    map costs no file per tile and the readers of the records above never read pieces; not
+    flushed (a piece lost in a crash leaves a gap in a picture, nothing else).
 
 Readers read logs incrementally (:class:`RecordIndex`): each look lists the folder and reads
 only the bytes appended since the last one, so checking one block, polling progress and
@@ -40,6 +42,7 @@ verifying a finished run of 100,000 tiles all cost one pass over what is new.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -64,6 +67,8 @@ logger = logging.getLogger("blockbuster")
 
 LOG_PREFIX = "log."
 LOG_SUFFIX = ".jsonl"
+#: the subfolder of a task's record folder that holds the block map's plane logs
+PLANES = "planes"
 
 
 def npy_bytes(array: NDArray[Any]) -> bytes:
@@ -74,6 +79,22 @@ def npy_bytes(array: NDArray[Any]) -> bytes:
 
 
 _warned: set[str] = set()
+
+
+def plane_piece(record: Mapping[str, Any]) -> NDArray[Any]:
+    """The array a ``plane`` record holds (see :meth:`TaskRecords.write_plane`).
+
+    Raises
+    ------
+    ValueError
+        If the record does not hold an array of its shape and dtype.
+    """
+    try:
+        raw = zlib.decompress(base64.b64decode(record["data"]))
+        piece = np.frombuffer(raw, dtype=np.dtype(record["dtype"]))
+        return piece.reshape(tuple(int(n) for n in record["shape"]))
+    except (KeyError, TypeError, zlib.error) as e:
+        raise ValueError(f"a damaged plane record ({e.__class__.__name__}: {e})") from None
 
 
 def _warn_once(where: str, why: str) -> None:
@@ -117,13 +138,13 @@ def decode_line(line: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("tile"), int):
         return None
-    if record.get("kind") not in ("done", "error", "call", "discard"):
+    if record.get("kind") not in ("done", "error", "call", "discard", "plane"):
         return None
     return record
 
 
 def parse_record_name(name: str) -> tuple[int, str] | None:
-    """``(key, kind)`` of a per-block file in a record folder (``"edges"`` or ``"plane"``),
+    """``(key, kind)`` of a per-block file in a record folder (``"edges"``),
     or None (a log, a temporary file, or not one of ours).
 
     >>> parse_record_name("12.edges.npy"), parse_record_name(".12.edges.npy.x.tmp")
@@ -132,7 +153,7 @@ def parse_record_name(name: str) -> tuple[int, str] | None:
     if name.startswith("."):
         return None
     head, _, rest = name.partition(".")
-    if head.isdigit() and rest in ("edges.npy", "plane.npy"):
+    if head.isdigit() and rest == "edges.npy":
         return int(head), rest.partition(".")[0]
     return None
 
@@ -186,6 +207,8 @@ class RecordIndex:
     """The newest call record by tile (host, pid, time where the worker wrote them)."""
     errors: list[dict[str, Any]]
     """Error records."""
+    planes: dict[int, dict[str, Any]]
+    """The newest plane record by tile (in a :data:`PLANES` folder's logs)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -200,6 +223,7 @@ class RecordIndex:
         self.calls = {}
         self.last_call = {}
         self.errors = []
+        self.planes = {}
 
     def _file(self, record: dict[str, Any]) -> None:
         kind, key = record["kind"], record["tile"]
@@ -210,6 +234,8 @@ class RecordIndex:
         elif kind == "call":
             self.calls[key] = self.calls.get(key, 0) + 1
             self.last_call[key] = record
+        elif kind == "plane":
+            self.planes[key] = record
         else:
             self.errors.append(record)
 
@@ -378,10 +404,12 @@ class TaskRecords:
         self.host = socket.gethostname()
         self.index = RecordIndex(self.root)
         self.log = LogWriter(self.root)
+        self.plane_log = LogWriter(self.root / PLANES)
 
     def close(self) -> None:
-        """Close this process's log (records written later open a new one)."""
+        """Close this process's logs (records written later open new ones)."""
         self.log.close()
+        self.plane_log.close()
 
     def _folder(self) -> Path:
         """The record folder, created on the first write (readers never create it)."""
@@ -460,7 +488,10 @@ class TaskRecords:
 
     def write_plane(self, tile: int, piece: NDArray[Any]) -> None:
         """Save the tile's piece of the block map's plane (see :mod:`.thumbnail`)."""
-        write_atomic(self._folder() / f"{tile}.plane.npy", npy_bytes(piece), durable=False)
+        piece = np.ascontiguousarray(piece)
+        data = base64.b64encode(zlib.compress(piece.tobytes(), 1)).decode()
+        record = {"kind": "plane", "tile": tile, "dtype": piece.dtype.str, "shape": piece.shape}
+        self.plane_log.append({**record, "data": data}, durable=False)
 
     def failed(self, tile: int, traceback: str, tiles: list[int] | None = None) -> None:
         record = {

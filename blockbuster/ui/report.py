@@ -24,7 +24,13 @@ from numpy.typing import NDArray
 from blockbuster.pipeline.spec import RunSpec, read_spec
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.events import Event, Progress, RunFinished, StageFinished, StageStarted
-from blockbuster.run.records import RecordScanner, TaskRecords, TileCounts
+from blockbuster.run.records import (
+    PLANES,
+    RecordIndex,
+    RecordScanner,
+    TileCounts,
+    plane_piece,
+)
 from blockbuster.run.rundir import RunDir
 from blockbuster.ui.status import TASKS, RunStatus
 
@@ -267,10 +273,11 @@ class BlockMap:
         self.t, self.step = self.map.t, self.map.step
         self.height, self.width = self.map.height, self.map.width
         self.scanners = {t: RecordScanner(run.records(t)) for t in TASKS}
-        self._pieces: dict[str, dict[int, tuple[int, NDArray[Any]]]] = {
+        self._pieces: dict[str, dict[int, tuple[dict[str, Any], NDArray[Any]]]] = {
             "segment": {},
             "relabel": {},
         }
+        self._plane_index = {t: RecordIndex(run.records(t) / PLANES) for t in self._pieces}
         self._lock = threading.Lock()
         #: the task states the last drawing's legend counted
         self.last_counts: dict[str, dict[str, int]] = {}
@@ -278,19 +285,18 @@ class BlockMap:
     # -- data ---------------------------------------------------------------------------------
 
     def _load_pieces(self, task: str) -> dict[int, NDArray[Any]]:
-        """The plane pieces ``task``'s workers saved so far (each file version read once;
-        pieces whose file went, records cleared, are forgotten)."""
+        """The plane pieces ``task``'s workers saved so far (each record decoded once;
+        pieces whose logs went, records cleared, are forgotten)."""
         cache = self._pieces[task]
-        seen = set()
-        for tile, path in TaskRecords(self.run.records(task), task).files("plane"):
-            try:
-                stamp = path.stat().st_mtime_ns
-                if tile not in cache or cache[tile][0] != stamp:
-                    cache[tile] = (stamp, np.load(path))
-            except (OSError, ValueError, EOFError):
-                continue  # removed or replaced meanwhile: next draw
-            seen.add(tile)
-        for tile in cache.keys() - seen:
+        index = self._plane_index[task]
+        index.refresh()
+        for tile, record in index.planes.items():
+            if tile not in cache or cache[tile][0] is not record:
+                try:
+                    cache[tile] = (record, plane_piece(record))
+                except ValueError:
+                    continue  # a damaged line: the tile stays out of the picture
+        for tile in cache.keys() - index.planes.keys():
             del cache[tile]
         return {tile: piece for tile, (_, piece) in cache.items()}
 

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -170,3 +171,28 @@ def test_the_index_equals_a_model_of_the_writes_after_a_crash(
         assert index.calls == calls
     expected_errors = sum(1 for kind, _, _ in ops if kind == "error")
     assert len(TaskRecords(root, "segment").errors()) == expected_errors
+
+
+def test_plane_pieces_go_to_one_log_per_process_not_a_file_per_tile(tmp_path: Path) -> None:
+    from blockbuster.run.records import PLANES, RecordIndex, plane_piece
+
+    records = TaskRecords(tmp_path / "segment", "segment")
+    rng = np.random.default_rng(0)
+    pieces = {t: rng.random((3, 5)).astype(np.float32) for t in range(50)}
+    for tile, piece in pieces.items():
+        records.write_plane(tile, piece)
+    records.write_plane(7, np.arange(6, dtype=np.uint32).reshape(2, 3))  # redrawn: newest wins
+    assert [p.name for p in (tmp_path / "segment").iterdir()] == [PLANES]
+    assert len(list((tmp_path / "segment" / PLANES).iterdir())) == 1
+    index = RecordIndex(tmp_path / "segment" / PLANES)
+    index.refresh()
+    assert sorted(index.planes) == sorted(pieces)
+    for tile, piece in pieces.items():
+        if tile != 7:
+            np.testing.assert_array_equal(plane_piece(index.planes[tile]), piece)
+    seven = plane_piece(index.planes[7])
+    assert seven.dtype == np.uint32 and seven.tolist() == [[0, 1, 2], [3, 4, 5]]
+    # the task's own records never hold pieces
+    assert records.done_records() == {} and records.errors() == []
+    with pytest.raises(ValueError, match="a damaged plane record"):
+        plane_piece({**index.planes[3], "data": "bm90IHpsaWI="})
