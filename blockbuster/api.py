@@ -66,6 +66,7 @@ def tile_process(
     status_page: str | None = C.status_page,
     level: int | str = C.level,
     max_worker_restarts: int | None = C.max_worker_restarts,
+    performance_report: str | None = C.performance_report,
 ) -> RunResult:
     """Segment an image tile by tile and stitch the labels into one consistent
         label array.
@@ -119,6 +120,7 @@ def tile_process(
         status_page=status_page,
         level=level,
         max_worker_restarts=max_worker_restarts,
+        performance_report=performance_report,
         mask=mask if mask is None or isinstance(mask, str) else "array",
     )
     arrays = None if mask is None or isinstance(mask, (str, Path)) else mask
@@ -190,6 +192,7 @@ def run_tasks(
     overwrite: bool = C.overwrite,
     progress: bool = C.progress,
     status_page: str | None = C.status_page,
+    performance_report: str | None = C.performance_report,
     observers: Sequence[Observer] = (),
 ) -> TasksResult:
     """Run blockwise tasks, recording each block in ``run_dir``; resume what is not done.
@@ -236,6 +239,7 @@ def run_tasks(
         overwrite=overwrite,
         progress=progress,
         status_page=status_page,
+        performance_report=performance_report,
     )
     watchers: list[Observer] = [*([ProgressMonitor()] if progress else []), *observers]
     if status_page is not None:
@@ -245,5 +249,5 @@ def run_tasks(
 
 _RUN_TASKS_PARAMS = ["num_workers", "backend", "timeout", "max_retries", "max_worker_restarts"]
 run_tasks.__doc__ = (run_tasks.__doc__ or "").format(
-    config=RunConfig.describe([*_RUN_TASKS_PARAMS, "host", "launcher"])
+    config=RunConfig.describe([*_RUN_TASKS_PARAMS, "host", "launcher", "performance_report"])
 )

@@ -167,6 +167,14 @@ class RunConfig:
         "127.0.0.1:0 is private to this machine on any free port; None (CLI: off) serves none.",
         flag="--status-page",
     )
+    performance_report: str | None = _doc(
+        None,
+        "On Dask: write Dask's performance report of the whole run (task stream, worker "
+        "profiles, bandwidth) to this HTML file, and a plot of the cluster's memory over time "
+        "per stage beside the block map; None writes neither. Each stage's tasks also run in "
+        "the span ('blockbuster', <stage>) on the dashboard.",
+        flag="--performance-report",
+    )
     progress: bool = _doc(
         False,
         "Show progress per stage: tqdm bars (tiles done/total, rate, ETA) on a terminal, else "
@@ -244,6 +252,13 @@ class RunConfig:
                 raise ValueError(
                     f"status_page={self.status_page!r} must look like HOST:PORT, e.g. "
                     "'127.0.0.1:8787' (port 0 takes any free port), or be None for no page"
+                )
+        if self.performance_report is not None:
+            report = Path(str(self.performance_report)).expanduser()
+            if report.suffix.lower() not in (".html", ".htm") or not report.parent.is_dir():
+                raise ValueError(
+                    f"performance_report={self.performance_report!r} must be an .html file in "
+                    "an existing folder, or None"
                 )
         if self.host is not None and (not isinstance(self.host, str) or not self.host):
             raise ValueError(f"host={self.host!r} must be a host name or address, or None")

@@ -30,7 +30,7 @@ def test_keyword_defaults_are_the_configs(entry) -> None:
 
 
 def test_cli_defaults_and_help_come_from_the_config(tmp_path) -> None:
-    from blockbuster.cli import _plain
+    from blockbuster.ui.text import plain
 
     seg = _subparser("segment")
     args = seg.parse_args(["src", "dst", "--tile", "8,8"])
@@ -40,7 +40,7 @@ def test_cli_defaults_and_help_come_from_the_config(tmp_path) -> None:
         assert getattr(args, name) == RunConfig.default(name), name
         action = next(a for a in seg._actions if flag in a.option_strings)
         # the config's help in plain text, then the default (tests/test_cli.py checks it)
-        assert (action.help or "").startswith(_plain(RunConfig.field(name).metadata["help"]))
+        assert (action.help or "").startswith(plain(RunConfig.field(name).metadata["help"]))
     # the words the CLI spells differently
     args = seg.parse_args(["s", "d", "--tile", "8,8", "--host", "auto", "--status-page", "off"])
     assert args.host is None and args.status_page is None

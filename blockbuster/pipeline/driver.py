@@ -44,10 +44,11 @@ from blockbuster.pipeline.stage import create_stage
 from blockbuster.pipeline.stats import ImageStats, compute_stats, load_stats, prepare_fn, save_stats
 from blockbuster.pipeline.stitch import StitchTask
 from blockbuster.pipeline.table import EquivalenceTable
-from blockbuster.run.dask_engine import active_client, check_client
+from blockbuster.run.dask_engine import active_client, check_client, performance_report
 from blockbuster.run.driver import (
     MAX_PASSES,
     BlockFailureError,
+    check_performance_report,
     choose_engine,
     execute_tasks,
     task_infos,
@@ -107,6 +108,9 @@ class RunResult:
     status_page
         The status page's final state, a self-contained HTML file beside the block map:
         ``<run_dir>/status.html``, else ``<write_to>.status.html``.
+    dask_memory
+        On Dask with ``performance_report``: a PNG of the cluster's memory over time per
+        stage, beside the block map (``dask_memory.png``); else None.
     """
 
     output: str
@@ -122,6 +126,7 @@ class RunResult:
     table: str = ""
     block_map: str | None = None
     status_page: str | None = None
+    dask_memory: str | None = None
     #: ``write_to`` already held this call's finished output: nothing was run
     already_finished: bool = False
     #: tiles outside the mask (``tile_process(mask=...)``): done without reading them
@@ -152,6 +157,8 @@ class RunResult:
             lines.append(f"block map       {self.block_map}")
         if self.status_page:
             lines.append(f"status page     {self.status_page}")
+        if self.dask_memory:
+            lines.append(f"dask memory     {self.dask_memory}")
         if self.table and table:
             lines += ["", self.table, ""]
         elif not self.table:
@@ -491,6 +498,7 @@ def check_config(config: RunConfig, fn: Any) -> tuple[RunConfig, Any, tuple[int,
     client and the GPU budget ``(free bytes, bytes per voxel)``."""
     config = config.validate()
     engine, client = choose_engine(config.backend, active_client, check_client)
+    check_performance_report(config, engine)
     if engine != "serial" or config.status_page is not None:
         config.check_addresses(servers=engine == "daisy")
     gpu_budget = None
@@ -557,7 +565,8 @@ def execute_run(
         lease = Lease(run.root).acquire()
     events = Events(tuple(observers))
     try:
-        return _execute(run, options, client, lease, events)
+        with performance_report(client, options.performance_report):
+            return _execute(run, options, client, lease, events)
     finally:
         if not events.finished:  # stopped by an exception: let the observers close
             events.emit(RunFinished(run.root, None, keep=True))

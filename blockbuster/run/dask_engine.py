@@ -13,13 +13,15 @@ clients are refused up front; :func:`make_local_cluster` always starts process w
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from blockbuster.config import RunConfig
@@ -27,6 +29,9 @@ from blockbuster.run.blocks import process_block, record_failure
 from blockbuster.run.gpu import find_gpus, gpu_worker_env
 from blockbuster.run.rundir import RunDir
 from blockbuster.run.task import Block, Task, TaskReport
+
+#: seconds between two samples of the cluster's memory
+MEMORY_INTERVAL_S = 0.25
 
 IN_PROCESS_ERROR = (
     "Active Dask client uses an in-process worker (processes=False). When fn holds the GIL "
@@ -212,11 +217,31 @@ def run_block(
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def performance_report(client: Any | None, path: str | None) -> Iterator[None]:
+    """Dask's performance report of what runs inside, written to ``path`` at the end (also
+    when the run stopped with an error); nothing without a client or a path."""
+    if client is None or path is None:
+        yield
+        return
+    from distributed import performance_report as report
+
+    with client.as_current(), report(filename=str(Path(path).expanduser())):
+        yield
+
+
 def run_dask(
     client: Any, tasks: Sequence[Task], run: RunDir, options: RunConfig
 ) -> dict[str, TaskReport]:
-    """Run ``tasks`` one after the other on ``client``; a task with failures stops the rest."""
+    """Run ``tasks`` one after the other on ``client``; a task with failures stops the rest.
 
+    Each task's blocks run in the span ``("blockbuster", <task>)`` (the dashboard's Fine
+    Performance Metrics and the scheduler's span metrics group them); with a performance
+    report the cluster's memory is sampled per task (``TaskReport.memory``).
+    """
+    from distributed.diagnostics.memory_sampler import MemorySampler
+
+    sampler = MemorySampler() if options.performance_report else None
     reports: dict[str, TaskReport] = {}
     for task in tasks:
         blocks = task.blocks()
@@ -224,9 +249,18 @@ def run_dask(
             reports[task.name] = TaskReport(len(blocks), 0, 0, len(blocks), 0.0)
             continue
         start = time.perf_counter()
-        completed, failed, error = _run_task(client, run, task, blocks, options)
+        sampling = (
+            sampler.sample(task.name, client=client, interval=MEMORY_INTERVAL_S)
+            if sampler is not None
+            else contextlib.nullcontext()
+        )
+        with sampling:
+            completed, failed, error = _run_task(client, run, task, blocks, options)
+        memory = tuple(
+            (float(t), float(b)) for t, b in (sampler.samples.get(task.name, []) if sampler else [])
+        )
         reports[task.name] = TaskReport(
-            len(blocks), completed, failed, 0, time.perf_counter() - start, error
+            len(blocks), completed, failed, 0, time.perf_counter() - start, error, memory=memory
         )
     return reports
 
@@ -235,20 +269,21 @@ def _run_task(
     client: Any, run: RunDir, task: Task, blocks: list[Block], options: RunConfig
 ) -> tuple[int, int, str | None]:
     """Every block of ``task`` on ``client``: ``(completed, failed, first_error)``."""
-    from distributed import wait
+    from distributed import span, wait
 
     stamp = time.time_ns()
-    futures = client.map(
-        run_block,
-        [str(run.root)] * len(blocks),
-        [task.name] * len(blocks),
-        [b.index for b in blocks],
-        [task.block_timeout(options.timeout)] * len(blocks),
-        [stamp] * len(blocks),
-        pure=False,
-        retries=options.max_retries,
-        key=[f"blockbuster-{task.name}-{b.key}-{stamp}" for b in blocks],
-    )
+    with span("blockbuster", task.name):  # annotates the tasks submitted inside
+        futures = client.map(
+            run_block,
+            [str(run.root)] * len(blocks),
+            [task.name] * len(blocks),
+            [b.index for b in blocks],
+            [task.block_timeout(options.timeout)] * len(blocks),
+            [stamp] * len(blocks),
+            pure=False,
+            retries=options.max_retries,
+            key=[f"blockbuster-{task.name}-{b.key}-{stamp}" for b in blocks],
+        )
     wait(futures)
     failed = [f for f in futures if f.status != "finished"]
     first = None

@@ -240,7 +240,7 @@ def run_tasks(
     BlockFailureError
         If blocks failed or could not be verified done (the run directory is kept).
     """
-    from blockbuster.run.dask_engine import active_client, check_client
+    from blockbuster.run.dask_engine import active_client, check_client, performance_report
     from blockbuster.run.ownership import mark_run_dir, new_run_id, remove_created, run_dir_marker
 
     if not tasks:
@@ -248,6 +248,7 @@ def run_tasks(
     ordered = in_order(list(tasks))
     config = config.validate()
     engine, client = choose_engine(config.backend, active_client, check_client)
+    check_performance_report(config, engine)
     if engine == "daisy":
         config.check_addresses()
     run = RunDir(Path(run_dir).absolute())
@@ -271,9 +272,10 @@ def run_tasks(
         events.emit(RunStarted(run.root, task_infos(ordered)))
         result: TasksResult | None = None
         try:
-            reports, _, seconds = execute_tasks(
-                ordered, run, config, lease, engine=engine, client=client, events=events
-            )
+            with performance_report(client, config.performance_report):
+                reports, _, seconds = execute_tasks(
+                    ordered, run, config, lease, engine=engine, client=client, events=events
+                )
             result = TasksResult(
                 str(run.root),
                 reports,
@@ -289,6 +291,16 @@ def run_tasks(
             result,
         )
     return result
+
+
+def check_performance_report(config: RunConfig, engine: str) -> None:
+    """A performance report is Dask's: refuse it, before anything is written, elsewhere."""
+    if config.performance_report is not None and engine != "dask":
+        raise ValueError(
+            f"performance_report={config.performance_report!r} is Dask's report, and this run "
+            f"is on {engine}: run it on a Dask client (client, cluster = "
+            "blockbuster.make_local_cluster()), or pass performance_report=None"
+        )
 
 
 def choose_engine(

@@ -294,6 +294,9 @@ class TaskReport:
     missing: tuple[int, ...] = ()
     #: why daisy gave the task up (its worker-restart cap), or None
     abandoned: str | None = None
+    #: on Dask with a performance report: the cluster's process memory while the task ran,
+    #: ``(unix time, bytes)`` samples (:class:`distributed.diagnostics.MemorySampler`)
+    memory: tuple[tuple[float, float], ...] = ()
 
     @classmethod
     def from_state(cls, state: Any, seconds: float) -> TaskReport:

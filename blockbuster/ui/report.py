@@ -32,6 +32,7 @@ from blockbuster.run.records import (
     plane_piece,
 )
 from blockbuster.run.rundir import RunDir
+from blockbuster.ui.memory import has_memory, write_memory_plot
 from blockbuster.ui.status import TASKS, RunStatus
 
 if TYPE_CHECKING:
@@ -692,5 +693,10 @@ class Reporter:
                 result.status_page = str(page)
         except Exception as e:
             logger.warning("could not write the status page's final copy: %s", e)
+        try:
+            if has_memory(result.tasks):
+                result.dask_memory = str(write_memory_plot(result.tasks, f"{base}dask_memory.png"))
+        except Exception as e:
+            logger.warning("could not draw the Dask memory plot: %s", e)
         if self.print_table:
             print(result.table, file=sys.stderr, flush=True)

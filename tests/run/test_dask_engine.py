@@ -6,6 +6,7 @@ import functools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -225,3 +226,51 @@ def test_gpu_cluster_has_one_worker_per_gpu_each_pinned(
     finally:
         client.close()
         cluster.close()
+
+
+def _span_names(dask_scheduler: Any) -> list[tuple[str, ...]]:
+    return sorted({tuple(s.name) for s in dask_scheduler.extensions["spans"].spans.values()})
+
+
+def test_performance_report_spans_and_memory_per_stage(tmp_path: Path, cluster: tuple) -> None:
+    client, _ = cluster
+    img = blobs((16, 40, 40), sigma=1.5, seed=9)
+    src = write_zarr(tmp_path / "img.zarr", img)
+    report = tmp_path / "run.html"
+    result = tile_process(
+        src,
+        cc_label,
+        (8, 16, 16),
+        2,
+        write_to=tmp_path / "out.zarr",
+        merge_threshold=0,
+        backend="dask",
+        performance_report=str(report),
+    )
+    whole, _ = ndi.label(img > 0.5)
+    assert_one_to_one(whole, zarr.open_array(str(tmp_path / "out.zarr"))[:])
+    text = report.read_text()
+    assert "Dask Performance Report" in text and "run_block" in text
+    # every stage's blocks ran in its own span, which the scheduler's span metrics group
+    names = client.run_on_scheduler(_span_names)
+    for stage in ("segment", "stitch", "relabel"):
+        assert ("blockbuster", stage) in names
+        assert result.tasks[stage].memory, stage  # sampled while it ran
+        assert all(b > 0 for _, b in result.tasks[stage].memory)
+    assert result.dask_memory == f"{tmp_path / 'out.zarr'}.dask_memory.png"
+    assert Path(result.dask_memory).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"dask memory     {result.dask_memory}" in result.summary()
+
+
+def test_a_performance_report_off_dask_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    src = write_zarr(tmp_path / "img.zarr", np.zeros((8, 8), np.float32))
+    out = tmp_path / "o.zarr"
+    with pytest.raises(ValueError, match=r"^performance_report='r.html' is Dask's report, and "):
+        tile_process(
+            src, cc_label, (4, 4), write_to=out, backend="daisy", performance_report="r.html"
+        )
+    with pytest.raises(ValueError, match="must be an .html file in an existing folder"):
+        tile_process(src, cc_label, (4, 4), write_to=out, performance_report="/nowhere/r.html")
+    assert not out.exists() and not Path(f"{out}.blockbuster").exists()
