@@ -30,7 +30,11 @@ def other_blockbuster() -> str | None:
 
 def main() -> int:
     """Check which ``blockbuster`` is imported, then run the command line."""
-    found = other_blockbuster()
+    try:
+        found = other_blockbuster()
+    except ImportError as e:  # this package refused a folder the other one overwrote
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if found is not None:
         print(
             f"error: 'import blockbuster' finds {found}, the PyPI project 'blockbuster' (an "

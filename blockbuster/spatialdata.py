@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blockbuster.io.sdstore import NAME
+
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
@@ -84,6 +86,11 @@ def segment(
             f"it first with sdata.write_element({image_key!r})"
         )
     key = labels_key if labels_key is not None else f"{image_key}_labels"
+    if not NAME.fullmatch(key):
+        raise ValueError(
+            f"labels_key={key!r} is not a SpatialData element name: use letters, digits, "
+            "'_', '-' and '.', not starting with '-' or '.'"
+        )
     overwrite = bool(tile_process_options.get("overwrite", False))
     if key in sdata and not (overwrite and key in sdata.labels):
         raise ValueError(

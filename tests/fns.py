@@ -263,9 +263,16 @@ def log_thread(block: np.ndarray, log_dir: str) -> np.ndarray:
 
 
 def log_process(block: np.ndarray, log_dir: str) -> np.ndarray:
-    """``cc_label`` that logs its worker process: pid, session, parent's command line and
-    the legacy numpy generator's next draw (which must differ between workers)."""
+    """``cc_label`` that logs its worker process: pid, session, parent's command line, the
+    legacy numpy generator's next draw (which must differ between workers) and whether
+    SIGPIPE and SIGINT are set as a fresh interpreter sets them."""
+    import signal
+
     parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    info = [str(os.getpid()), str(os.getsid(0)), str(np.random.randint(2**31)), parent]  # noqa: NPY002
+    fresh = signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    draw = str(np.random.randint(2**31))  # noqa: NPY002
+    info = [str(os.getpid()), str(os.getsid(0)), draw, parent, str(fresh)]
     Path(log_dir, f"{os.getpid()}-{uuid.uuid4().hex}").write_text("\t".join(info))
     return cc_label(block)

@@ -97,6 +97,17 @@ def test_import_refuses_a_folder_the_other_blockbuster_was_installed_into(tmp_pa
     )
     assert done.returncode == 1
     assert "ImportError: the PyPI project 'blockbuster' 1.5.29 (an asyncio" in done.stderr
+    # the command says it in one line
+    command = "import sys, blockbuster_seg; sys.exit(blockbuster_seg.main())"
+    shim = subprocess.run(
+        [sys.executable, "-P", "-c", command],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": f"{tmp_path}:{root}"},
+    )
+    assert shim.returncode == 1
+    assert shim.stderr.startswith("error: the PyPI project 'blockbuster' 1.5.29 (an asyncio")
+    assert len(shim.stderr.strip().splitlines()) == 1
     # elsewhere (another folder on the path), it does not touch this package: no error
     (info / "RECORD").write_text("elsewhere/blockbuster/__init__.py,,\n")
     done = subprocess.run(

@@ -15,22 +15,21 @@ from typing import Any
 
 import numpy as np
 import pytest
+import spatialdata as sd  # in the test extra: the tests never skip for want of it
 import zarr
 from conftest import assert_one_to_one, blobs
 from fns import first_channel_cc
 from scipy import ndimage as ndi
-
-from blockbuster import tile_process
-
-sd = pytest.importorskip("spatialdata")
-from spatialdata.models import Image2DModel, Image3DModel, Labels2DModel  # noqa: E402
-from spatialdata.transformations import (  # noqa: E402
+from spatialdata.models import Image2DModel, Image3DModel, Labels2DModel
+from spatialdata.transformations import (
     Affine,
     Scale,
     Sequence,
     Translation,
     get_transformation,
 )
+
+from blockbuster import tile_process
 
 pytestmark = pytest.mark.filterwarnings("ignore:::spatialdata", "ignore:::ome_zarr")
 
@@ -86,6 +85,10 @@ def test_tile_process_writes_a_labels_element(tmp_path: Path) -> None:
         **FAST,
     )
     assert result.num_labels == whole.max()
+    # the block map and the status page lie beside the store, not among its elements
+    assert result.block_map == f"{store}.cells.block_map.png"
+    assert result.status_page == f"{store}.cells.status.html"
+    assert sorted(p.name for p in (store / "labels").iterdir()) == ["cells", "zarr.json"]
     back = sd.read_zarr(store)
     assert list(back.labels) == ["cells"]
     labels = back.labels["cells"]
@@ -189,6 +192,39 @@ def test_segment_needs_a_store() -> None:
         segment(sdata, "he", first_channel_cc, tile_shape=(8, 8))
     with pytest.raises(ValueError, match=r"image_key='nope' is not an image element"):
         segment(sdata, "nope", first_channel_cc, tile_shape=(8, 8))
+
+
+def test_segment_names_a_bad_labels_key_before_writing(tmp_path: Path) -> None:
+    from blockbuster.spatialdata import segment
+
+    store = tmp_path / "sample.zarr"
+    _image_2d(store)
+    sdata = sd.read_zarr(store)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    with pytest.raises(ValueError, match=r"^labels_key='\.cells' is not a SpatialData element"):
+        segment(sdata, "he", first_channel_cc, labels_key=".cells", tile_shape=(16, 16))
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+
+
+def test_a_plain_zarr_group_with_a_labels_group_is_no_spatialdata_store(tmp_path: Path) -> None:
+    from blockbuster.io import sdstore
+
+    mine = tmp_path / "mine.zarr"
+    zarr.open_group(str(mine), mode="w").create_group("labels")
+    assert not sdstore.is_store(mine)
+    assert sdstore.labels_element(mine / "labels" / "seg") is None
+    store = tmp_path / "sample.zarr"
+    _image_2d(store)
+    assert sdstore.is_store(store)
+
+
+def test_a_transformation_without_axes_cannot_lose_its_channel() -> None:
+    from blockbuster.io.sdstore import drop_channel
+
+    scale = {"type": "scale", "scale": [1.0, 0.5, 0.5]}  # no input axes: which is c?
+    with pytest.raises(ValueError, match="does not name its axes"):
+        drop_channel(scale, {"c"})
+    assert drop_channel(scale, set()) == scale  # nothing to drop: copied as it is
 
 
 def test_bad_paths_fail_before_writing(tmp_path: Path) -> None:

@@ -242,3 +242,16 @@ def create_output(
         arr = zarr.open_array(str(path), mode="r+")
         arr.attrs.update({"scale": list(source.scale), "translation": list(source.translation)})
     return str(path), ""
+
+
+def side_prefix(output: str | Path) -> str:
+    """The prefix of the files a run writes beside its output (block map, status page):
+    ``<output>.``, or for a SpatialData labels element ``<store>.<name>.``, beside the store
+    (inside it, they would be files among its elements)."""
+    from blockbuster.io import sdstore
+
+    element = sdstore.labels_element(output)
+    if element is not None:
+        store, name = element
+        return f"{store}.{name}."
+    return f"{output}."

@@ -31,7 +31,7 @@ import zarr
 from blockbuster.io import ome
 
 ROOT_ATTR = "spatialdata_attrs"
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def _attrs(path: Path) -> dict[str, Any] | None:
@@ -55,7 +55,18 @@ def is_store(path: str | Path) -> bool:
         return False  # an element, or an OME-Zarr image (whose labels group is NGFF's)
     if ROOT_ATTR in attrs:
         return True
-    return any(_attrs(p / kind) is not None for kind in ("images", "labels"))
+    # an older store without root attributes: its elements carry spatialdata's attributes
+    # (a plain zarr group that happens to hold an ``images`` or ``labels`` group is not one)
+    for kind in ("images", "labels"):
+        try:
+            group = zarr.open_group(str(p / kind), mode="r")
+        except Exception:  # zarr raises several types for "not a group"
+            continue
+        for name, _ in group.groups():
+            element = _attrs(p / kind / name) or {}
+            if ROOT_ATTR in element or ROOT_ATTR in ome._ome_attrs(element):
+                return True
+    return False
 
 
 def element_of(path: str | Path, kind: str) -> tuple[Path, str] | None:
@@ -115,7 +126,7 @@ def check_output(path: Path, source_store: str, source_path: str, image: ome.Mul
     found = labels_element(path)
     assert found is not None
     store, name = found
-    if not _NAME.fullmatch(name):
+    if not NAME.fullmatch(name):
         raise ValueError(
             f"write_to={str(path)!r}: SpatialData element names use letters, digits, '_', '-' "
             "and '.' and do not start with '.' or '-'; choose another name"
@@ -152,21 +163,31 @@ def drop_channel(tr: dict[str, Any], names: set[str]) -> dict[str, Any]:
         For a transformation type that cannot be reduced.
     """
     out = copy.deepcopy(tr)
+    if not names:
+        return out  # no channel axis: nothing to drop
     axes_in = _axes_of(out.get("input"))
     axes_out = _axes_of(out.get("output"))
     keep_in = [i for i, n in enumerate(axes_in) if n not in names]
     keep_out = [i for i, n in enumerate(axes_out) if n not in names]
     kind = out.get("type")
+    unreducible = ValueError(
+        f"the image's SpatialData transformation {kind!r} does not name its axes as its values "
+        "run, so the channel axis cannot be dropped from it for the labels: give the image "
+        "transformations with input and output axes (spatialdata writes them so), or write "
+        "the labels outside the store"
+    )
     if kind in ("scale", "translation") and kind in out:
         values = list(out[kind])
-        if axes_in and len(values) == len(axes_in):
-            out[kind] = [values[i] for i in keep_in]
+        if not axes_in or len(values) != len(axes_in):
+            raise unreducible
+        out[kind] = [values[i] for i in keep_in]
     elif kind == "affine":
         m = np.asarray(out["affine"], dtype=float)
-        if axes_in and axes_out and m.shape[1] == len(axes_in) + 1:
-            rows = keep_out + ([len(axes_out)] if m.shape[0] == len(axes_out) + 1 else [])
-            cols = keep_in + [len(axes_in)]
-            out["affine"] = m[np.ix_(rows, cols)].tolist()
+        if not axes_in or not axes_out or m.shape[1] != len(axes_in) + 1:
+            raise unreducible
+        rows = keep_out + ([len(axes_out)] if m.shape[0] == len(axes_out) + 1 else [])
+        cols = keep_in + [len(axes_in)]
+        out["affine"] = m[np.ix_(rows, cols)].tolist()
     elif kind == "mapAxis":
         out["mapAxis"] = {k: v for k, v in dict(out["mapAxis"]).items() if k not in names}
     elif kind == "sequence":
@@ -174,7 +195,8 @@ def drop_channel(tr: dict[str, Any], names: set[str]) -> dict[str, Any]:
     elif kind != "identity":
         raise ValueError(
             f"the image's SpatialData transformation of type {kind!r} cannot be copied to its "
-            "labels (identity, scale, translation, affine, mapAxis and sequence can)"
+            "labels (identity, scale, translation, affine, mapAxis and sequence can): write "
+            "the labels outside the store"
         )
     for key in ("input", "output"):
         system = out.get(key)

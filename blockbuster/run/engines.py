@@ -165,7 +165,7 @@ def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[st
     if announcer is not None:
         announcer.start()
     # local workers forked with their imports done (a launch script's run elsewhere)
-    zygote = Zygote.start() if options.launcher == LOCAL else None
+    zygote = Zygote.start(run.logs / "zygote.log") if options.launcher == LOCAL else None
     try:
         states = daisy.Server().run_blockwise(
             daisy_pipeline(tasks, run, options, zygote.path if zygote else None),

@@ -192,6 +192,8 @@ class Supervisor:
 
 
 def _kill_group(proc: subprocess.Popen[bytes] | ZygoteChild) -> None:
+    if proc.poll() is not None:
+        return  # exited (and reaped): its pid may already name another process
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -7,14 +7,22 @@ is a visible part of every run. The driver starts one zygote per daisy run on th
 (:class:`Zygote`); each local worker's supervisor asks it over a Unix socket to fork the
 worker (:func:`spawn`) instead of starting an interpreter.
 
-The child is the program ``python -m blockbuster.worker`` would be: its own session, the
-supervisor's stdin, stdout and stderr (passed over the socket), the supervisor's environment
-and working directory, and fresh random state. The zygote imports only blockbuster's own
-modules and their libraries, never a user's module, torch or a GPU library, so a child
-initialises its GPU (``CUDA_VISIBLE_DEVICES`` from its environment) as a fresh process does.
+The child runs the program ``python -m blockbuster.worker`` runs, set up as that process
+would be: its own session; the supervisor's stdin, stdout and stderr (passed over the
+socket), environment and working directory; the interpreter's signal settings (SIGINT raises
+KeyboardInterrupt, SIGPIPE ignored); stdout line-buffered on a terminal; fresh random state
+(numpy's legacy generator reseeded, ``random`` reseeds itself); and the interpreter's own
+exit (``atexit`` handlers, non-daemon threads joined). What it shares with the zygote: the
+modules imported, and the string-hash seed (``PYTHONHASHSEED``), so sets of strings iterate
+in the same order in every worker.
 
-A zygote that is gone or refuses (another interpreter, ``PYTHONPATH`` or directory) makes
-:func:`spawn` return None, and the supervisor starts the interpreter as before.
+The zygote imports only blockbuster's own modules and their libraries, never a user's
+module, torch or a GPU library. Forking after numpy's import is safe with the OpenBLAS that
+numpy's wheels bundle (it re-initialises its threads in the child); GPU workers, which pin
+BLAS to one thread in their environment, differ in the import environment and are started
+as interpreters, as are requests with another interpreter, ``PYTHONPATH`` or directory. A
+zygote that is gone or refuses makes :func:`spawn` return None, and the supervisor starts
+the interpreter as before.
 """
 
 from __future__ import annotations
@@ -31,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +67,36 @@ SOCKET_NAME = "zygote.sock"
 #: seconds :meth:`Zygote.start` waits for the socket
 START_S = 10.0
 MAX_MESSAGE = 1 << 20
+
+
+class _Forked(Exception):
+    """Raised in a forked child, to leave the zygote's loop with the request it runs."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        super().__init__("forked")
+        self.request = request
+
+
+def run_child(request: dict[str, Any]) -> int:
+    """In a forked child: set up what a fresh ``python -m blockbuster.worker`` has, run it and
+    return its exit status (exceptions and ``SystemExit`` propagate, as in that program)."""
+    # the interpreter's own settings: Ctrl-C raises, a closed pipe raises instead of killing
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # stdout buffered as the interpreter chooses for the caller's stdout (line on a terminal)
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
+    import numpy as np
+
+    # the legacy global generator (``random`` reseeds itself on fork)
+    np.random.seed()  # noqa: NPY002
+    sys.argv = list(request["argv"])
+    from blockbuster.worker import main
+
+    return main(sys.argv[1:])
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -111,7 +148,8 @@ class _Server:
                 return
             pid = os.fork()
             if pid == 0:
-                self._child(conn, request, fds)  # never returns
+                self._become_child(conn, fds)
+                raise _Forked(request)  # out of the loop: main() runs the worker
             self.children[pid] = conn
             _send(conn, {"pid": pid})
             conn.setblocking(False)
@@ -135,47 +173,22 @@ class _Server:
             return "another import environment (PYTHONPATH and the like)"
         return ""
 
-    def _child(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        code: int = 1
-        try:
-            self.selector.close()
-            self.listener.close()
-            conn.close()
-            for conn in self.children.values():
-                conn.close()
-            os.setsid()
-            for target, fd in enumerate(fds):
-                os.dup2(fd, target)
-            for fd in fds:
-                if fd > 2:
-                    os.close(fd)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
-                signal.signal(sig, signal.SIG_DFL)
-            os.environ.clear()
-            os.environ.update(request["env"])
-            import numpy as np
-
-            # the legacy global generator (``random`` reseeds itself on fork)
-            np.random.seed()  # noqa: NPY002
-            sys.argv = list(request["argv"])
-            from blockbuster.worker import main
-
-            code = main(sys.argv[1:])
-        except SystemExit as e:
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+    def _become_child(self, conn: socket.socket, fds: list[int]) -> None:
+        """In the forked child: drop the zygote's sockets, take the caller's stdio and
+        session."""
+        self.selector.close()
+        self.listener.close()
+        conn.close()
+        for other in self.children.values():
+            other.close()
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        # _accept closes the received descriptors themselves
 
     def _reap(self) -> None:
-        while self.children:
+        # every child, also those whose supervisor went away (no zombies left)
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -206,13 +219,22 @@ class ZygoteChild:
         self.conn.settimeout(timeout)
         try:
             data = self.conn.recv(MAX_MESSAGE)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: timeout 0, nothing yet
             raise subprocess.TimeoutExpired(["blockbuster.worker"], timeout or 0) from None
         except OSError:
             data = b""
-        # no status (the zygote was killed): the child is not ours to wait for, so watch it
-        # until it is gone and report it as killed
-        self.returncode = int(json.loads(data)["status"]) if data else self._wait_gone(timeout)
+        if not data:
+            # no status (the zygote was killed): the child is not ours to wait for, so watch
+            # it until it is gone and count it as killed
+            print(
+                f"blockbuster: the worker zygote is gone; the exit status of worker pid "
+                f"{self.pid} is unknown and counted as killed",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.returncode = self._wait_gone(timeout)
+        else:
+            self.returncode = int(json.loads(data)["status"])
         self.conn.close()
         return self.returncode
 
@@ -269,13 +291,27 @@ class Zygote:
         self.path = str(folder / SOCKET_NAME)
 
     @classmethod
-    def start(cls) -> Zygote:
-        folder = Path(tempfile.mkdtemp(prefix="bb-zygote-"))
-        path = folder / SOCKET_NAME
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "blockbuster.run.zygote", str(path), str(os.getpid())],
-            stdin=subprocess.DEVNULL,
-        )
+    def start(cls, log: Path | None = None) -> Zygote | None:
+        """Start a zygote (its own output to ``log``, else nowhere); None when it cannot be
+        started (the workers are then started as interpreters)."""
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="bb-zygote-"))
+            path = folder / SOCKET_NAME
+            if log is not None:
+                log.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "blockbuster.run.zygote", str(path), str(os.getpid())],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                )
+            finally:
+                if not isinstance(out, int):
+                    out.close()
+        except OSError:
+            return None
         # it binds before its imports: the wait is an interpreter's start, and the first
         # workers then find it (a zygote that does not come up only leaves them to Popen)
         deadline = time.monotonic() + START_S
@@ -303,12 +339,18 @@ class Zygote:
 def main(argv: list[str]) -> None:
     path, parent = argv[0], int(argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the driver's to handle
+    zygote = os.getpid()
     server = _Server(path, parent)
     try:
         server.serve()
+    except _Forked as forked:
+        # the child: the worker, then the interpreter's own exit (atexit, threads joined)
+        sys.exit(run_child(forked.request))
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        if os.getpid() == zygote:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from blockbuster.io.outputs import side_prefix
 from blockbuster.pipeline.spec import RunSpec, read_spec
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.events import Event, Progress, RunFinished, StageFinished, StageStarted
@@ -632,7 +633,8 @@ class Reporter:
     done; at :class:`~blockbuster.run.events.RunFinished` it writes the table into
     ``result.table`` (printed too with ``print_table``) and draws the block map into
     ``result.block_map``: ``<run_dir>/block_map.png`` while the run directory is kept, else
-    ``<write_to>.block_map.png``; beside it, the status page's final state as a
+    ``<write_to>.block_map.png`` (for a SpatialData labels element ``<store>.<name>.``, beside
+    the store); beside it, the status page's final state as a
     self-contained HTML file, ``status.html`` (``<write_to>.status.html``), named in
     ``result.status_page``.
     """
@@ -679,7 +681,7 @@ class Reporter:
             return  # not a tile_process run: no table of tiles, no map
         seconds = {**self.seconds, **result.seconds}
         result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
-        base = f"{run.root}/" if keep else f"{result.output}."
+        base = f"{run.root}/" if keep else side_prefix(result.output)
         png = None
         try:
             block_map = BlockMap(run)

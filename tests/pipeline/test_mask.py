@@ -88,8 +88,10 @@ def test_auto_mask_skips_empty_tiles_and_changes_nothing(tmp_path: Path) -> None
     status = run_status(RunDir(masked.run_dir))
     assert status.tasks["segment"].states["skipped"] == masked.tiles_skipped
     assert "skipped" in status.format()
-    _, _, totals = BlockMap(RunDir(masked.run_dir)).tile_states()
-    assert totals["skipped"] > 0 and sum(totals.values()) == masked.tiles_total
+    _, _, _, task_states = BlockMap(RunDir(masked.run_dir)).tile_states()
+    totals = task_states["segment"]
+    assert totals["skipped"] == masked.tiles_skipped > 0
+    assert sum(totals.values()) == masked.tiles_total
 
 
 def test_mask_array_at_low_resolution_decides_the_tiles(tmp_path: Path) -> None:

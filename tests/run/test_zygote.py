@@ -63,12 +63,14 @@ def test_the_zygote_ends_with_the_driver_that_started_it(tmp_path: Path) -> None
         "import os, signal, sys\n"
         "from blockbuster.run.zygote import Zygote\n"
         "z = Zygote.start()\n"
-        "print(z.proc.pid, flush=True)\n"
+        "print(z.proc.pid, z.folder, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True)
     assert out.returncode == -signal.SIGKILL
-    assert _gone(int(out.stdout.split()[0]), within=10)
+    pid, folder = out.stdout.split()
+    assert _gone(int(pid), within=10)
+    assert not Path(folder).exists()  # its socket and folder removed on the way out
 
 
 def test_local_workers_are_forked_by_the_zygote(tmp_path: Path) -> None:
@@ -92,14 +94,15 @@ def test_local_workers_are_forked_by_the_zygote(tmp_path: Path) -> None:
     assert_one_to_one(zarr.open_array(str(tmp_path / "labels.zarr"))[:], whole)
     rows = [p.read_text().split("\t") for p in log.iterdir()]
     assert len(rows) == result.fn_calls == result.tiles_total
-    workers = {(pid, sid, draw, parent) for pid, sid, draw, parent in rows}
+    workers = {tuple(row) for row in rows}
     assert len({w[0] for w in workers}) >= 2
-    for pid, sid, _, parent in workers:
+    for pid, sid, _, parent, fresh in workers:
         assert "blockbuster.run.zygote" in parent  # forked, not a fresh interpreter
         assert sid == pid  # its own session, as a started worker has
+        assert fresh == "True"  # SIGPIPE ignored, SIGINT raises: as in a fresh interpreter
     # each worker's first draw of the legacy numpy generator: fresh state, not the zygote's
     first = {}
     for path in sorted(log.iterdir(), key=lambda p: p.stat().st_mtime_ns):
-        pid, _, draw, _ = path.read_text().split("\t")
+        pid, _, draw, *_ = path.read_text().split("\t")
         first.setdefault(pid, draw)
     assert len(set(first.values())) == len(first)
