@@ -21,7 +21,17 @@ still running at ``--limit`` seconds is killed and reported as "> limit".
   Its face merge shrinks labels on the faces first, so thin contacts stay cut: expect
   ``equals_whole: false`` with ``objects_split`` > 0.
 
+With ``--spatialdata SIDE`` it compares, on one 2D image of SIDE² pixels stored as a
+SpatialData image element (``c, y, x``, chunks of 512²), what SpatialData users have:
+
+* spatialdata-map_raster: ``spatialdata.map_raster(image, label_block, blockwise=True,
+  relabel=True)``, threshold + ``scipy.ndimage.label`` per 512² block, IDs made unique per
+  block but never merged across blocks;
+* blockbuster-spatialdata: ``tile_process("<store>/images/img", ..., write_to=
+  "<store>/labels/bb")`` with the same fn on 512² tiles, 2 workers, into a labels element.
+
     python scripts/bench_peers.py [--sizes 64,512,2200] [--limit 600] [--tools ...]
+    python scripts/bench_peers.py --spatialdata 8192 --sizes ""
 """
 
 from __future__ import annotations
@@ -68,6 +78,76 @@ print(json.dumps({{"fn_calls": None, "tiles": image.npartitions}}))
     # run as scripts/bench_contrib.py by the contrib environment's python, see command()
     "cellpose-contrib": None,
 }
+
+#: the 2D side by side on a SpatialData store (``--spatialdata``): src is the store
+SPATIALDATA_RUNNERS = {
+    "spatialdata-map_raster": """
+import json, warnings
+warnings.simplefilter("ignore")
+import numpy as np, spatialdata as sd
+from scipy import ndimage as ndi
+def label_block(block):
+    return ndi.label(block[0] > 0.5)[0].astype(np.uint32)
+image = sd.read_zarr({src!r}).images["img"]
+labels = sd.map_raster(image, label_block, dims=("y", "x"), blockwise=True, relabel=True,
+                       drop_axis=0, dtype=np.uint32)
+labels.data.to_zarr({out!r}, overwrite=True)
+print(json.dumps({{"fn_calls": None, "tiles": labels.data.npartitions}}))
+""",
+    "blockbuster-spatialdata": """
+import sys, json, shutil
+sys.path.insert(0, {here!r})
+from bench_fns import first_channel_label
+from blockbuster import tile_process
+r = tile_process({src!r} + "/images/img", first_channel_label, (512, 512), 0,
+                 write_to={src!r} + "/labels/bb", num_workers=2, merge_threshold=0.0)
+import zarr
+zarr.open_group({src!r} + "/labels/bb", mode="r")["0"]  # the element's full resolution
+shutil.copytree({src!r} + "/labels/bb/0", {out!r})
+print(json.dumps({{"fn_calls": r.fn_calls, "tiles": r.tiles_total}}))
+""",
+}
+
+
+def make_spatialdata_image(store: Path, side: int, seed: int = 0) -> np.ndarray:
+    """A SpatialData store with one ``c, y, x`` image element ``img`` of blobs; returns the
+    image's one channel."""
+    import warnings
+
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    rng = np.random.default_rng(seed)
+    img = ndi.gaussian_filter(rng.random((side, side), dtype=np.float32), 2)
+    img = (img - img.min()) / (img.max() - img.min())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # multiscale: spatialdata 0.7.2 cannot write a single-scale image with ome-zarr 0.18
+        element = Image2DModel.parse(
+            img[None], dims=("c", "y", "x"), chunks=(1, 512, 512), scale_factors=[2]
+        )
+        sd.SpatialData(images={"img": element}).write(store)
+    return img
+
+
+def spatialdata_rows(tmp: Path, side: int, limit: float) -> list[dict]:
+    """Both 2D runners on one SpatialData store of ``side``² pixels."""
+    store = tmp / "sample.zarr"
+    img = make_spatialdata_image(store, side)
+    whole = ndi.label(img > 0.5)[0]
+    rows = []
+    for tool, code in SPATIALDATA_RUNNERS.items():
+        out = tmp / f"{tool}.zarr"
+        logs = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=tmp))
+        cmd = [sys.executable, "-c", code.format(here=str(HERE), src=str(store), out=str(out))]
+        row = {"tool": tool, "image": f"{side}x{side}", **run_tool(cmd, limit, logs)}
+        if row["status"] == "ok":
+            labels = np.asarray(zarr.open_array(str(out), mode="r")[:])
+            row["equals_whole"] = one_to_one(whole, labels)
+            row.update(object_diff(whole, labels))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def make_volume(
@@ -168,6 +248,13 @@ def main() -> None:
     p.add_argument("--out", default="results")
     p.add_argument("--tools", default=",".join(RUNNERS))
     p.add_argument(
+        "--spatialdata",
+        type=int,
+        default=0,
+        metavar="SIDE",
+        help="also compare with spatialdata.map_raster on a SIDE x SIDE 2D image (0: no)",
+    )
+    p.add_argument(
         "--contrib-python",
         default=str(ROOT / ".venv-contrib" / "bin" / "python"),
         help=f"python of the cellpose-contrib environment (create it with {CONTRIB_SETUP})",
@@ -181,7 +268,7 @@ def main() -> None:
     contrib_ok = "cellpose-contrib" in tools and contrib_python.exists()
     tmp = Path(tempfile.mkdtemp(prefix="bb-peers-"))
     rows = []
-    for n in (int(v) for v in args.sizes.split(",")):
+    for n in (int(v) for v in args.sizes.split(",") if v):
         src, src_v2 = tmp / f"img{n}.zarr", tmp / f"img{n}.v2.zarr"
         img, shape = make_volume(src, n, v2_path=src_v2 if contrib_ok else None)
         whole = ndi.label(img > 0.5)[0]
@@ -210,6 +297,22 @@ def main() -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
         shutil.rmtree(src_v2, ignore_errors=True)
     Path(args.out).mkdir(exist_ok=True)
+    if args.spatialdata:
+        sd_rows = spatialdata_rows(tmp, args.spatialdata, args.limit)
+        (Path(args.out) / "peers_spatialdata.json").write_text(json.dumps(sd_rows, indent=1))
+        by = {r["tool"]: r for r in sd_rows}
+        bb, mr = by["blockbuster-spatialdata"], by["spatialdata-map_raster"]
+        if bb.get("wall_s") and mr.get("wall_s"):
+            print(
+                f"{args.spatialdata}² image: map_raster {mr['objects_tool']:,} labels for "
+                f"{mr['objects_whole']:,} objects ({mr['objects_split']:,} cut at block "
+                f"borders), {mr['wall_s']} s; blockbuster {bb['objects_tool']:,} labels, "
+                f"equal to the whole image: {bb['equals_whole']}, {bb['wall_s']} s "
+                f"({bb['wall_s'] / mr['wall_s']:.1f}x map_raster's time)"
+            )
+    if not rows:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     (Path(args.out) / "peers.json").write_text(json.dumps(rows, indent=1))
     for n in sorted({r["tiles_requested"] for r in rows}):
         at_n = {r["tool"]: r for r in rows if r["tiles_requested"] == n}
