@@ -35,10 +35,12 @@ def observers(config: RunConfig, progress: bool) -> list[Observer]:
     out: list[Observer] = []
     if progress:
         out.append(ProgressMonitor())
+    # the report writes the status page's final copy beside the block map; before the live
+    # page, which then shows the map the report drew instead of drawing it again
+    report = Reporter(print_table=progress, page_writer=write_status_page, clock=StageClock())
+    out.append(report)
     if config.status_page is not None:
-        out.append(StatusPageObserver(config.status_page))
-    # the report writes the status page's final copy beside the block map
-    out.append(Reporter(print_table=progress, page_writer=write_status_page, clock=StageClock()))
+        out.append(StatusPageObserver(config.status_page, final_map=lambda: report.last_png))
     return out
 
 

@@ -656,8 +656,9 @@ class _State:
                 self.map_time = time.monotonic()
             return self.map_png
 
-    def finish(self) -> None:
-        """Keep the final state in memory (before the run directory may be removed)."""
+    def finish(self, map_png: bytes | None = None) -> None:
+        """Keep the final state in memory (before the run directory may be removed); the
+        final block map is ``map_png`` when the run's report drew it already."""
         if self.final is not None:
             return
         status = self.status()
@@ -667,8 +668,8 @@ class _State:
                 text = self.traceback(task, tile)
                 if text is not None:
                     tracebacks[(task, tile)] = text
-        png = None
-        if self.has_map:
+        png = map_png
+        if self.has_map and png is None:
             self.map_png = None  # draw it anew: the final state
             try:
                 png = self.png()
@@ -756,10 +757,11 @@ class StatusServer:
         )
         self._thread.start()
 
-    def finish(self) -> None:
-        """The run ended: serve its final state from memory from now on (until closed)."""
+    def finish(self, map_png: bytes | None = None) -> None:
+        """The run ended: serve its final state from memory from now on (until closed);
+        ``map_png``: the final block map, when drawn already."""
         self.state.clock(RunFinished(self.state.run.root, None))
-        self.state.finish()
+        self.state.finish(map_png)
 
     def close(self) -> None:
         """Stop serving and free the port (waits for the serving thread, not for requests)."""
@@ -873,11 +875,15 @@ class StatusPageObserver:
     ----------
     address
         ``HOST:PORT`` (port 0: any free one); the URL is printed when the run starts.
+    final_map
+        Returns the final block map's PNG when an observer before this one drew it at the
+        run's end (the :class:`~blockbuster.ui.report.Reporter`), so it is drawn once.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, final_map: Callable[[], bytes | None] | None = None) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host, int(port)
+        self.final_map = final_map
         self.server: StatusServer | None = None
 
     def __call__(self, event: Event) -> None:
@@ -892,7 +898,7 @@ class StatusPageObserver:
             url = self.server.url
             print(f"blockbuster: live status page at {url}", file=sys.stderr, flush=True)
         elif isinstance(event, RunFinished) and self.server is not None:
-            self.server.finish()
+            self.server.finish(self.final_map() if self.final_map is not None else None)
             _lingering.append(self.server)
             print(
                 f"blockbuster: the status page at {self.server.url} shows the final state "

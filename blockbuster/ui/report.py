@@ -654,6 +654,8 @@ class Reporter:
         #: (a :class:`blockbuster.ui.live.StageClock`)
         self.clock = clock
         self.seconds: dict[str, float] = {}
+        #: the block map drawn at the run's end (for the live page's final state)
+        self.last_png: bytes | None = None
         self._started = 0.0
         self._totals: dict[str, int] = {}
 
@@ -685,7 +687,7 @@ class Reporter:
         png = None
         try:
             block_map = BlockMap(run)
-            png = block_map.png()
+            png = self.last_png = block_map.png()
             result.block_map = str(block_map.write(f"{base}block_map.png", png))
         except Exception as e:  # a picture must never fail a run
             logger.warning("could not draw the block map: %s", e)

@@ -18,10 +18,11 @@ import pytest
 from conftest import blobs, write_zarr
 from fns import cc_label
 
+from blockbuster import tile_process
 from blockbuster.pipeline.driver import prepare_run
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
-from blockbuster.ui.live import start_status_server
+from blockbuster.ui.live import _lingering, start_status_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -308,3 +309,29 @@ def test_a_real_3d_run_writes_a_static_copy_of_the_final_page(tmp_path: Path) ->
     assert states.shape == (3, 3, 2) and (states == 2).all()
     image = mpimg.imread(Path(r.block_map))
     assert image.shape[0] > 100 and image.shape[1] > 300
+
+
+def test_the_final_block_map_is_drawn_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report draws it at the run's end and the live page's final state shows that one."""
+    from blockbuster.ui import report
+
+    drawn: list[bool] = []
+    original = report.BlockMap.png
+
+    def counting(self: report.BlockMap, *args: object, **kwargs: object) -> bytes:
+        drawn.append(True)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(report.BlockMap, "png", counting)
+    src = write_zarr(tmp_path / "img.zarr", blobs((20, 24)))
+    result = tile_process(
+        src,
+        cc_label,
+        (10, 12),
+        write_to=tmp_path / "o.zarr",
+        backend="serial",
+        status_page="127.0.0.1:0",
+    )
+    assert result.ok and len(drawn) == 1
+    final = _lingering[-1].state
+    assert final.final_png is not None and final.final_png == Path(result.block_map).read_bytes()
