@@ -682,7 +682,8 @@ class Reporter:
         if not hasattr(result, "block_map") or not run.spec_file.exists():
             return  # not a tile_process run: no table of tiles, no map
         seconds = {**self.seconds, **result.seconds}
-        result.table = summary_table(run, seconds, num_labels=result.num_labels or None)
+        # no labels line: the summary printed after the table has it
+        result.table = summary_table(run, seconds)
         base = f"{run.root}/" if keep else side_prefix(result.output)
         png = None
         try:
