@@ -51,7 +51,8 @@ def main() -> None:
         sequential_labels=True,
         overwrite=True,
     )
-    print(result.summary(table=False))  # progress=True printed the table already
+    # progress=True printed the table already; paths as seen from here
+    print(result.summary(table=False).replace(f"{Path.cwd()}/", ""))
     labels = zarr.open_array(str(out / "labels.zarr"))
     sample = np.asarray(labels[: min(shape[0], tile[0] * 2)])
     present = fastremap.unique(sample)
