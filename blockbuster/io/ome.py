@@ -186,8 +186,8 @@ def _affine_scale_translation(
         m = m[:ndim]
     if m.shape != (ndim, ndim + 1):
         raise ValueError(f"NGFF affine of shape {m.shape} does not map {ndim} axes")
-    names_in = _axis_names(tr.get("input"))
-    names_out = _axis_names(tr.get("output"))
+    names_in = axis_names(tr.get("input"))
+    names_out = axis_names(tr.get("output"))
     if names_in and names_out and names_in != names_out and sorted(names_in) == sorted(names_out):
         m = m[[names_out.index(n) for n in names_in]]
     linear = m[:, :ndim]
@@ -199,7 +199,7 @@ def _affine_scale_translation(
     return np.diag(linear).copy(), m[:, ndim].copy()
 
 
-def _axis_names(system: Any) -> list[str]:
+def axis_names(system: Any) -> list[str]:
     """Axis names of a SpatialData-style ``input``/``output`` coordinate system ([] if none)."""
     if not isinstance(system, dict):
         return []

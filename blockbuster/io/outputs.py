@@ -192,8 +192,7 @@ def create_output(
     shape = lead + source.spatial_shape
     chunks = (1,) * len(lead) + tuple(tile[len(tile) - len(source.spatial_shape) :])
     if sdstore.labels_element(path) is not None:
-        if path.exists():
-            shutil.rmtree(path)
+        # replaces an element there (this run's, checked by the driver), as zarr's mode "w"
         sdstore.write_labels(path, source.store, shape, chunks, dtype)
         return str(path), "0"
     if is_ome_path(path):

@@ -1,12 +1,12 @@
 """SpatialData zarr stores: finding their elements and writing a labels element.
 
 A SpatialData store is a zarr group without OME metadata whose attributes carry
-``spatialdata_attrs`` (or, for stores written before it was versioned, that holds ``images``
-or ``labels`` groups; its elements carry ``spatialdata_attrs`` too, next to their OME
-metadata). Its image elements are ``<store>/images/<name>``, its label elements
-``<store>/labels/<name>``: OME-Zarr multiscale images whose multiscale-level
-``coordinateTransformations`` hold one transformation per coordinate system, each naming its
-``input`` and ``output`` axes (see :func:`blockbuster.io.ome.is_system_transform`).
+``spatialdata_attrs``, or (stores written before the root carried them) whose ``images`` or
+``labels`` elements carry ``spatialdata_attrs`` next to their OME metadata. Its image
+elements are ``<store>/images/<name>``, its label elements ``<store>/labels/<name>``:
+OME-Zarr multiscale images whose multiscale-level ``coordinateTransformations`` hold one
+transformation per coordinate system, each naming its ``input`` and ``output`` axes (see
+:func:`blockbuster.io.ome.is_system_transform`).
 
 :func:`write_labels` creates a labels element for an image element of the same store the
 way ``spatialdata`` (0.7) writes one, read by ``spatialdata.read_zarr``: the image's zarr
@@ -165,8 +165,8 @@ def drop_channel(tr: dict[str, Any], names: set[str]) -> dict[str, Any]:
     out = copy.deepcopy(tr)
     if not names:
         return out  # no channel axis: nothing to drop
-    axes_in = _axes_of(out.get("input"))
-    axes_out = _axes_of(out.get("output"))
+    axes_in = ome.axis_names(out.get("input"))
+    axes_out = ome.axis_names(out.get("output"))
     keep_in = [i for i, n in enumerate(axes_in) if n not in names]
     keep_out = [i for i, n in enumerate(axes_out) if n not in names]
     kind = out.get("type")
@@ -208,12 +208,6 @@ def drop_channel(tr: dict[str, Any], names: set[str]) -> dict[str, Any]:
                 else system.get("name")
             )
     return out
-
-
-def _axes_of(system: Any) -> list[str]:
-    if not isinstance(system, dict):
-        return []
-    return [str(a.get("name")) for a in system.get("axes") or []]
 
 
 def write_labels(

@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -71,16 +70,6 @@ __all__ = [
 
 MAX_FAILED_LISTED = 50
 MAX_RUNNING_LISTED = 50
-
-#: what a ``tile_process`` run's stages wait for (a run directory does not say)
-PIPELINE_UPSTREAM = {"stitch": ("segment",), "relabel": ("stitch",)}
-
-
-def _with_upstream(tasks: Sequence[TaskInfo]) -> list[TaskInfo]:
-    return [
-        replace(t, upstream=PIPELINE_UPSTREAM.get(t.name, ())) if not t.upstream else t
-        for t in tasks
-    ]
 
 
 class StageClock:
@@ -600,7 +589,7 @@ class _State:
         self, run: RunDir, tasks: Sequence[TaskInfo], map_seconds: float, refresh: float
     ) -> None:
         self.run = run
-        self.tasks = _with_upstream(tasks)
+        self.tasks = list(tasks)
         self.has_map = run.spec_file.exists()
         self.map_seconds = map_seconds
         self.refresh = refresh
@@ -849,7 +838,7 @@ def write_status_page(
     """
     from blockbuster.run.files import write_atomic
 
-    shown = _with_upstream(list(tasks) if tasks is not None else run_tasks_of(run))
+    shown = list(tasks) if tasks is not None else run_tasks_of(run)
     status = status_counts(run, shown, clock=clock)
     for rows in status["failed"].values():
         for row in rows:

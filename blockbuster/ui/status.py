@@ -18,6 +18,8 @@ from blockbuster.run.records import RecordScanner, TaskRecords, TileCounts, Tile
 from blockbuster.run.rundir import RUN_DIR_SUFFIX, RunDir
 
 TASKS = ("segment", "stitch", "relabel")
+#: what a ``tile_process`` run's stages wait for, for those not written to the run yet
+PIPELINE_UPSTREAM = {"stitch": ("segment",), "relabel": ("stitch",)}
 
 
 @dataclass
@@ -123,9 +125,9 @@ class RunStatus:
 
 
 def run_tasks_of(run: RunDir) -> list[TaskInfo]:
-    """The tasks of ``run`` with their sizes, in display order: a ``tile_process`` run's
-    three stages first (in tiles, written or not yet), then any other task it wrote (pyramid
-    levels, a user's tasks; in blocks)."""
+    """The tasks of ``run`` with their sizes and the tasks they wait for, in display order: a
+    ``tile_process`` run's three stages first (in tiles, written or not yet), then any other
+    task it wrote (pyramid levels, a user's tasks; in blocks)."""
     names = run.task_names()
     spec = read_spec(run) if run.spec_file.exists() else None
     if spec is not None:
@@ -134,7 +136,10 @@ def run_tasks_of(run: RunDir) -> list[TaskInfo]:
     for name in names:
         meta = run.task_meta(name) if (run.tasks_dir / f"{name}.json").exists() else {}
         total = int(meta.get("total", spec.plan.num_tiles if spec is not None else 0))
-        out.append(TaskInfo(name, total, str(meta.get("unit_name", "tiles"))))
+        upstream = meta.get("upstream", PIPELINE_UPSTREAM.get(name, ()) if spec else ())
+        out.append(
+            TaskInfo(name, total, str(meta.get("unit_name", "tiles")), tuple(map(str, upstream)))
+        )
     return out
 
 
