@@ -261,3 +261,33 @@ def test_bad_paths_fail_before_writing(tmp_path: Path) -> None:
                 str(image), first_channel_cc, (16, 16), 0, write_to=str(write_to), **kwargs
             )
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+
+
+def test_a_labels_element_blockbuster_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    """Not with the same call, and not with overwrite=True: only blockbuster's own output is."""
+    store = tmp_path / "sample.zarr"
+    _image_2d(store)
+    theirs = Labels2DModel.parse(np.ones((64, 64), np.uint32), dims=("y", "x"), scale_factors=[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sdata = sd.read_zarr(store)
+        sdata["cells"] = theirs
+        sdata.write_element("cells")
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    refusals = {
+        False: "already exists; pass overwrite=True",
+        True: "was not written by blockbuster",
+    }
+    for overwrite, refusal in refusals.items():
+        with pytest.raises(ValueError, match=f"write_to=.*labels/cells.*{refusal}"):
+            tile_process(
+                str(store / "images" / "he"),
+                first_channel_cc,
+                (16, 16),
+                0,
+                write_to=str(store / "labels" / "cells"),
+                overwrite=overwrite,
+                **FAST,
+            )
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert (_level0(sd.read_zarr(store).labels["cells"]) == 1).all()
