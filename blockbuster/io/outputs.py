@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from funlib.geometry import Coordinate
 
 from blockbuster.io import ome, sdstore
 from blockbuster.io.sources import ImageSource
@@ -219,26 +218,25 @@ def create_output(
         if parent is not None:
             ome.register_label(parent, path.name, version)
         return str(path), "0"
-    from funlib.persistence import prepare_ds  # heavy (dask); only the driver needs it
-
+    # funlib.persistence's metadata keys, written here: importing it costs about a second
+    # (dask, xarray, pandas) on every run, and sources.py reads the same keys back
     integral = all(float(v).is_integer() for v in source.scale + source.translation)
     names = list(source.axis_names)
     units = list(source.units)
     if keep:
         names.insert(0, (source.leading_axes[0] if source.leading_axes else "t") + "^")
-    prepare_ds(
-        str(path),
-        shape=shape,
-        offset=Coordinate(int(v) for v in source.translation) if integral else None,
-        voxel_size=Coordinate(int(v) for v in source.scale) if integral else None,
-        axis_names=names,
-        units=units,
-        chunk_shape=chunks,
-        dtype=dtype,
-        mode="w",
+    arr = zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype)
+    ndim = len(source.spatial_shape)  # funlib gives channel-like axes no size or offset
+    arr.attrs.put(
+        {
+            "axis_names": names,
+            "units": units,
+            "voxel_size": [int(v) for v in source.scale] if integral else [1] * ndim,
+            "offset": [int(v) for v in source.translation] if integral else [0] * ndim,
+            "types": ["channel" if n.endswith("^") else "space" for n in names],
+        }
     )
     if not integral:
-        arr = zarr.open_array(str(path), mode="r+")
         arr.attrs.update({"scale": list(source.scale), "translation": list(source.translation)})
     return str(path), ""
 

@@ -9,6 +9,7 @@ voxel size, axis names, units).
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,9 @@ def describe_source(
         Shape (leading axes included), dtype, leading-axis count and kinds, and the spatial
         voxel size, origin, axis names and units (the level's composed transforms for OME).
     """
-    from funlib.persistence import Array  # heavy (dask); only the driver needs it
+    # a funlib Array's module is imported by whoever made one: importing it here would cost
+    # every run about a second (dask, xarray, pandas)
+    funlib_arrays = sys.modules.get("funlib.persistence")
 
     scale: tuple[float, ...] | None = None
     translation: tuple[float, ...] | None = None
@@ -215,7 +218,7 @@ def describe_source(
     all_names: tuple[str, ...] | None = None
     units: tuple[str, ...] | None = None
     marked = False
-    if isinstance(image, Array):
+    if funlib_arrays is not None and isinstance(image, funlib_arrays.Array):
         arr = image._source_data
         if not isinstance(arr, zarr.Array):
             raise ValueError(f"{param} must be backed by a zarr array on disk")

@@ -9,14 +9,13 @@ pieces in memory for redrawing while a run goes on (the live status page).
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,11 +32,9 @@ from blockbuster.run.records import (
     plane_piece,
 )
 from blockbuster.run.rundir import RunDir
+from blockbuster.ui.mapdraw import Canvas, hsv_to_rgb, inner_boundaries, viridis
 from blockbuster.ui.memory import has_memory, write_memory_plot
 from blockbuster.ui.status import TASKS, RunStatus
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 __all__ = [
     "STATE_COLORS",
@@ -235,14 +232,14 @@ def robust_limits(
 def label_colors(labels: NDArray[Any]) -> NDArray[Any]:
     """An RGB colour (float, ``labels.shape + (3,)``) per label, hashed from its value so that
     neighbouring labels differ (a seam where one object gets two colours shows); 0 is black."""
-    from matplotlib.colors import hsv_to_rgb
-
-    h = (np.asarray(labels).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+    labels = np.asarray(labels)
+    rgb = np.zeros(labels.shape + (3,))
+    found = labels != 0
+    h = (labels[found].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
     hue = (h & np.uint64(0xFFF)).astype(np.float64) / 4096.0
     sat = 0.55 + 0.45 * ((h >> np.uint64(12)) & np.uint64(0x3F)).astype(np.float64) / 63
     val = 0.7 + 0.3 * ((h >> np.uint64(18)) & np.uint64(0x3F)).astype(np.float64) / 63
-    rgb: NDArray[Any] = hsv_to_rgb(np.stack([hue, sat, val], axis=-1))
-    rgb[np.asarray(labels) == 0] = 0.0
+    rgb[found] = hsv_to_rgb(np.stack([hue, sat, val], axis=-1))
     return rgb
 
 
@@ -428,22 +425,14 @@ class BlockMap:
                 segments.append([(c, y), (c + pw, y)])
         return segments
 
-    def figure(self, legend: bool = True) -> Figure:
-        """Draw the block map as a matplotlib figure (on an Agg canvas; drawn when saved).
+    def draw(self, legend: bool = True) -> Canvas:
+        """Draw the block map (see :mod:`blockbuster.ui.mapdraw`).
 
         Three views of the same panels: tiles by state over the image, the final labels
         (each its own colour), and the seconds each tile took (colour limits from
         :func:`robust_limits`; no colour bar before a tile is done). ``legend``: draw the
         legend of tile states with their counts (the live page shows its own, in HTML).
         """
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.collections import LineCollection
-        from matplotlib.colors import Normalize
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch
-
         mp, plan = self.map, self.spec.plan
         image = self.image_mosaic()
         labels = self.label_mosaic()
@@ -469,55 +458,30 @@ class BlockMap:
         # the final labels, one colour each, their borders darkened; the image dimmed under
         labels_rgb = np.repeat((0.25 + 0.5 * grey)[..., None], 3, axis=-1)
         if labels is not None:
-            from skimage.segmentation import find_boundaries
-
             colored = label_colors(labels)
-            borders = find_boundaries(labels, mode="inner") & (labels != 0)
+            borders = inner_boundaries(labels) & (labels != 0)
             colored[borders] *= 0.45
             labels_rgb = np.where((labels != 0)[..., None], colored, labels_rgb)
         labels_rgb[gaps] = GAP_GREY
 
         # seconds per tile
         limits = robust_limits(seconds)
-        cmap = matplotlib.colormaps["viridis"]
-        norm = Normalize(*(limits or (0.0, 1.0)))
+        lo_s, hi_s = limits or (0.0, 1.0)
         secs_px = self._pixels(seconds, np.nan)
         secs_rgb = np.full((mh, mw, 3), NOT_DONE_GREY)
         ok = np.isfinite(secs_px)
-        secs_rgb[ok] = cmap(norm(secs_px[ok]))[:, :3]
+        secs_rgb[ok] = viridis((secs_px[ok] - lo_s) / (hi_s - lo_s))
         secs_rgb[gaps] = GAP_GREY
 
-        panel_w = 4.6
-        panel_h = float(np.clip(panel_w * mh / mw, 2.0, 9.0))
-        bottom = 0.95 if legend else 0.45
-        fig = Figure(figsize=(3 * panel_w + 1.6, panel_h + bottom + 0.45), dpi=100)
-        FigureCanvasAgg(fig)
-        # fixed margins in inches: a constrained layout would draw the figure twice
-        fw, fh = fig.get_size_inches()
-        fig.subplots_adjust(
-            left=0.45 / fw, right=1 - 0.15 / fw, bottom=bottom / fh, top=1 - 0.4 / fh, wspace=0.12
-        )
-        ax_state, ax_labels, ax_secs = fig.subplots(1, 3)
-        extent = (0.0, float(mw), float(mh), 0.0)
+        canvas = Canvas((mh, mw), legend=legend)
         segments = self._grid_segments()
         names = [mp.panel_name(k) for k in range(mp.num_panels)]
         fontsize = float(np.clip(8 - mp.num_panels / 8, 4, 8))
-        for ax, picture in ((ax_state, tiles_rgb), (ax_labels, labels_rgb), (ax_secs, secs_rgb)):
-            ax.imshow(picture, extent=extent, interpolation="nearest")
-            ax.add_collection(LineCollection(segments, colors=[GRID_COLOR], linewidths=0.5))
-            for k, name in enumerate(names):
-                if name:
-                    r, c = mp.panel_origin(k)
-                    ax.text(
-                        c + 1, r + 1, name, fontsize=fontsize, va="top", ha="left",
-                        bbox={"facecolor": "white", "alpha": 0.75, "pad": 1, "linewidth": 0},
-                    )  # fmt: skip
-            ax.set_xlim(0, mw)
-            ax.set_ylim(mh, 0)
-            ax.set_xticks([])
-            ax.set_yticks([])
+        for k, picture in enumerate((tiles_rgb, labels_rgb, secs_rgb)):
+            canvas.mosaic(k, picture)
+            canvas.lines(k, segments, GRID_COLOR)
+            canvas.frame(k)
         if later:
-            ty, tx = plan.tile[-2:]
             boxes = []
             for tile in sorted(later):
                 index = plan.tile_index(tile)
@@ -527,66 +491,50 @@ class BlockMap:
                 k = mp.layer_of(plan, index)
                 a, b = self.data_xy(k, y0, x0), self.data_xy(k, y1, x1)
                 boxes.append([a, (b[0], a[1]), b, (a[0], b[1]), a])
-            ax_state.add_collection(
-                LineCollection(boxes, colors=[LATER_FAILED_COLOR], linewidths=1.5)
-            )
+            canvas.lines(0, boxes, LATER_FAILED_COLOR, width=2)
+        for k in range(3):
+            for layer, name in enumerate(names):
+                if name:
+                    r, c = mp.panel_origin(layer)
+                    canvas.label(k, c + 1, r + 1, name, fontsize)
         layers = f", {len(mp.layers)} tile layers along z" if mp.layers else ""
         where = f"t = {self.t}, " if self.t is not None else ""
-        ax_state.set_title(
-            f"tiles ({where}{self.height} x {self.width} voxels{layers})", fontsize=10
-        )
-        ax_labels.set_title(
+        canvas.title(0, f"tiles ({where}{self.height} x {self.width} voxels{layers})")
+        canvas.title(
+            1,
             "final labels (a colour per label)" if labels is not None
             else "final labels (once relabel runs)",
-            fontsize=10,
         )  # fmt: skip
         done = seconds[np.isfinite(seconds)]
         if limits is not None:
-            extend = {(False, False): "neither", (True, False): "min", (False, True): "max"}
-            key = (bool((done < limits[0]).any()), bool((done > limits[1]).any()))
-            bar = fig.colorbar(
-                ScalarMappable(norm, cmap), ax=ax_secs, shrink=0.8, extend=extend.get(key, "both")
+            canvas.colour_bar(
+                2,
+                limits,
+                extend_low=bool((done < limits[0]).any()),
+                extend_high=bool((done > limits[1]).any()),
+                text="seconds (2nd-98th percentile)",
             )
-            bar.set_label("seconds (2nd-98th percentile)", fontsize=8)
-            bar.ax.tick_params(labelsize=7)
             stats = f" (median {np.median(done):.2f} s, max {done.max():.2f} s)"
         else:
-            ax_secs.text(
-                mw / 2, mh / 2, "no tile done yet", ha="center", va="center", fontsize=10,
-                bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0},
-            )  # fmt: skip
+            canvas.message(2, "no tile done yet")
             stats = ""
-        ax_secs.set_title(f"segment seconds per tile{stats}", fontsize=10)
+        canvas.title(2, f"segment seconds per tile{stats}")
         if legend:
-            handles = [
-                Patch(
-                    facecolor=STATE_COLORS[name][:3]
-                    if name in STATE_COLORS and name != "pending"
-                    else "none",
-                    edgecolor=GRID_COLOR[:3] if name in STATE_COLORS else LATER_FAILED_COLOR,
-                    linewidth=0.8 if name in STATE_COLORS else 1.5,
-                    label=f"{name} {n}",
-                )
-                for name, n in legend_counts(counts)
-            ]
-            fig.legend(
-                handles=handles,
-                loc="lower left",
-                bbox_to_anchor=(0.45 / fw, 0.0),
-                ncols=len(handles),
-                fontsize=8,
-                frameon=False,
-            )
+            entries: list[tuple[str, Any, Any, int]] = []
+            for name, n in legend_counts(counts):
+                if name in STATE_COLORS:
+                    face = STATE_COLORS[name][:3] if name != "pending" else None
+                    entries.append((f"{name} {n}", face, GRID_COLOR[:3], 1))
+                else:
+                    entries.append((f"{name} {n}", None, LATER_FAILED_COLOR, 2))
+            canvas.legend_row(entries)
         self.last_counts = counts
-        return fig
+        return canvas
 
     def png(self, legend: bool = True) -> bytes:
         """The block map as PNG bytes."""
         with self._lock:
-            fig = self.figure(legend)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png")
-        return buf.getvalue()
+            return self.draw(legend).png()
 
     def write(self, path: Path | str, png: bytes | None = None) -> Path:
         """Write the block map (or ``png``, drawn already) to ``path`` as PNG (written

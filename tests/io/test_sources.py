@@ -58,6 +58,56 @@ def test_plain_output_keeps_time_when_asked(tmp_path: Path) -> None:
     assert out.shape == (8, 9) and out.chunks == (4, 4) and path == ""
 
 
+@pytest.mark.parametrize("keep_time", [False, True])
+@pytest.mark.parametrize(
+    ("scale", "translation"), [((2.0, 3.0), (4.0, 0.0)), ((0.5, 0.25), (1.5, 0.0))]
+)
+def test_plain_output_metadata_equals_funlib_prepare_ds(
+    tmp_path: Path, keep_time: bool, scale: tuple[float, ...], translation: tuple[float, ...]
+) -> None:
+    # written by hand (funlib's import costs a second per run): funlib must read it back as
+    # the array its own prepare_ds would have made
+    from funlib.persistence import open_ds, prepare_ds
+
+    src = ImageSource(
+        store="in.zarr",
+        path="",
+        shape=(3, 8, 9),
+        dtype="uint8",
+        channel_axes=1,
+        scale=scale,
+        translation=translation,
+        axis_names=("y", "x"),
+        units=("nm", "nm"),
+        time_axis=True,
+        leading_axes=("t",),
+    )
+    store, _ = create_output(tmp_path / "o.zarr", src, (4, 4), np.uint32, keep_time=keep_time)
+    ours = zarr.open_array(store)
+    integral = all(float(v).is_integer() for v in scale + translation)
+    theirs = prepare_ds(
+        str(tmp_path / "f.zarr"),
+        shape=ours.shape,
+        offset=tuple(int(v) for v in translation) if integral else None,
+        voxel_size=tuple(int(v) for v in scale) if integral else None,
+        axis_names=(["t^"] if keep_time else []) + ["y", "x"],
+        units=["nm", "nm"],
+        chunk_shape=ours.chunks,
+        dtype=np.uint32,
+        mode="w",
+    )
+    on_disk = zarr.open_array(str(tmp_path / "f.zarr"))  # JSON lists, as ours are read
+    extra = {} if integral else {"scale": list(scale), "translation": list(translation)}
+    assert dict(ours.attrs) == {**on_disk.attrs, **extra}
+    assert ours.metadata.to_dict() == {**on_disk.metadata.to_dict(), "attributes": dict(ours.attrs)}
+    back = open_ds(store)
+    assert (back.voxel_size, back.offset, back.axis_names) == (
+        theirs.voxel_size,
+        theirs.offset,
+        theirs.axis_names,
+    )
+
+
 @pytest.mark.parametrize(
     ("shards", "fmt", "sep"), [(None, 3, None), ((4, 8), 3, None), (None, 2, "/"), (None, 2, ".")]
 )

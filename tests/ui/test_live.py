@@ -301,8 +301,8 @@ def test_a_real_3d_run_writes_a_static_copy_of_the_final_page(tmp_path: Path) ->
     # the map: one panel per tile layer, each named, every tile done in each
     bm = BlockMap(run)
     assert bm.map.num_panels == 3
-    fig = bm.figure()
-    assert [t.get_text() for t in fig.axes[0].texts] == [
+    canvas = bm.draw()
+    assert [text for panel, text in canvas.texts if panel == 0] == [
         "z 0-3 (plane 1)", "z 4-7 (plane 5)", "z 8-11 (plane 9)"
     ]  # fmt: skip
     states, _, _, _ = bm.tile_states()

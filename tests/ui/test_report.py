@@ -19,6 +19,7 @@ from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
 from blockbuster.ui.live import start_status_server
+from blockbuster.ui.mapdraw import Canvas
 from blockbuster.ui.report import (
     DONE,
     LATER_FAILED_COLOR,
@@ -100,11 +101,10 @@ def test_summary_table_from_a_status_matches_the_run_dir(tmp_path: Path) -> None
     assert summary_table(run_status(run), seconds, num_labels=3) == table
 
 
-def _rgb_at(png: np.ndarray, fig: Any, ax: Any, x: float, y: float) -> np.ndarray:
-    """The PNG's colour at data point ``(x, y)`` of ``ax`` (display origin is bottom left)."""
-    px, py = ax.transData.transform((x, y))
-    height = png.shape[0]
-    return png[int(round(height - py)), int(round(px)), :3]
+def _rgb_at(png: np.ndarray, canvas: Canvas, panel: int, x: float, y: float) -> np.ndarray:
+    """The PNG's colour at mosaic point ``(x, y)`` of ``panel``."""
+    px, py = canvas.panels[panel].pixel(x, y)
+    return png[int(py), int(px), :3]
 
 
 def _blend(color: tuple[float, float, float, float], grey: float) -> np.ndarray:
@@ -139,9 +139,9 @@ def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
     assert path == run.root / "block_map.png"
     png = matplotlib.image.imread(path)
     bm = BlockMap(run)
-    fig = bm.figure()  # the same drawing: its axes give the pixel positions
-    assert png.shape[:2] == (fig.canvas.get_width_height()[1], fig.canvas.get_width_height()[0])
-    ax_state, ax_labels, ax_secs = fig.axes[:3]
+    canvas = bm.draw()  # the same drawing: its panels give the pixel positions
+    assert png.shape[:2] == (canvas.image.size[1], canvas.image.size[0])
+    ax_state, ax_secs = 0, 2
 
     def centre(tile: int) -> tuple[float, float]:
         (y0, y1), (x0, x1) = plan.core(plan.tile_index(tile))
@@ -156,23 +156,25 @@ def test_block_map_colours_tiles_by_state(tmp_path: Path) -> None:
         pending: np.array([grey] * 3),
     }
     for tile, rgb in expected.items():
-        got = _rgb_at(png, fig, ax_state, *centre(tile))
+        got = _rgb_at(png, canvas, ax_state, *centre(tile))
         np.testing.assert_allclose(got, rgb, atol=0.03, err_msg=f"tile {tile}")
     # the stitch failure is outlined: its core's edge is drawn in the later-failure colour
     (y0, y1), (x0, x1) = plan.core(plan.tile_index(stitch_failed))
-    edge = _rgb_at(png, fig, ax_state, *bm.data_xy(0, (y0 + y1) / 2, x0))
+    edge = _rgb_at(png, canvas, ax_state, *bm.data_xy(0, (y0 + y1) / 2, x0))
     np.testing.assert_allclose(edge, LATER_FAILED_COLOR, atol=0.15)
     # the seconds panel: tiles not done in light grey, done ones in viridis; limits robust
     limits = robust_limits([3.0, 1.0, 1.0])
     assert limits is not None
     norm = (3.0 - limits[0]) / (limits[1] - limits[0])
     np.testing.assert_allclose(
-        _rgb_at(png, fig, ax_secs, *centre(done)), colormaps["viridis"](min(norm, 1.0))[:3],
+        _rgb_at(png, canvas, ax_secs, *centre(done)), colormaps["viridis"](min(norm, 1.0))[:3],
         atol=0.03,
     )  # fmt: skip
-    np.testing.assert_allclose(_rgb_at(png, fig, ax_secs, *centre(pending)), [0.85] * 3, atol=0.03)
+    np.testing.assert_allclose(
+        _rgb_at(png, canvas, ax_secs, *centre(pending)), [0.85] * 3, atol=0.03
+    )
     # the legend's counts are the status table's (segment's row, then later failures)
-    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    texts = canvas.legend_texts
     states = bm.task_states()
     assert texts == [f"{name} {n}" for name, n in legend_counts(states)]
     assert texts == ["pending 7", "running 1", "done 3", "failed 1", "skipped 0", "stitch failed 1"]
@@ -205,29 +207,28 @@ def test_block_map_of_a_volume_has_a_panel_per_tile_layer_from_the_first_tile_on
     states, _, _, _ = bm.tile_states()
     assert states.shape == (4, 2, 3)
     assert states[0, 0, 0] == DONE and (states.ravel()[1:] != DONE).all()
-    fig = bm.figure()
-    ax_state = fig.axes[0]
-    names = [t.get_text() for t in ax_state.texts]
+    canvas = bm.draw()
+    names = [text for panel, text in canvas.texts if panel == 0]
     assert names == [
         "z 0-4 (plane 2)",
         "z 5-9 (plane 7)",
         "z 10-14 (plane 12)",
         "z 15-19 (plane 17)",
     ]
-    # no tile done, no colour bar; one done, a colour bar (three axes, plus the bar)
-    assert len(fig.axes) == 4
+    # one tile done: a colour bar (none before a tile is done)
+    assert canvas.colorbar
     # every layer done: the pixels of done tiles in each panel
     for tile in range(1, plan.num_tiles):
         seg.done(tile, time.time(), 1.0, n_core=0, n_labels=0)
     path = bm.write(tmp_path / "map.png")
     png = matplotlib.image.imread(path)
-    fig = bm.figure()
-    ax_state = fig.axes[0]
+    canvas = bm.draw()
+    ax_state = 0
     done = _blend(STATE_COLORS["done"], 0.97)  # no image pieces saved: the blank panel
     for k in range(4):
         for iy, ix in ((0, 0), (1, 2)):
             y, x = 8 + 16 * iy, 8 + 16 * ix
-            got = _rgb_at(png, fig, ax_state, *bm.data_xy(k, y, x))
+            got = _rgb_at(png, canvas, ax_state, *bm.data_xy(k, y, x))
             np.testing.assert_allclose(got, done, atol=0.03, err_msg=f"layer {k}")
 
 
