@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from blockbuster.run.driver import (
     execute_tasks,
     task_infos,
 )
-from blockbuster.run.engines import engine_for
+from blockbuster.run.engines import engine_for, local_zygote
 from blockbuster.run.events import Events, Observer, RunFinished, RunStarted
 from blockbuster.run.fingerprint import fn_fingerprint, input_fingerprint, same_fn
 from blockbuster.run.gpu import bytes_per_voxel, find_gpus, size_tile
@@ -565,7 +565,11 @@ def execute_run(
         lease = Lease(run.root).acquire()
     events = Events(tuple(observers))
     try:
-        with performance_report(client, options.performance_report):
+        daisy = engine_for(options.backend, client) == "daisy"
+        with (
+            performance_report(client, options.performance_report),
+            local_zygote(run, options) if daisy else nullcontext(),
+        ):
             return _execute(run, options, client, lease, events)
     finally:
         if not events.finished:  # stopped by an exception: let the observers close

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import daisy
@@ -153,8 +155,27 @@ class _AddressAnnouncer(threading.Thread):
                 )
 
 
+_SHARED_ZYGOTE: ContextVar[Zygote | None] = ContextVar("blockbuster_zygote", default=None)
+
+
+@contextmanager
+def local_zygote(run: RunDir, options: RunConfig) -> Iterator[None]:
+    """One zygote for the daisy runs inside (a run has two or more: segment and stitch,
+    relabel, the pyramid's levels), started now, so that each does not wait for its own to
+    start and import; nothing for other launchers."""
+    zygote = Zygote.start(run.logs / "zygote.log") if options.launcher == LOCAL else None
+    token = _SHARED_ZYGOTE.set(zygote)
+    try:
+        yield
+    finally:
+        _SHARED_ZYGOTE.reset(token)
+        if zygote is not None:
+            zygote.close()
+
+
 def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[str, TaskReport]:
-    """Run ``tasks`` as one daisy pipeline."""
+    """Run ``tasks`` as one daisy pipeline (its local workers forked by the zygote of an
+    enclosing :func:`local_zygote`, else by one of its own)."""
     from daisy import logging as daisy_logging
 
     daisy_logging.set_log_basedir(str(run.logs))
@@ -165,7 +186,11 @@ def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[st
     if announcer is not None:
         announcer.start()
     # local workers forked with their imports done (a launch script's run elsewhere)
-    zygote = Zygote.start(run.logs / "zygote.log") if options.launcher == LOCAL else None
+    shared = _SHARED_ZYGOTE.get()
+    own = shared is None and options.launcher == LOCAL
+    zygote = Zygote.start(run.logs / "zygote.log") if own else shared
+    if zygote is not None and zygote.proc.poll() is not None:
+        zygote = None  # gone (killed?): the workers are started as interpreters
     try:
         states = daisy.Server().run_blockwise(
             daisy_pipeline(tasks, run, options, zygote.path if zygote else None),
@@ -175,7 +200,7 @@ def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[st
             block_tracking=False,
         )
     finally:
-        if zygote is not None:
+        if own and zygote is not None:
             zygote.close()
         if announcer is not None:
             announcer.stop.set()

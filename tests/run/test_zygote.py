@@ -106,3 +106,76 @@ def test_local_workers_are_forked_by_the_zygote(tmp_path: Path) -> None:
         pid, _, draw, *_ = path.read_text().split("\t")
         first.setdefault(pid, draw)
     assert len(set(first.values())) == len(first)
+
+
+def _counting_starts(monkeypatch: pytest.MonkeyPatch, kill: bool = False) -> list[Zygote]:
+    started: list[Zygote] = []
+    original = Zygote.start.__func__  # type: ignore[attr-defined]
+
+    def start(cls: type[Zygote], log: Path | None = None) -> Zygote | None:
+        zygote = original(cls, log)
+        if zygote is not None:
+            started.append(zygote)
+            if kill:
+                zygote.proc.kill()
+                zygote.proc.wait()
+        return zygote
+
+    monkeypatch.setattr(Zygote, "start", classmethod(start))
+    return started
+
+
+def test_one_zygote_serves_every_daisy_run_of_a_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an OME-Zarr output: segment and stitch, relabel and the pyramid are separate daisy runs
+    started = _counting_starts(monkeypatch)
+    image = blobs((16, 64, 64), seed=4)
+    src = write_zarr(tmp_path / "image.zarr", image)
+    log = tmp_path / "log"
+    log.mkdir()
+    result = tile_process(
+        src,
+        functools.partial(log_process, log_dir=str(log)),
+        (8, 32, 32),
+        2,
+        write_to=tmp_path / "labels.ome.zarr",
+        num_workers=2,
+        merge_threshold=0,
+    )
+    assert result.ok and "pyramid" in result.seconds
+    assert len(started) == 1
+    assert started[0].proc.poll() is not None  # it ends with the call
+    assert not started[0].folder.exists()
+    parents = {p.read_text().split("\t")[3] for p in log.iterdir()}
+    assert all("blockbuster.run.zygote" in parent for parent in parents)
+    import zarr
+
+    whole, _ = ndi.label(image > 0.5)
+    assert_one_to_one(zarr.open_array(str(tmp_path / "labels.ome.zarr" / "0"))[:], whole)
+
+
+def test_a_run_whose_zygote_is_gone_starts_its_workers_as_interpreters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = _counting_starts(monkeypatch, kill=True)
+    image = blobs((16, 48, 48), seed=5)
+    src = write_zarr(tmp_path / "image.zarr", image)
+    log = tmp_path / "log"
+    log.mkdir()
+    result = tile_process(
+        src,
+        functools.partial(log_process, log_dir=str(log)),
+        (8, 16, 16),
+        2,
+        write_to=tmp_path / "labels.zarr",
+        num_workers=2,
+        merge_threshold=0,
+    )
+    assert result.ok and len(started) == 1
+    parents = {p.read_text().split("\t")[3] for p in log.iterdir()}
+    assert parents and not any("blockbuster.run.zygote" in parent for parent in parents)
+    import zarr
+
+    whole, _ = ndi.label(image > 0.5)
+    assert_one_to_one(zarr.open_array(str(tmp_path / "labels.zarr"))[:], whole)
