@@ -17,6 +17,7 @@ from blockbuster.pipeline import driver
 from blockbuster.pipeline.driver import RunResult
 from blockbuster.pipeline.segment import SegmentFn
 from blockbuster.run.driver import TasksResult
+from blockbuster.run.engines import engine_for, local_zygote
 from blockbuster.run.events import Observer
 from blockbuster.run.rundir import RunDir
 from blockbuster.run.task import Task
@@ -144,15 +145,20 @@ def run_config(
     with driver.arguments():
         config, client, gpu_budget = driver.check_config(config, fn)
         watchers = observers(config, config.progress)  # before the lease is taken
-        run, spec, _, held = driver.prepare(image, fn, config, write_to, gpu_budget, mask)
-    if isinstance(held, driver.Finished):
-        return driver.finished_result(held, spec)
-    try:
-        run.write_config(config)
-    except BaseException:
-        held.release()
-        raise
-    return driver.execute_run(run, config, client=client, lease=held, observers=watchers)
+    # the workers' zygote imports while the input is described and fingerprinted
+    with local_zygote(config, engine_for(config.backend, client)) as zygote:
+        with driver.arguments():
+            run, spec, _, held = driver.prepare(image, fn, config, write_to, gpu_budget, mask)
+        if isinstance(held, driver.Finished):
+            return driver.finished_result(held, spec)
+        if zygote is not None:
+            zygote.keep_log = run.logs / "zygote.log"
+        try:
+            run.write_config(config)
+        except BaseException:
+            held.release()
+            raise
+        return driver.execute_run(run, config, client=client, lease=held, observers=watchers)
 
 
 def resubmit(

@@ -6,6 +6,12 @@
    with a real connected-component fn so that there are labels to merge.
 
     python scripts/bench_overhead.py [--workers 2] [--quick]
+
+``--case copy|noop0|noop8|mask --tmp DIR`` runs one case of part 1 and exits (the image is
+made in DIR the first time), for timing whole processes from outside, paired, e.g.
+``hyperfine -N 'python scripts/bench_overhead.py --case noop8 --tmp /tmp/b'
+'python scripts/bench_overhead.py --case copy --tmp /tmp/b'``: that counts the interpreter's
+start and imports on both sides, as a user's run has them.
 """
 
 from __future__ import annotations
@@ -213,16 +219,52 @@ def bench_merge(tmp: Path, workers: int, n_tiles: int, tile: tuple[int, ...]) ->
     }
 
 
+CASES = {"noop0": (noop, 0), "noop8": (noop, 8), "mask": (mask, 0)}
+
+
+def one_case(case: str, tmp: Path, workers: int, shape: tuple[int, ...]) -> None:
+    """Run one case of part 1 (``copy`` or one of :data:`CASES`) on the image in ``tmp``."""
+    tile = (64, 256, 256)
+    image = tmp / "nuclei.zarr"
+    if not (image / "zarr.json").exists():
+        count = int(30_000 * np.prod(shape) / 2**28)
+        make_nuclei_volume(image, shape=shape, count=count, chunks=tile)
+    start = time.perf_counter()
+    if case == "copy":
+        plain_copy(str(image), str(tmp / "copy.zarr"), tile, workers)
+    else:
+        fn, overlap = CASES[case]
+        r = tile_process(
+            str(image),
+            fn,
+            tile,
+            overlap,
+            write_to=tmp / f"{case}.zarr",
+            num_workers=workers,
+            overwrite=True,
+            status_page=None,
+        )
+        assert r.ok and r.fn_calls == r.tiles_total
+    print(f"{case}: {time.perf_counter() - start:.2f} s in process")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--tmp", default=None)
     p.add_argument("--no-merge", action="store_true", help="only the no-op vs copy part")
+    p.add_argument("--case", choices=["copy", *CASES], help="run only this case (needs --tmp)")
     args = p.parse_args()
+    shape = (64, 512, 512) if args.quick else (256, 1024, 1024)
+    if args.case:
+        if not args.tmp:
+            p.error("--case needs --tmp DIR (the image is made there once and kept)")
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)
+        one_case(args.case, Path(args.tmp), args.workers, shape)
+        return
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="bb-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    shape = (64, 512, 512) if args.quick else (256, 1024, 1024)
     noop_rows = bench_noop(tmp, args.workers, shape, (64, 256, 256))
     print(json.dumps({"noop_vs_copy": noop_rows}))
     sizes = [] if args.no_merge else [64, 512] if args.quick else [64, 512, 2200]

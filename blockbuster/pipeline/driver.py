@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -565,10 +565,10 @@ def execute_run(
         lease = Lease(run.root).acquire()
     events = Events(tuple(observers))
     try:
-        daisy = engine_for(options.backend, client) == "daisy"
+        engine = engine_for(options.backend, client)
         with (
             performance_report(client, options.performance_report),
-            local_zygote(run, options) if daisy else nullcontext(),
+            local_zygote(options, engine, run.logs / "zygote.log"),
         ):
             return _execute(run, options, client, lease, events)
     finally:

@@ -69,6 +69,9 @@ class Relabeler:
         self.stage = stage
         self.table = table
         self.output = output
+        # zarr compares each chunk it writes with the fill value (a pass costing several
+        # times the encoding); the cores of tiles with labels are never empty
+        self.output_nonempty = output.with_config({"write_empty_chunks": True})
         self.sequential = sequential
         self.records = records
         self.map_plane = MapPlane.of(plan)
@@ -118,7 +121,9 @@ class Relabeler:
                 plane = final[tuple(h - a for h, (a, _) in zip(head, core_box, strict=False))]
                 origin = (core_box[-2][0], core_box[-1][0])
                 self.records.write_plane(tile, mp.piece(plan, index, plane, origin))
-        if staged is not None or any_chunk_stored(self.output, out_box):
+        if all(n_core for _, _, n_core, _ in resolutions):
+            self.output_nonempty[box_slices(out_box)] = out
+        elif staged is not None or any_chunk_stored(self.output, out_box):
             self.output[box_slices(out_box)] = out
         # else: background only, and nothing stored there: the output already reads as zeros
 

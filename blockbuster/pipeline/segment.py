@@ -136,6 +136,9 @@ class Segmenter:
         self.image = image
         self.channel_axes = channel_axes
         self.stage = stage
+        # zarr compares every chunk it writes with the fill value to skip empty ones, a pass
+        # costing several times the encoding; a chunk holding labels is never empty
+        self.stage_nonempty = stage.with_config({"write_empty_chunks": True})
         self.records = records
         self.fn = fn
         self.faces = faces
@@ -301,7 +304,9 @@ class Segmenter:
         else:
             chunk = np.zeros(plan.stage_tile_shape, dtype=labels.dtype)
             chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
-        if n_labels or self._stored(index):
+        if n_labels:
+            self.stage_nonempty[index] = chunk
+        elif self._stored(index):
             self.stage[index] = chunk
         # else: a background-only tile whose stage chunk was never written reads as zeros
         sizes: dict[str, int] = {}

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Literal
 
 import daisy
@@ -159,14 +160,22 @@ _SHARED_ZYGOTE: ContextVar[Zygote | None] = ContextVar("blockbuster_zygote", def
 
 
 @contextmanager
-def local_zygote(run: RunDir, options: RunConfig) -> Iterator[None]:
+def local_zygote(
+    options: RunConfig, engine: Engine, log: Path | None = None
+) -> Iterator[Zygote | None]:
     """One zygote for the daisy runs inside (a run has two or more: segment and stitch,
-    relabel, the pyramid's levels), started now, so that each does not wait for its own to
-    start and import; nothing for other launchers."""
-    zygote = Zygote.start(run.logs / "zygote.log") if options.launcher == LOCAL else None
+    relabel, the pyramid's levels), so that each does not start its own and wait for its
+    imports. Started before the input is described, those imports overlap the driver's own
+    work. Inside another one, that one is used; for other engines and launchers, none.
+    ``log``: the zygote's output (else kept in its folder, see :attr:`Zygote.keep_log`)."""
+    shared = _SHARED_ZYGOTE.get()
+    if shared is not None or engine != "daisy" or options.launcher != LOCAL:
+        yield shared
+        return
+    zygote = Zygote.start(log)
     token = _SHARED_ZYGOTE.set(zygote)
     try:
-        yield
+        yield zygote
     finally:
         _SHARED_ZYGOTE.reset(token)
         if zygote is not None:

@@ -51,6 +51,8 @@ PRELOAD = (
     "blockbuster.pipeline.stitch",
     "blockbuster.pipeline.relabel",
     "blockbuster.pipeline.pyramid",
+    # what most fns label with (the built-in ones, scikit-image, Cellpose's post-processing)
+    "scipy.ndimage",
 )
 #: the environment the zygote's imports depend on (the path; the thread pools numpy's BLAS
 #: starts at import, which GPU workers pin to one thread): a request that differs is refused
@@ -64,6 +66,8 @@ IMPORT_ENV = (
     "OPENBLAS_NUM_THREADS",
 )
 SOCKET_NAME = "zygote.sock"
+#: the zygote's output when :meth:`Zygote.start` is given no log: beside its socket
+LOG_NAME = "zygote.log"
 #: seconds :meth:`Zygote.start` waits for the socket
 START_S = 10.0
 MAX_MESSAGE = 1 << 20
@@ -117,15 +121,27 @@ class _Server:
         self.import_env = {k: os.environ.get(k) for k in IMPORT_ENV}
         self.children: dict[int, socket.socket] = {}
         self.selector = selectors.DefaultSelector()
+        # a child's exit wakes the loop (SIGCHLD writes a byte here), so its supervisor
+        # hears of it at once rather than at the next timeout
+        self.wakeup_r, self.wakeup_w = socket.socketpair()
+        for end in (self.wakeup_r, self.wakeup_w):
+            end.setblocking(False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wakeup_w.fileno(), warn_on_full_buffer=False)
 
     def serve(self) -> None:
         for name in PRELOAD:
             importlib.import_module(name)
         self.selector.register(self.listener, selectors.EVENT_READ)
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ)
         while os.getppid() == self.parent:  # the driver gone: nothing will ask any more
             for key, _ in self.selector.select(timeout=0.2):
                 if key.fileobj is self.listener:
                     self._accept()
+                elif key.fileobj is self.wakeup_r:
+                    with contextlib.suppress(BlockingIOError):
+                        while self.wakeup_r.recv(4096):
+                            pass
                 else:  # the supervisor went away; its child is its own session's business
                     conn = key.fileobj
                     assert isinstance(conn, socket.socket)
@@ -176,8 +192,11 @@ class _Server:
     def _become_child(self, conn: socket.socket, fds: list[int]) -> None:
         """In the forked child: drop the zygote's sockets, take the caller's stdio and
         session."""
+        signal.set_wakeup_fd(-1)
         self.selector.close()
         self.listener.close()
+        self.wakeup_r.close()
+        self.wakeup_w.close()
         conn.close()
         for other in self.children.values():
             other.close()
@@ -285,21 +304,25 @@ class Zygote:
     socket's path is limited to about 100 bytes, which a run directory can exceed).
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], folder: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], folder: Path, log: Path) -> None:
         self.proc = proc
         self.folder = folder
         self.path = str(folder / SOCKET_NAME)
+        self.log = log
+        #: where :meth:`close` copies a log kept in :attr:`folder`, if it is not empty
+        self.keep_log: Path | None = None
 
     @classmethod
     def start(cls, log: Path | None = None) -> Zygote | None:
-        """Start a zygote (its own output to ``log``, else nowhere); None when it cannot be
-        started (the workers are then started as interpreters)."""
+        """Start a zygote (its own output to ``log``, else to a file in its folder, see
+        :attr:`keep_log`); None when it cannot be started (the workers are then started as
+        interpreters)."""
         try:
             folder = Path(tempfile.mkdtemp(prefix="bb-zygote-"))
             path = folder / SOCKET_NAME
-            if log is not None:
-                log.parent.mkdir(parents=True, exist_ok=True)
-            out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+            log = log if log is not None else folder / LOG_NAME
+            log.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log, "ab")  # noqa: SIM115
             try:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "blockbuster.run.zygote", str(path), str(os.getpid())],
@@ -308,8 +331,7 @@ class Zygote:
                     stderr=out,
                 )
             finally:
-                if not isinstance(out, int):
-                    out.close()
+                out.close()
         except OSError:
             return None
         # it binds before its imports: the wait is an interpreter's start, and the first
@@ -317,7 +339,7 @@ class Zygote:
         deadline = time.monotonic() + START_S
         while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        return cls(proc, folder)
+        return cls(proc, folder, log)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -327,6 +349,11 @@ class Zygote:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        keep = self.keep_log
+        if keep is not None and self.log.parent == self.folder and keep.parent.is_dir():
+            with contextlib.suppress(OSError):
+                if self.log.stat().st_size:
+                    shutil.copyfile(self.log, keep)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> Zygote:
@@ -348,9 +375,13 @@ def main(argv: list[str]) -> None:
         sys.exit(run_child(forked.request))
     finally:
         if os.getpid() == zygote:
+            # the driver is gone or closing: nobody reads a log kept in the folder any more
+            folder = os.path.dirname(path)
+            for name in (path, os.path.join(folder, LOG_NAME)):
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
             with contextlib.suppress(OSError):
-                os.unlink(path)
-                os.rmdir(os.path.dirname(path))
+                os.rmdir(folder)
 
 
 if __name__ == "__main__":

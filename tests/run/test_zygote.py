@@ -179,3 +179,20 @@ def test_a_run_whose_zygote_is_gone_starts_its_workers_as_interpreters(
 
     whole, _ = ndi.label(image > 0.5)
     assert_one_to_one(zarr.open_array(str(tmp_path / "labels.zarr"))[:], whole)
+
+
+def test_a_zygote_started_before_its_run_directory_keeps_its_log_there(tmp_path: Path) -> None:
+    # started before the run directory exists, it logs beside its socket; close copies what
+    # it wrote into the run's logs (an empty log is not copied) and removes its folder
+    kept = tmp_path / "logs" / "zygote.log"
+    kept.parent.mkdir()
+    with Zygote.start() as zygote:
+        assert zygote.log.parent == zygote.folder
+        zygote.keep_log = kept
+    assert not kept.exists() and not zygote.folder.exists()
+    with Zygote.start() as zygote:
+        with open(zygote.log, "a") as f:
+            f.write("Traceback: an import failed\n")
+        zygote.keep_log = kept
+    assert kept.read_text() == "Traceback: an import failed\n"
+    assert not zygote.folder.exists()
