@@ -467,11 +467,13 @@ class BlockMap:
         # seconds per tile
         limits = robust_limits(seconds)
         lo_s, hi_s = limits or (0.0, 1.0)
-        secs_px = self._pixels(seconds, np.nan)
-        secs_rgb = np.full((mh, mw, 3), NOT_DONE_GREY)
-        ok = np.isfinite(secs_px)
-        secs_rgb[ok] = viridis((secs_px[ok] - lo_s) / (hi_s - lo_s))
-        secs_rgb[gaps] = GAP_GREY
+        # a colour per tile, then spread: the mosaic has many more pixels than tiles
+        palette = np.full((seconds.size + 1, 3), NOT_DONE_GREY)
+        done_tiles = np.isfinite(seconds.ravel())
+        palette[:-1][done_tiles] = viridis((seconds.ravel()[done_tiles] - lo_s) / (hi_s - lo_s))
+        palette[-1] = GAP_GREY
+        order = np.arange(seconds.size).reshape(seconds.shape)
+        secs_rgb = palette[self._pixels(order, -1)]
 
         canvas = Canvas((mh, mw), legend=legend)
         segments = self._grid_segments()
