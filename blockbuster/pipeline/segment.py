@@ -111,10 +111,6 @@ class TilesFailed(Exception):
         self.tiles = tiles
 
 
-#: the GIL switch interval of a segment worker (see :class:`Segmenter`)
-SWITCH_INTERVAL_S = 0.0005
-
-
 class Segmenter:
     """Segments tiles inside one worker process; holds ``fn`` for the process's lifetime.
 
@@ -150,10 +146,6 @@ class Segmenter:
         self.map_plane = MapPlane.of(plan)
         self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-read")
-        # When fn's accelerator call returns, its thread waits for the GIL while the reader
-        # or writer holds it: up to the switch interval (5 ms by default) each time, which
-        # the accelerator then idles. A shorter interval hands the GIL back sooner.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-write")
         self.cache: ChunkCache | None = None
 
