@@ -7,8 +7,9 @@
 
     python scripts/bench_overhead.py [--workers 2] [--quick]
 
-``--case copy|noop0|noop8|mask --tmp DIR`` runs one case of part 1 and exits (the image is
-made in DIR the first time), for timing whole processes from outside, paired, e.g.
+``--case copy|noop0|noop8|mask|one --tmp DIR`` runs one case of part 1 and exits (the image
+is made in DIR the first time; ``one`` is the 1-tile run of a run's fixed cost; the status
+page is off), for timing whole processes from outside, paired, e.g.
 ``hyperfine -N 'python scripts/bench_overhead.py --case noop8 --tmp /tmp/b'
 'python scripts/bench_overhead.py --case copy --tmp /tmp/b'``: that counts the interpreter's
 start and imports on both sides, as a user's run has them.
@@ -232,6 +233,14 @@ def one_case(case: str, tmp: Path, workers: int, shape: tuple[int, ...]) -> None
     start = time.perf_counter()
     if case == "copy":
         plain_copy(str(image), str(tmp / "copy.zarr"), tile, workers)
+    elif case == "one":
+        one = tmp / "one.zarr"
+        zarr.create_array(str(one), shape=(8, 8, 8), dtype="uint16", overwrite=True)[:] = 1
+        r = tile_process(
+            str(one), noop, (8, 8, 8), 0, write_to=tmp / "one_out.zarr", num_workers=workers,
+            overwrite=True, status_page=None,
+        )  # fmt: skip
+        assert r.ok
     else:
         fn, overlap = CASES[case]
         r = tile_process(
@@ -254,7 +263,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--tmp", default=None)
     p.add_argument("--no-merge", action="store_true", help="only the no-op vs copy part")
-    p.add_argument("--case", choices=["copy", *CASES], help="run only this case (needs --tmp)")
+    p.add_argument(
+        "--case", choices=["copy", "one", *CASES], help="run only this case (needs --tmp)"
+    )
     args = p.parse_args()
     shape = (64, 512, 512) if args.quick else (256, 1024, 1024)
     if args.case:

@@ -195,9 +195,13 @@ def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[st
     if announcer is not None:
         announcer.start()
     # local workers forked with their imports done (a launch script's run elsewhere)
-    shared = _SHARED_ZYGOTE.get()
-    own = shared is None and options.launcher == LOCAL
-    zygote = Zygote.start(run.logs / "zygote.log") if own else shared
+    shared = _SHARED_ZYGOTE.get() if options.launcher == LOCAL else None
+    own = (
+        Zygote.start(run.logs / "zygote.log")
+        if shared is None and options.launcher == LOCAL
+        else None
+    )
+    zygote = shared or own
     if zygote is not None and zygote.proc.poll() is not None:
         zygote = None  # gone (killed?): the workers are started as interpreters
     try:
@@ -209,8 +213,8 @@ def run_daisy(tasks: Sequence[Task], run: RunDir, options: RunConfig) -> dict[st
             block_tracking=False,
         )
     finally:
-        if own and zygote is not None:
-            zygote.close()
+        if own is not None:
+            own.close()
         if announcer is not None:
             announcer.stop.set()
             announcer.join()

@@ -3,9 +3,9 @@
 A fresh ``python -m blockbuster.worker`` spends about 0.4 s of CPU on starting the interpreter
 and importing numpy, zarr and the pipeline, before its first block. A run starts at least one
 worker per stage and worker slot (six for two workers), so on a small machine that start-up
-is a visible part of every run. The driver starts one zygote per daisy run on this machine
-(:class:`Zygote`); each local worker's supervisor asks it over a Unix socket to fork the
-worker (:func:`spawn`) instead of starting an interpreter.
+is a visible part of every run. The driver starts one zygote per call on this machine
+(:class:`Zygote`, shared by the call's daisy runs); each local worker's supervisor asks it
+over a Unix socket to fork the worker (:func:`spawn`) instead of starting an interpreter.
 
 The child runs the program ``python -m blockbuster.worker`` runs, set up as that process
 would be: its own session; the supervisor's stdin, stdout and stderr (passed over the
@@ -18,7 +18,8 @@ in the same order in every worker.
 
 The zygote imports only blockbuster's own modules and their libraries, never a user's
 module, torch or a GPU library. Forking after numpy's import is safe with the OpenBLAS that
-numpy's wheels bundle (it re-initialises its threads in the child); GPU workers, which pin
+numpy's wheels bundle, and with the one scipy's wheels bundle (``scipy.ndimage`` is
+preloaded): each re-initialises its threads in the child; GPU workers, which pin
 BLAS to one thread in their environment, differ in the import environment and are started
 as interpreters, as are requests with another interpreter, ``PYTHONPATH`` or directory. A
 zygote that is gone or refuses makes :func:`spawn` return None, and the supervisor starts
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +300,8 @@ def spawn(path: str, argv: list[str], env: dict[str, str]) -> ZygoteChild | None
 
 
 class Zygote:
-    """The zygote of one daisy run: started by :meth:`start`, stopped by :meth:`close`.
+    """A zygote, shared by the daisy runs of a call: started by :meth:`start`, stopped by
+    :meth:`close`.
 
     Its socket lies in a private temporary directory (mode 0700, a short path: a Unix
     socket's path is limited to about 100 bytes, which a run directory can exceed).
@@ -353,7 +356,9 @@ class Zygote:
         if keep is not None and self.log.parent == self.folder and keep.parent.is_dir():
             with contextlib.suppress(OSError):
                 if self.log.stat().st_size:
-                    shutil.copyfile(self.log, keep)
+                    # appended: a resumed call keeps what an earlier attempt's zygote wrote
+                    with open(self.log, "rb") as src, open(keep, "ab") as dst:
+                        shutil.copyfileobj(src, dst)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> Zygote:
@@ -368,20 +373,29 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the driver's to handle
     zygote = os.getpid()
     server = _Server(path, parent)
+    rc = 0
     try:
         server.serve()
     except _Forked as forked:
         # the child: the worker, then the interpreter's own exit (atexit, threads joined)
         sys.exit(run_child(forked.request))
+    except Exception:
+        # written now, before the clean-up below looks at the log (a failed import, say)
+        traceback.print_exc()
+        sys.stderr.flush()
+        rc = 1
     finally:
         if os.getpid() == zygote:
-            # the driver is gone or closing: nobody reads a log kept in the folder any more
             folder = os.path.dirname(path)
-            for name in (path, os.path.join(folder, LOG_NAME)):
-                with contextlib.suppress(OSError):
-                    os.unlink(name)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            log = os.path.join(folder, LOG_NAME)
+            with contextlib.suppress(OSError):
+                if not os.path.getsize(log):  # one with something in it is left to be read
+                    os.unlink(log)
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

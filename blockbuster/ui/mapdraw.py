@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["Canvas", "hsv_to_rgb", "inner_boundaries", "nice_ticks", "viridis"]
+__all__ = ["Canvas", "hsv_to_rgb", "inner_boundaries", "nice_ticks", "tick_labels", "viridis"]
 
 RGB = tuple[float, float, float]
 
@@ -96,6 +96,17 @@ def inner_boundaries(labels: NDArray[Any]) -> NDArray[Any]:
     return edge
 
 
+def _nice_step(span: float, most: int) -> tuple[float, int]:
+    """``(m, k)``: the step ``m * 10**k`` (m in 1, 2, 2.5, 5) that puts at most ``most``
+    ticks on ``span``."""
+    raw = span / most
+    k = math.floor(math.log10(raw))
+    for m in (1.0, 2.0, 2.5, 5.0):
+        if m * 10.0**k >= raw:
+            return m, k
+    return 1.0, k + 1
+
+
 def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
     """Round tick values inside ``[lo, hi]``: steps of 1, 2, 2.5 or 5 times a power of ten,
     at most ``most`` of them.
@@ -106,20 +117,29 @@ def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
     span = hi - lo
     if not span > 0:
         return [lo]
-    raw = span / most
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    m, k = _nice_step(span, most)
+    step = m * 10.0**k
     first = math.ceil(lo / step - 1e-9)
-    ticks = [round((first + k) * step, 12) for k in range(most + 2)]
+    ticks = [round((first + i) * step, 12) for i in range(most + 2)]
     return [t for t in ticks if lo - 1e-9 * span <= t <= hi + 1e-9 * span]
 
 
-def _tick_text(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 2
-    if step > 0 and round(step * 10**decimals) % 10 != 0 and step * 10**decimals < 1:
-        decimals += 1
-    text = f"{value:.{decimals}f}"
-    return text
+def tick_labels(lo: float, hi: float, most: int = 6) -> list[str]:
+    """The texts of :func:`nice_ticks`, with as many decimals as the step has.
+
+    >>> tick_labels(0, 13)
+    ['0.0', '2.5', '5.0', '7.5', '10.0', '12.5']
+    >>> tick_labels(0.45, 1.0)
+    ['0.5', '0.6', '0.7', '0.8', '0.9', '1.0']
+    >>> tick_labels(0, 130)
+    ['0', '25', '50', '75', '100', '125']
+    """
+    ticks = nice_ticks(lo, hi, most)
+    if not hi - lo > 0:
+        return [f"{t:g}" for t in ticks]
+    m, k = _nice_step(hi - lo, most)
+    decimals = max(0, -k + (1 if m == 2.5 else 0))
+    return [f"{t:.{decimals}f}" for t in ticks]
 
 
 @cache
@@ -269,15 +289,11 @@ class Canvas:
             y1 = y0 + height
             draw.polygon([(x0, y1), (x0 + bar_w - 1, y1), (x0 + bar_w / 2, y1 + tip - 1)], low)
         lo, hi = limits
-        ticks = nice_ticks(lo, hi)
-        step = ticks[1] - ticks[0] if len(ticks) > 1 else max(abs(hi - lo), 1e-3)
         font = _font(7)
-        for t in ticks:
+        for t, label in zip(nice_ticks(lo, hi), tick_labels(lo, hi), strict=True):
             y = y0 + (hi - t) / (hi - lo) * (height - 1) if hi > lo else y0 + height / 2
             draw.line([(x0 + bar_w, y), (x0 + bar_w + 3, y)], fill=(0, 0, 0))
-            draw.text(
-                (x0 + bar_w + 5, y), _tick_text(t, step), fill=(0, 0, 0), font=font, anchor="lm"
-            )
+            draw.text((x0 + bar_w + 5, y), label, fill=(0, 0, 0), font=font, anchor="lm")
         font = _font(8)
         side = Image.new("RGB", (height, 16), (255, 255, 255))
         ImageDraw.Draw(side).text((height / 2, 8), text, fill=(0, 0, 0), font=font, anchor="mm")

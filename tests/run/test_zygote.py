@@ -196,3 +196,26 @@ def test_a_zygote_started_before_its_run_directory_keeps_its_log_there(tmp_path:
         zygote.keep_log = kept
     assert kept.read_text() == "Traceback: an import failed\n"
     assert not zygote.folder.exists()
+
+
+def test_the_traceback_of_a_zygote_that_fails_reaches_the_run_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its preload fails (a broken scipy first on the path): the traceback is written before
+    # the zygote cleans up its folder, and close copies it into the run's logs
+    fake = tmp_path / "path" / "scipy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('a broken scipy')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "path"))
+    kept = tmp_path / "logs" / "zygote.log"
+    kept.parent.mkdir()
+    kept.write_text("an earlier attempt\n")
+    zygote = Zygote.start()
+    assert zygote is not None
+    assert zygote.proc.wait(timeout=60) == 1
+    zygote.keep_log = kept
+    zygote.close()
+    text = kept.read_text()
+    assert text.startswith("an earlier attempt\n")  # appended, not replaced
+    assert "ImportError: a broken scipy" in text
+    assert not zygote.folder.exists()

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from blockbuster.ui.mapdraw import Canvas, hsv_to_rgb, inner_boundaries, nice_ticks, viridis
+from blockbuster.ui.mapdraw import (
+    Canvas,
+    hsv_to_rgb,
+    inner_boundaries,
+    nice_ticks,
+    tick_labels,
+    viridis,
+)
 
 
 def test_viridis_matches_matplotlib() -> None:
@@ -65,3 +72,12 @@ def test_canvas_puts_mosaic_pixels_where_its_panels_say() -> None:
     # equal aspect: a mosaic unit is as many pixels across as down
     p = canvas.panels[0]
     assert abs(p.width / 50 - p.height / 30) < 0.05
+
+
+@given(st.floats(-1e4, 1e4), st.floats(1e-3, 1e4))
+def test_tick_labels_read_back_as_their_ticks(lo: float, span: float) -> None:
+    ticks = nice_ticks(lo, lo + span)
+    labels = tick_labels(lo, lo + span)
+    assert len(labels) == len(set(labels)) == len(ticks)
+    for tick, label in zip(ticks, labels, strict=True):
+        assert abs(float(label) - tick) <= 1e-9 * max(1.0, abs(tick))
