@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import assert_one_to_one, blobs, write_zarr
@@ -73,26 +74,36 @@ def test_the_zygote_ends_with_the_driver_that_started_it(tmp_path: Path) -> None
     assert not Path(folder).exists()  # its socket and folder removed on the way out
 
 
-def test_local_workers_are_forked_by_the_zygote(tmp_path: Path) -> None:
-    image = blobs((24, 48, 48), seed=3)
+def _logged_run(
+    tmp_path: Path, shape: tuple[int, ...], seed: int, tile: tuple[int, ...], out: str
+) -> tuple[Any, list[list[str]]]:
+    """A 2-worker run of ``log_process`` on blobs, its labels checked against whole-image
+    labelling; the result and each fn call's logged row (pid, sid, draw, parent, fresh)."""
+    import zarr
+
+    image = blobs(shape, seed=seed)
     src = write_zarr(tmp_path / "image.zarr", image)
     log = tmp_path / "log"
     log.mkdir()
     result = tile_process(
         src,
         functools.partial(log_process, log_dir=str(log)),
-        (8, 16, 16),
+        tile,
         2,
-        write_to=tmp_path / "labels.zarr",
+        write_to=tmp_path / out,
         num_workers=2,
         merge_threshold=0,
     )
     assert result.ok
+    level0 = tmp_path / out / "0" if out.endswith(".ome.zarr") else tmp_path / out
     whole, _ = ndi.label(image > 0.5)
-    import zarr
+    assert_one_to_one(zarr.open_array(str(level0))[:], whole)
+    files = sorted(log.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    return result, [p.read_text().split("\t") for p in files]
 
-    assert_one_to_one(zarr.open_array(str(tmp_path / "labels.zarr"))[:], whole)
-    rows = [p.read_text().split("\t") for p in log.iterdir()]
+
+def test_local_workers_are_forked_by_the_zygote(tmp_path: Path) -> None:
+    result, rows = _logged_run(tmp_path, (24, 48, 48), 3, (8, 16, 16), "labels.zarr")
     assert len(rows) == result.fn_calls == result.tiles_total
     workers = {tuple(row) for row in rows}
     assert len({w[0] for w in workers}) >= 2
@@ -101,9 +112,8 @@ def test_local_workers_are_forked_by_the_zygote(tmp_path: Path) -> None:
         assert sid == pid  # its own session, as a started worker has
         assert fresh == "True"  # SIGPIPE ignored, SIGINT raises: as in a fresh interpreter
     # each worker's first draw of the legacy numpy generator: fresh state, not the zygote's
-    first = {}
-    for path in sorted(log.iterdir(), key=lambda p: p.stat().st_mtime_ns):
-        pid, _, draw, *_ = path.read_text().split("\t")
+    first: dict[str, str] = {}
+    for pid, _, draw, *_ in rows:  # in the order they were written
         first.setdefault(pid, draw)
     assert len(set(first.values())) == len(first)
 
@@ -130,55 +140,21 @@ def test_one_zygote_serves_every_daisy_run_of_a_call(
 ) -> None:
     # an OME-Zarr output: segment and stitch, relabel and the pyramid are separate daisy runs
     started = _counting_starts(monkeypatch)
-    image = blobs((16, 64, 64), seed=4)
-    src = write_zarr(tmp_path / "image.zarr", image)
-    log = tmp_path / "log"
-    log.mkdir()
-    result = tile_process(
-        src,
-        functools.partial(log_process, log_dir=str(log)),
-        (8, 32, 32),
-        2,
-        write_to=tmp_path / "labels.ome.zarr",
-        num_workers=2,
-        merge_threshold=0,
-    )
+    result, rows = _logged_run(tmp_path, (16, 64, 64), 4, (8, 32, 32), "labels.ome.zarr")
     assert result.ok and "pyramid" in result.seconds
     assert len(started) == 1
     assert started[0].proc.poll() is not None  # it ends with the call
     assert not started[0].folder.exists()
-    parents = {p.read_text().split("\t")[3] for p in log.iterdir()}
-    assert all("blockbuster.run.zygote" in parent for parent in parents)
-    import zarr
-
-    whole, _ = ndi.label(image > 0.5)
-    assert_one_to_one(zarr.open_array(str(tmp_path / "labels.ome.zarr" / "0"))[:], whole)
+    assert all("blockbuster.run.zygote" in row[3] for row in rows)
 
 
 def test_a_run_whose_zygote_is_gone_starts_its_workers_as_interpreters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = _counting_starts(monkeypatch, kill=True)
-    image = blobs((16, 48, 48), seed=5)
-    src = write_zarr(tmp_path / "image.zarr", image)
-    log = tmp_path / "log"
-    log.mkdir()
-    result = tile_process(
-        src,
-        functools.partial(log_process, log_dir=str(log)),
-        (8, 16, 16),
-        2,
-        write_to=tmp_path / "labels.zarr",
-        num_workers=2,
-        merge_threshold=0,
-    )
-    assert result.ok and len(started) == 1
-    parents = {p.read_text().split("\t")[3] for p in log.iterdir()}
-    assert parents and not any("blockbuster.run.zygote" in parent for parent in parents)
-    import zarr
-
-    whole, _ = ndi.label(image > 0.5)
-    assert_one_to_one(zarr.open_array(str(tmp_path / "labels.zarr"))[:], whole)
+    _, rows = _logged_run(tmp_path, (16, 48, 48), 5, (8, 16, 16), "labels.zarr")
+    assert len(started) == 1
+    assert rows and not any("blockbuster.run.zygote" in row[3] for row in rows)
 
 
 def test_a_zygote_started_before_its_run_directory_keeps_its_log_there(tmp_path: Path) -> None:
