@@ -25,6 +25,7 @@ __all__ = [
     "RunResult",
     "Task",
     "TileFailureError",
+    "UpstreamNotDone",
     "make_local_cluster",
     "run_tasks",
     "tile_process",
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from blockbuster.pipeline.driver import RunResult, TileFailureError
     from blockbuster.run.dask_engine import make_local_cluster
     from blockbuster.run.driver import BlockFailureError
-    from blockbuster.run.task import Block, Task
+    from blockbuster.run.task import Block, Task, UpstreamNotDone
 
 #: where each public name lives (imported on first use, so that worker processes stay light)
 _HOMES = {
@@ -79,6 +80,7 @@ _HOMES = {
     "BlockFailureError": "blockbuster.run.driver",
     "Task": "blockbuster.run.task",
     "Block": "blockbuster.run.task",
+    "UpstreamNotDone": "blockbuster.run.task",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -212,11 +213,11 @@ def always_sigkill(block: np.ndarray, trigger: float) -> np.ndarray:
 
 
 def smooth_blocks(
-    src: str, dst: str, sigma: float, calls_dir: str, flag: str | None = None
+    src: str, dst: str, sigma: float, calls_dir: str, flag: str | None = None, pause: float = 0.0
 ) -> Callable[[Any], dict[str, Any]]:
     """A Gaussian smoothing task's block function: reads the block's read ROI (clipped to the
     image), writes its write ROI. Logs every call; fails blocks while ``flag`` exists (those
-    whose key is odd)."""
+    whose key is odd); sleeps ``pause`` seconds first."""
     import zarr
     from funlib.geometry import Roi
 
@@ -226,6 +227,7 @@ def smooth_blocks(
 
     def block(b: Any) -> dict[str, Any]:
         Path(calls_dir, f"{b.task}.{b.key}.{uuid.uuid4().hex}").touch()
+        time.sleep(pause)
         if flag is not None and Path(flag).exists() and b.key % 2:
             raise RuntimeError("deliberate failure until the flag is removed")
         read = b.read_roi.intersect(image)

@@ -44,7 +44,7 @@ from blockbuster.pipeline.faces import read_faces
 from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.records import TaskRecords
-from blockbuster.run.task import Block, Task
+from blockbuster.run.task import Block, Task, UpstreamNotDone
 
 __all__ = ["StitchTask", "Stitcher", "match_labels"]
 
@@ -102,14 +102,29 @@ class Stitcher:
         self.faces = faces
 
     def _has_labels(self, tile: int) -> bool:
-        """Whether the segment task staged any label for ``tile`` (True when unknown)."""
-        record = self.segments.record(tile) if self.segments is not None else None
-        return record is None or int(record.get("n_labels", 1)) > 0
+        """Whether the segment task staged any label for ``tile`` (True when unknown).
+
+        Raises
+        ------
+        UpstreamNotDone
+            If segment records are kept and ``tile`` has none: the engine counted its block
+            done (a client reported it without doing it), so its staged labels cannot be
+            trusted; the next pass segments it and stitches this block again.
+        """
+        if self.segments is None:
+            return True
+        record = self.segments.record(tile, refresh=False)
+        if record is None:
+            raise UpstreamNotDone(f"segment tile {tile} has no done record")
+        return int(record.get("n_labels", 1)) > 0
 
     def edges(self, group: Box) -> list[tuple[int, int, int, int]]:
         """Equivalences between each tile of ``group`` and its upper neighbours (table rows)."""
         plan = self.plan
         labelled: dict[int, bool] = {}
+        if self.segments is not None:
+            # every segment block this one reads reported done before it was handed out
+            self.segments.index.refresh()
 
         def has_labels(tile: int) -> bool:
             if tile not in labelled:

@@ -10,6 +10,7 @@ worker that dies or freezes inside it is named too.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import traceback
 from typing import Any
@@ -18,13 +19,18 @@ import numpy as np
 
 from blockbuster.run.launch import write_worker_state
 from blockbuster.run.records import TaskRecords
-from blockbuster.run.task import Block, BlockFunction, Task
+from blockbuster.run.task import Block, BlockFunction, Task, UpstreamNotDone
+
+logger = logging.getLogger(__name__)
 
 
 def process_block(
     task: Task, fn: BlockFunction, records: TaskRecords, block: Block
 ) -> dict[str, Any] | None:
     """Run ``fn`` on ``block`` unless it is done; return its record (None: it was done).
+
+    A block whose function raised :class:`~blockbuster.run.task.UpstreamNotDone` returns
+    None with no record at all: the driver's next pass runs it again.
 
     Raises
     ------
@@ -44,6 +50,9 @@ def process_block(
     started, start = time.time(), time.perf_counter()
     try:
         info = _plain_info(fn(block))
+    except UpstreamNotDone as e:
+        _left_undone(task, block, e)
+        return None
     except Exception:
         records.failed(block.key, traceback.format_exc(), tiles=units)
         raise
@@ -60,6 +69,9 @@ def _process_units(
     write_worker_state({"key": block.key, "tiles": units})
     try:
         fn(block)
+    except UpstreamNotDone as e:
+        _left_undone(task, block, e)
+        return None
     except Exception as e:
         if not getattr(e, "recorded", False):  # its units' failures are not recorded yet
             records.failed(block.key, traceback.format_exc(), tiles=units)
@@ -67,6 +79,15 @@ def _process_units(
     finally:
         write_worker_state(None)
     return None
+
+
+def _left_undone(task: Task, block: Block, error: UpstreamNotDone) -> None:
+    logger.warning(
+        "%s block %d left undone for the next pass (no record, no failure): %s",
+        task.name,
+        block.key,
+        error,
+    )
 
 
 #: keys of a done record that blockbuster writes itself

@@ -30,6 +30,7 @@ from blockbuster.run.events import (
     TaskInfo,
 )
 from blockbuster.run.lease import Lease
+from blockbuster.run.ownership import remove_created
 from blockbuster.run.records import TileError
 from blockbuster.run.rundir import RunDir, RunDirError
 from blockbuster.run.task import Task, TaskReport
@@ -141,7 +142,22 @@ def execute_tasks(
             attempt + 1,
             "; ".join(f"{len(c.missing)} {n} block(s)" for n, c in checked.items() if c.missing),
         )
+        for name in _downstream_of({n for n, c in checked.items() if c.missing}, tasks):
+            # their blocks may have read an upstream block that was never written
+            remove_created(run.records(name))
+        checked = verify(tasks, run)
     return reports, checked, seconds
+
+
+def _downstream_of(names: set[str], tasks: Sequence[Task]) -> list[str]:
+    """The tasks (in order) that read, directly or not, from a task named in ``names``."""
+    tainted = set(names)
+    out = []
+    for task in tasks:  # in dependency order
+        if any(u.name in tainted for u in task.upstream):
+            tainted.add(task.name)
+            out.append(task.name)
+    return out
 
 
 class BlockFailureError(RuntimeError):
@@ -241,7 +257,7 @@ def run_tasks(
         If blocks failed or could not be verified done (the run directory is kept).
     """
     from blockbuster.run.dask_engine import active_client, check_client, performance_report
-    from blockbuster.run.ownership import mark_run_dir, new_run_id, remove_created, run_dir_marker
+    from blockbuster.run.ownership import mark_run_dir, new_run_id, run_dir_marker
 
     if not tasks:
         raise ValueError("tasks=[] holds no task: give at least one Task")

@@ -43,6 +43,17 @@ BlockInfo = Mapping[str, Any] | None
 BlockFunction = Callable[["Block"], BlockInfo]
 
 
+class UpstreamNotDone(Exception):
+    """Raised by a block function that finds an upstream block's output missing although the
+    engine handed the block out (so it counted that upstream block done).
+
+    The block is left without a record and without a failure: the engine counts it done, the
+    driver's check of the records finds it (and the upstream block) missing, and its next pass
+    runs both again. A client that reports blocks done without doing them, or an upstream
+    output removed while the run goes on, so costs a pass, never a failed run.
+    """
+
+
 @dataclass(frozen=True)
 class Block:
     """One block of a task, as its block function receives it.

@@ -38,7 +38,9 @@ def _array(path: Path, dtype: str, chunks: tuple[int, int]) -> str:
     return str(path)
 
 
-def _tasks(tmp_path: Path, src: str, flag: str | None = None, sigma: float = SIGMA):
+def _tasks(
+    tmp_path: Path, src: str, flag: str | None = None, sigma: float = SIGMA, pause: float = 0.0
+):
     calls = tmp_path / "calls"
     calls.mkdir(exist_ok=True)
     smooth_out = _array(tmp_path / "smooth.zarr", "f8", (16, 16))
@@ -47,7 +49,7 @@ def _tasks(tmp_path: Path, src: str, flag: str | None = None, sigma: float = SIG
         "smooth",
         SHAPE,
         (16, 16),
-        functools.partial(smooth_blocks, src, smooth_out, sigma, str(calls), flag),
+        functools.partial(smooth_blocks, src, smooth_out, sigma, str(calls), flag, pause),
         context=8,
         fit="shrink",
     )
@@ -324,3 +326,25 @@ def test_a_finished_run_resumes_without_starting_an_engine(tmp_path: Path, monke
     RunDir(tmp_path / "run").task_records(mask).discard(2)
     with pytest.raises(AssertionError, match="the engine ran"):
         run_tasks([smooth, mask], tmp_path / "run", num_workers=2)
+
+
+def test_blocks_reading_an_upstream_block_reported_but_never_done_run_again(
+    tmp_path: Path,
+) -> None:
+    """A client claims smooth blocks done without doing them: the mask blocks that read them
+    saw the fill value, so the next pass reruns the missing smooth blocks and every mask block."""
+    src, img = _image(tmp_path)
+    smooth, mask, calls = _tasks(tmp_path, src, pause=0.3)  # the rogue gets in first
+    rogue = subprocess.Popen(
+        [sys.executable, str(Path(TESTS, "rogue_client.py")), str(tmp_path / "run"), "smooth", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    result = run_tasks([smooth, mask], tmp_path / "run", num_workers=2)
+    claimed = int(rogue.communicate(timeout=60)[0].split()[-1])
+    assert claimed > 0 and result.ok
+    whole = ndi.gaussian_filter(img, SIGMA, truncate=4.0)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mask.zarr"))[:], whole > 0.5)
+    # smooth: each block once (the claimed ones in the second pass); mask: every block twice
+    assert _calls(calls, "smooth") == list(range(9))
+    assert _calls(calls, "mask") == sorted(2 * [0, 1, 2, 3])
