@@ -1,18 +1,27 @@
-"""Face files: each tile's side of every face that stitch compares, saved by segment.
+"""Faces logs: each tile's side of every face that stitch compares, saved by segment.
 
 Stitch compares a tile with its upper neighbour over the voxels :func:`face_views` names: the
 two touching planes without a halo, a band around the face with one. Reading those from the
 stage decodes both tiles' whole chunks to use a few planes of each (a 64x256x256 tile decodes 4M
-voxels for 64K). So the segment worker, which holds the tile's labels anyway, also writes the
-tile's side of each of its faces (up to two per spatial axis) into one compressed file, and
-stitch reads those instead of the stage.
+voxels for 64K). So the segment worker, which holds the tile's labels anyway, also saves the
+tile's side of each of its faces (up to two per spatial axis), compressed, appended to a faces
+log of its own process (:class:`FacesLog`); the tile's record says where (:class:`FacesRef`),
+and stitch reads those bytes instead of the stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import socket
 import struct
+import threading
+import uuid
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +31,6 @@ from numpy.typing import NDArray
 
 from blockbuster.io.boxes import Box, box_slices
 from blockbuster.pipeline.plan import TilePlan
-from blockbuster.run.files import write_atomic
 
 _CODEC = Zstd(level=1)
 
@@ -84,35 +92,62 @@ def tile_faces(
     return faces
 
 
-def face_file(root: Path, tile: int) -> Path:
-    """Where the faces of ``tile`` are kept under ``root`` (``<run_dir>/faces``)."""
-    return Path(root) / f"{tile}.faces.zst"
+#: a faces log's name: ``log.<host>.<pid>.<id>.faces`` (one per writing process)
+LOG_PREFIX = "log."
+LOG_SUFFIX = ".faces"
 
 
-def write_faces(root: Path, tile: int, faces: dict[str, NDArray[Any]]) -> Path:
-    """Write ``faces`` for ``tile`` (whole, then renamed into place).
+@dataclass(frozen=True)
+class FacesRef:
+    """Where one tile's faces lie: a byte range of a faces log, with its CRC-32.
 
-    The file is zstd over ``header length (4 bytes, little endian) + JSON header + the arrays'
-    bytes``; the header lists each array's name, dtype and shape, in order.
+    A segment record keeps these four numbers (``faces_log``, ``faces_offset``,
+    ``faces_bytes``, ``faces_crc``), so the driver checks a tile's faces with the size of its
+    log (one stat per log) and stitch checks the bytes it reads.
     """
+
+    log: str
+    offset: int
+    nbytes: int
+    crc: int
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "faces_log": self.log,
+            "faces_offset": self.offset,
+            "faces_bytes": self.nbytes,
+            "faces_crc": self.crc,
+        }
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> FacesRef | None:
+        """The faces a segment record points to (None: it has none, or not all four keys)."""
+        try:
+            ref = cls(
+                str(record["faces_log"]),
+                int(record["faces_offset"]),
+                int(record["faces_bytes"]),
+                int(record["faces_crc"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        bad_name = "/" in ref.log or not ref.log.startswith(LOG_PREFIX)
+        return None if bad_name or ref.offset < 0 or ref.nbytes <= 0 else ref
+
+
+def encode_faces(faces: Mapping[str, NDArray[Any]]) -> bytes:
+    """``faces`` as zstd over ``header length (4 bytes, little endian) + JSON header + the
+    arrays' bytes``; the header lists each array's name, dtype and shape, in order."""
     arrays = {name: np.ascontiguousarray(a) for name, a in faces.items()}
     header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]).encode()
     payload = b"".join(
         [struct.pack("<I", len(header)), header, *(a.tobytes() for a in arrays.values())]
     )
-    Path(root).mkdir(parents=True, exist_ok=True)
-    path = face_file(root, tile)
-    # no fsync: the segment record keeps the file's size, which the driver checks
-    write_atomic(path, bytes(_CODEC.encode(payload)), durable=False)
-    return path
+    return bytes(_CODEC.encode(payload))
 
 
-def read_faces(root: Path, tile: int) -> dict[str, NDArray[Any]] | None:
-    """The faces written for ``tile``, or None when it has no face file."""
-    try:
-        data = face_file(root, tile).read_bytes()
-    except FileNotFoundError:
-        return None
+def decode_faces(data: bytes) -> dict[str, NDArray[Any]]:
+    """The arrays :func:`encode_faces` wrote."""
     payload = memoryview(bytes(_CODEC.decode(data)))
     (n,) = struct.unpack_from("<I", payload)
     pos = 4 + n
@@ -123,3 +158,82 @@ def read_faces(root: Path, tile: int) -> dict[str, NDArray[Any]] | None:
         faces[name] = np.frombuffer(payload, dt, count, pos).reshape(shape)
         pos += count * dt.itemsize
     return faces
+
+
+class FacesLog:
+    """Appends tiles' faces to this process's faces log under ``root`` (``<run_dir>/faces``).
+
+    One log per process, so that the run directory's file count grows with the workers, not
+    with the tiles. The log is created on the first append; a forked child, or a log removed
+    under it, starts a new one. An append that fails (a full disk) is cut off again. Not
+    fsynced: the tile's record keeps the range and its CRC, which the driver and stitch check,
+    and a tile whose faces did not survive is segmented again.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._fd: int | None = None
+        self._name = ""
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def _open(self) -> int:
+        fd = self._fd
+        if fd is not None and self._pid == os.getpid() and os.fstat(fd).st_nlink > 0:
+            return fd
+        self.close()
+        self.root.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname().replace(".", "-").replace("/", "-")
+        name = f"{LOG_PREFIX}{host}.{os.getpid()}.{uuid.uuid4().hex[:12]}{LOG_SUFFIX}"
+        fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        self._fd, self._name, self._pid = fd, name, os.getpid()
+        return fd
+
+    def append(self, faces: Mapping[str, NDArray[Any]]) -> FacesRef:
+        """Append one tile's ``faces``; return where they lie."""
+        data = encode_faces(faces)
+        with self._lock:
+            fd = self._open()
+            offset = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to the faces log ({written}/{len(data)} bytes)")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, offset)
+                self.close()
+                raise
+            return FacesRef(self._name, offset, len(data), zlib.crc32(data))
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+
+
+def read_faces(root: Path, ref: FacesRef) -> dict[str, NDArray[Any]] | None:
+    """The faces ``ref`` points to, or None when its log is missing, shorter than the range,
+    or the bytes there are not the ones written (their CRC-32 differs)."""
+    try:
+        with open(Path(root, ref.log), "rb") as f:
+            data = os.pread(f.fileno(), ref.nbytes, ref.offset)
+    except FileNotFoundError:
+        return None
+    if len(data) != ref.nbytes or zlib.crc32(data) != ref.crc:
+        return None
+    return decode_faces(data)
+
+
+def log_sizes(root: Path) -> dict[str, int]:
+    """The size of every faces log under ``root`` (one directory listing)."""
+    try:
+        with os.scandir(root) as entries:
+            return {
+                e.name: e.stat().st_size
+                for e in entries
+                if e.name.startswith(LOG_PREFIX) and e.name.endswith(LOG_SUFFIX)
+            }
+    except FileNotFoundError:
+        return {}

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from blockbuster.io.boxes import Box, box_slices
 from blockbuster.io.chunks import ChunkCache
-from blockbuster.pipeline.faces import tile_faces, write_faces
+from blockbuster.pipeline.faces import FacesLog, log_sizes, tile_faces
 from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import load_fn, read_spec
 from blockbuster.pipeline.stage import any_chunk_stored, open_stage, stage_chunk_file
@@ -141,7 +141,7 @@ class Segmenter:
         self.stage_nonempty = stage.with_config({"write_empty_chunks": True})
         self.records = records
         self.fn = fn
-        self.faces = faces
+        self.faces = FacesLog(faces) if faces is not None else None
         self.foreground = foreground
         self.map_plane = MapPlane.of(plan)
         self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
@@ -152,6 +152,8 @@ class Segmenter:
     def close(self) -> None:
         self._reader.shutdown()
         self._writer.shutdown()
+        if self.faces is not None:
+            self.faces.close()
 
     # -- one block: a pipeline over its tiles ------------------------------------------------
 
@@ -291,7 +293,6 @@ class Segmenter:
         """Stage one tile's labels (renumbered core first) and its faces; return the facts
         its record keeps."""
         plan = self.plan
-        tile = plan.tile_id(index)
         read = plan.read(index)
         if self.map_plane.crosses(plan, index):
             self._save_plane(index, data, self._lead, read[1:] if plan.time_axis else read)
@@ -309,15 +310,14 @@ class Segmenter:
         elif self._stored(index):
             self.stage[index] = chunk
         # else: a background-only tile whose stage chunk was never written reads as zeros
-        sizes: dict[str, int] = {}
+        sizes: dict[str, Any] = {}
         if n_labels:
             # the sizes let the driver see, with one stat each, that what a done record
             # promises is still whole on disk (a truncated or deleted file means: redo)
             staged = stage_chunk_file(self.stage_root, plan.ndim, index)
             sizes["stage_bytes"] = os.stat(staged).st_size
             if self.faces is not None:  # stitch never reads an empty tile's faces
-                path = write_faces(self.faces, tile, tile_faces(plan, index, chunk))
-                sizes["faces_bytes"] = os.stat(path).st_size
+                sizes.update(self.faces.append(tile_faces(plan, index, chunk)).as_record())
         return {"n_core": n_core, "n_labels": n_labels, **sizes}
 
     def _stored(self, index: tuple[int, ...]) -> bool:
@@ -396,9 +396,10 @@ class SegmentTask(TileTask):
         from blockbuster.run.rundir import RunDir
 
         run = RunDir(self.run_root)
+        logs = log_sizes(run.faces)
         out = {}
         for tile, record in records.items():
-            why = damage(run, self.plan, tile, record)
+            why = damage(run, self.plan, tile, record, logs)
             if why is not None:
                 out[tile] = why
         return out

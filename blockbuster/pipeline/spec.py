@@ -23,7 +23,7 @@ from blockbuster.run.files import write_atomic
 from blockbuster.run.rundir import RunDir, RunDirError
 
 #: the spec format this release reads and writes; another one is refused with the fix
-SPEC_VERSION = 4  # 4: image statistics and mask
+SPEC_VERSION = 5  # 5: faces logs
 
 
 @dataclass(frozen=True)

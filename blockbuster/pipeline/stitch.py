@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blockbuster.io.boxes import Box
-from blockbuster.pipeline.faces import read_faces
+from blockbuster.pipeline.faces import FacesRef, read_faces
 from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import read_spec
 from blockbuster.run.records import TaskRecords
@@ -92,8 +92,8 @@ class Stitcher:
         plan: TilePlan,
         records: TaskRecords,
         threshold: float,
-        segments: TaskRecords | None = None,
-        faces: Path | None = None,
+        segments: TaskRecords,
+        faces: Path,
     ) -> None:
         self.plan = plan
         self.records = records
@@ -102,17 +102,15 @@ class Stitcher:
         self.faces = faces
 
     def _has_labels(self, tile: int) -> bool:
-        """Whether the segment task staged any label for ``tile`` (True when unknown).
+        """Whether the segment task staged any label for ``tile``.
 
         Raises
         ------
         UpstreamNotDone
-            If segment records are kept and ``tile`` has none: the engine counted its block
-            done (a client reported it without doing it), so its staged labels cannot be
-            trusted; the next pass segments it and stitches this block again.
+            If ``tile`` has no segment record: the engine counted its block done (a client
+            reported it without doing it), so nothing it staged can be trusted; the next pass
+            segments it and stitches this block again.
         """
-        if self.segments is None:
-            return True
         record = self.segments.record(tile, refresh=False)
         if record is None:
             raise UpstreamNotDone(f"segment tile {tile} has no done record")
@@ -122,9 +120,8 @@ class Stitcher:
         """Equivalences between each tile of ``group`` and its upper neighbours (table rows)."""
         plan = self.plan
         labelled: dict[int, bool] = {}
-        if self.segments is not None:
-            # every segment block this one reads reported done before it was handed out
-            self.segments.index.refresh()
+        # every segment block this one reads reported done before it was handed out
+        self.segments.index.refresh()
 
         def has_labels(tile: int) -> bool:
             if tile not in labelled:
@@ -143,13 +140,15 @@ class Stitcher:
         rows: list[tuple[int, int, int, int]] = []
         if not todo:
             return rows
-        views = self._views_from_face_files(todo)
-        if views is None:
-            # a labelled tile's face file is checked before stitch runs (its segment record
-            # keeps the size): one missing now was removed while the run was going
-            raise RuntimeError(
-                f"a face file of the tiles of block {group} is missing from {self.faces}; run "
-                "the same call again to segment those tiles anew"
+        views, lost = self._views_from_faces(todo)
+        if lost:
+            # the driver checked the faces logs' sizes before stitch ran: these were removed
+            # or damaged since. Their tiles are segmented again in the next pass
+            for tile in lost:
+                self.segments.discard(tile)
+            raise UpstreamNotDone(
+                f"the faces of tile(s) {', '.join(map(str, lost))} are missing or damaged in "
+                f"{self.faces}"
             )
         for (index, _, nb), (a, b) in zip(todo, views, strict=True):
             pairs = match_labels(a, b, self.threshold)
@@ -157,29 +156,29 @@ class Stitcher:
             rows.extend((tile, int(la), other, int(lb)) for la, lb in pairs.tolist())
         return rows
 
-    def _views_from_face_files(
+    def _views_from_faces(
         self, todo: list[tuple[tuple[int, ...], int, tuple[int, ...]]]
-    ) -> list[tuple[NDArray[Any], NDArray[Any]]] | None:
-        """Both sides of each face from the segment workers' face files (None if any is
-        missing)."""
-        if self.faces is None:
-            return None
+    ) -> tuple[list[tuple[NDArray[Any], NDArray[Any]]], list[int]]:
+        """Both sides of each face from the segment workers' faces logs, and the tiles whose
+        faces could not be read whole."""
         loaded: dict[int, dict[str, NDArray[Any]] | None] = {}
 
         def side(index: tuple[int, ...], key: str) -> NDArray[Any] | None:
             tile = self.plan.tile_id(index)
             if tile not in loaded:
-                loaded[tile] = read_faces(self.faces, tile) if self.faces else None
+                record = self.segments.record(tile, refresh=False)
+                ref = FacesRef.of(record) if record is not None else None
+                loaded[tile] = read_faces(self.faces, ref) if ref is not None else None
             faces = loaded[tile]
             return None if faces is None else faces.get(key)
 
         views = []
         for index, axis, nb in todo:
             a, b = side(index, f"up{axis}"), side(nb, f"down{axis}")
-            if a is None or b is None:
-                return None
-            views.append((a, b))
-        return views
+            if a is not None and b is not None:
+                views.append((a, b))
+        lost = sorted(t for t, f in loaded.items() if f is None)
+        return views, lost
 
     def __call__(self, key: int, group: Box) -> dict[str, Any]:
         """Stitch the tiles of ``group`` (the block ``key``) to their upper neighbours: write

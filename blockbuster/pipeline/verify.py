@@ -3,8 +3,9 @@
 daisy counts a block as done when a client says so; any process that can reach the task's
 server can say so without doing the work. The driver therefore trusts only the run
 directory: a block is done when it has a valid done record, and a segment record is honoured
-only while the files it promises (the tile's stage chunk and face file, at the sizes it
-recorded) are whole on disk. What fails the check is discarded, so the next pass redoes it.
+only while the files it promises (the tile's stage chunk at the size it recorded, the byte
+range of a faces log it names) are whole on disk. What fails the check is discarded, so the
+next pass redoes it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from blockbuster.io.sources import read_box
-from blockbuster.pipeline.faces import face_file
+from blockbuster.pipeline.faces import FacesRef, log_sizes
 from blockbuster.pipeline.plan import TilePlan
 from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.stage import stage_chunk_file
@@ -35,18 +36,31 @@ def _size(path: os.PathLike[str] | str) -> int | None:
         return None
 
 
-def damage(run: RunDir, plan: TilePlan, tile: int, record: Mapping[str, Any]) -> str | None:
-    """What is wrong with the files a segment record promises, or None."""
+def damage(
+    run: RunDir,
+    plan: TilePlan,
+    tile: int,
+    record: Mapping[str, Any],
+    faces_logs: Mapping[str, int] | None = None,
+) -> str | None:
+    """What is wrong with the files a segment record promises, or None.
+
+    ``faces_logs`` are the faces logs' sizes (:func:`~blockbuster.pipeline.faces.log_sizes`),
+    listed once for many records; read here when not given.
+    """
     if record["n_labels"] == 0:
         return None  # nothing staged, no faces: nothing that can go missing
     size = _size(stage_chunk_file(run.stage, plan.ndim, plan.tile_index(tile)))
     want = record.get("stage_bytes")
     if size is None or size == 0 or (want is not None and size != want):
         return f"its stage chunk is {'missing' if size is None else 'damaged'}"
-    size = _size(face_file(run.faces, tile))
-    want = record.get("faces_bytes")
-    if size is None or (want is not None and size != want):
-        return "its face file is missing" if size is None else "its face file is damaged"
+    ref = FacesRef.of(record)
+    if ref is None:
+        return "its record names no faces"
+    logs = log_sizes(run.faces) if faces_logs is None else faces_logs
+    size = logs.get(ref.log)
+    if size is None or size < ref.offset + ref.nbytes:
+        return "its faces log is missing" if size is None else "its faces log is cut short"
     return None
 
 
@@ -59,9 +73,10 @@ def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
         Tile -> what is wrong, for every tile whose record must not be trusted.
     """
     records = TaskRecords(run.records("segment"), "segment")
+    logs = log_sizes(run.faces)
     bad = {}
     for tile, record in records.done_records().items():
-        why = damage(run, plan, tile, record)
+        why = damage(run, plan, tile, record, logs)
         if why is not None:
             bad[tile] = why
     return bad

@@ -10,9 +10,10 @@ Layout::
         fn.json               the fn's import path and keyword arguments, where it has one
         fn.pkl                the fn, cloudpickled (by value for __main__/notebook functions)
         stage.zarr            staged per-tile labels (core + halo), one chunk per tile
-        faces/                each labelled tile's side of its faces, for stitch (faces.py)
+        faces/                faces logs: each labelled tile's side of its faces, for stitch,
+                              appended to one log per segment worker process (faces.py)
         equivalences.sqlite   the equivalence table (written by the driver only)
-        records/<task>/       per-block record files written by workers (see records.py)
+        records/<task>/       record logs, one per worker process and task (see records.py)
         logs/                 per-worker logs written by daisy
 """
 

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blockbuster.io.boxes import box_slices
-from blockbuster.pipeline.faces import face_views, read_faces, tile_faces, write_faces
+from blockbuster.pipeline.faces import (
+    FacesLog,
+    FacesRef,
+    face_views,
+    log_sizes,
+    read_faces,
+    tile_faces,
+)
 from blockbuster.pipeline.plan import TilePlan, normalize_overlap, normalize_tile_shape
 
 
@@ -54,12 +61,31 @@ def test_faces_equal_the_stage_views_of_every_face(plan: TilePlan, seed: int) ->
         assert not any(k.endswith("0") for f in faces.values() for k in f)
 
 
-def test_face_files_round_trip(tmp_path: Path) -> None:
+def test_faces_logs_round_trip_and_refuse_damaged_bytes(tmp_path: Path) -> None:
     faces = {"up0": np.arange(12, dtype=np.uint32).reshape(3, 4), "down2": np.zeros((0, 5))}
-    assert read_faces(tmp_path / "faces", 7) is None
-    write_faces(tmp_path / "faces", 7, faces)
-    back = read_faces(tmp_path / "faces", 7)
-    assert back is not None and back.keys() == faces.keys()
-    for k, v in faces.items():
-        np.testing.assert_array_equal(back[k], v)
-        assert back[k].dtype == v.dtype
+    other = {"up1": np.full((2, 2), 7, dtype=np.uint64)}
+    log = FacesLog(tmp_path / "faces")
+    first, second = log.append(faces), log.append(other)
+    assert first.log == second.log and second.offset == first.offset + first.nbytes
+    assert log_sizes(tmp_path / "faces") == {first.log: second.offset + second.nbytes}
+    for ref, want in ((first, faces), (second, other)):
+        assert FacesRef.of(ref.as_record()) == ref
+        back = read_faces(tmp_path / "faces", ref)
+        assert back is not None and back.keys() == want.keys()
+        for k, v in want.items():
+            np.testing.assert_array_equal(back[k], v)
+            assert back[k].dtype == v.dtype
+    path = tmp_path / "faces" / first.log
+    data = bytearray(path.read_bytes())
+    data[first.offset + 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert read_faces(tmp_path / "faces", first) is None  # its CRC-32 no longer matches
+    assert read_faces(tmp_path / "faces", second) is not None
+    path.write_bytes(bytes(data[: second.offset + 2]))
+    assert read_faces(tmp_path / "faces", second) is None  # cut short
+    path.unlink()
+    assert read_faces(tmp_path / "faces", second) is None
+    # a log removed under the writer, or a record naming a path, never reaches a file elsewhere
+    assert log.append(other).log != first.log
+    assert FacesRef.of({**first.as_record(), "faces_log": "../x"}) is None
+    log.close()

@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 from serial import run_in_process
 
 from blockbuster.pipeline.driver import prepare_run
-from blockbuster.pipeline.faces import face_file, face_views
+from blockbuster.pipeline.faces import FacesRef, face_views
 from blockbuster.pipeline.plan import TilePlan
 from blockbuster.pipeline.stitch import Stitcher, match_labels
 from blockbuster.run.records import RecordScanner, TaskRecords
@@ -150,7 +150,7 @@ def test_empty_tiles_are_never_read_and_sparse_volumes_equal_whole(
     records = TaskRecords(run.records("stitch"), "stitch")
     segments = TaskRecords(run.records("segment"), "segment")
     empty = [t for t, r in segments.done_records().items() if r["n_labels"] == 0]
-    assert empty and not any(face_file(run.faces, t).exists() for t in empty)
+    assert empty and not any(FacesRef.of(segments.record(t)) for t in empty)
     stitcher = Stitcher(plan, records, 0.0, segments, faces=run.faces)
     edges = [e for g in plan.groups() for e in stitcher.edges(g)]
     assert len(edges) > 0

@@ -16,7 +16,7 @@ from conftest import blobs, write_zarr
 from fns import cc_label, fail_while_flag
 
 from blockbuster import TileFailureError, tile_process
-from blockbuster.pipeline.faces import face_file
+from blockbuster.pipeline.faces import FacesRef
 from blockbuster.pipeline.spec import read_spec
 from blockbuster.pipeline.stage import stage_chunk_file
 from blockbuster.pipeline.verify import damaged_tiles, verify_inputs
@@ -60,7 +60,14 @@ def _resume(out: Path, fn: functools.partial, **kw: object):
 
 @pytest.mark.parametrize(
     "damage",
-    ["delete chunk", "truncate chunk", "truncate faces", "flipped byte", "record cut short"],
+    [
+        "delete chunk",
+        "truncate chunk",
+        "truncate faces",
+        "flip faces",
+        "flipped byte",
+        "record cut short",
+    ],
 )
 def test_damaged_state_is_redone_on_resume(
     tmp_path: Path, volume: tuple[str, np.ndarray], damage: str
@@ -77,9 +84,21 @@ def test_damaged_state_is_redone_on_resume(
         chunk.unlink()
     elif damage == "truncate chunk":
         chunk.write_bytes(chunk.read_bytes()[:7])
-    elif damage == "truncate faces":
-        path = face_file(run.faces, victim)
-        path.write_bytes(path.read_bytes()[:5])
+    elif damage == "truncate faces":  # the victim's faces are the last in their log
+        refs = {t: FacesRef.of(r) for t, r in records.done_records().items() if r["n_labels"]}
+        victim = max(refs, key=lambda t: (refs[t].log, refs[t].offset))  # type: ignore[union-attr]
+        ref = refs[victim]
+        assert ref is not None
+        path = run.faces / ref.log
+        path.write_bytes(path.read_bytes()[: ref.offset + 5])
+    elif damage == "flip faces":  # same size: found by stitch (its CRC-32), not by the check
+        ref = FacesRef.of(records.record(victim) or {})
+        assert ref is not None
+        path = run.faces / ref.log
+        data = bytearray(path.read_bytes())
+        data[ref.offset + ref.nbytes // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        assert victim not in damaged_tiles(run, plan)
     elif damage == "flipped byte":  # its checksum no longer matches
         log, start, end = _done_line(run, victim)
         data = bytearray(log.read_bytes())
