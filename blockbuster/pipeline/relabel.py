@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from blockbuster.io.boxes import Box, box_slices
 from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import read_spec
-from blockbuster.pipeline.stage import any_chunk_stored, stage_chunk_file
+from blockbuster.pipeline.stage import StageFiles, any_chunk_stored
 from blockbuster.pipeline.table import EquivalenceTable
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.records import TaskRecords
@@ -76,6 +76,7 @@ class Relabeler:
         self.records = records
         self.map_plane = MapPlane.of(plan)
         self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
+        self.stage_files = StageFiles(self.stage_root, plan)
 
     def __call__(self, group: Box) -> None:
         """Write the final labels of the tiles of ``group`` (a box of grid indices)."""
@@ -86,7 +87,7 @@ class Relabeler:
         for index, tile, (_, _, n_core, _) in zip(indices, tiles, resolutions, strict=True):
             # a tile with labels reads as zeros where its stage chunk went missing: never
             # write those holes as if they were the tile's labels
-            if n_core and not stage_chunk_file(self.stage_root, plan.ndim, index).exists():
+            if n_core and self.stage_files.chunk_bytes(index) is None:
                 raise RuntimeError(
                     f"the stage chunk of tile {tile} is missing from {self.stage_root}; "
                     "run the same call again to segment the tile anew"

@@ -8,8 +8,8 @@ or labels per tile.
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import sys
 import time
 import traceback
@@ -29,12 +29,14 @@ from blockbuster.io.chunks import ChunkCache
 from blockbuster.pipeline.faces import FacesLog, log_sizes, tile_faces
 from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import load_fn, read_spec
-from blockbuster.pipeline.stage import any_chunk_stored, open_stage, stage_chunk_file
+from blockbuster.pipeline.stage import StageFiles, open_stage
 from blockbuster.pipeline.thumbnail import MapPlane
 from blockbuster.run.fingerprint import input_digest
 from blockbuster.run.launch import write_worker_state
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.task import Block
+
+logger = logging.getLogger("blockbuster")
 
 SegmentFn = Callable[[NDArray[Any]], Any]
 
@@ -144,7 +146,7 @@ class Segmenter:
         self.faces = FacesLog(faces) if faces is not None else None
         self.foreground = foreground
         self.map_plane = MapPlane.of(plan)
-        self.stage_root = Path(stage.store.root)  # type: ignore[attr-defined]
+        self.stage_files = StageFiles(Path(stage.store.root), plan)  # type: ignore[attr-defined]
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-write")
         self.cache: ChunkCache | None = None
@@ -174,6 +176,8 @@ class Segmenter:
             todo.append(index)
         if not todo:
             return
+        if self.stage_files.remove_damaged_shard(todo[0]):  # the block's tiles share it
+            logger.warning("segment block %d: its damaged stage shard was removed", block.key)
         self.cache = self._cache_for(todo)
         failed: list[int] = []
         last = ""
@@ -305,25 +309,24 @@ class Segmenter:
         else:
             chunk = np.zeros(plan.stage_tile_shape, dtype=labels.dtype)
             chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
+        files = self.stage_files
         if n_labels:
             self.stage_nonempty[index] = chunk
-        elif self._stored(index):
+        elif files.chunk_bytes(index) is not None:
             self.stage[index] = chunk
         # else: a background-only tile whose stage chunk was never written reads as zeros
+        files.forget(index)
         sizes: dict[str, Any] = {}
         if n_labels:
-            # the sizes let the driver see, with one stat each, that what a done record
-            # promises is still whole on disk (a truncated or deleted file means: redo)
-            staged = stage_chunk_file(self.stage_root, plan.ndim, index)
-            sizes["stage_bytes"] = os.stat(staged).st_size
+            # the size lets the driver see, with one stat or shard index read each, that
+            # what a done record promises is still whole on disk (missing or resized: redo)
+            stored = files.chunk_bytes(index)
+            if stored is None:
+                raise RuntimeError(f"tile {plan.tile_id(index)}'s stage chunk was not stored")
+            sizes["stage_bytes"] = stored
             if self.faces is not None:  # stitch never reads an empty tile's faces
                 sizes.update(self.faces.append(tile_faces(plan, index, chunk)).as_record())
         return {"n_core": n_core, "n_labels": n_labels, **sizes}
-
-    def _stored(self, index: tuple[int, ...]) -> bool:
-        """Whether this tile's stage chunk is on disk (an earlier attempt wrote it)."""
-        box = tuple((i, i + 1) for i in index) + tuple((0, s) for s in self.plan.stage_tile_shape)
-        return any_chunk_stored(self.stage, box)
 
     def _save_plane(
         self, index: tuple[int, ...], data: NDArray[Any], lead: int, space: Box
@@ -396,10 +399,10 @@ class SegmentTask(TileTask):
         from blockbuster.run.rundir import RunDir
 
         run = RunDir(self.run_root)
-        logs = log_sizes(run.faces)
+        logs, stage = log_sizes(run.faces), StageFiles(run.stage, self.plan)
         out = {}
         for tile, record in records.items():
-            why = damage(run, self.plan, tile, record, logs)
+            why = damage(run, self.plan, tile, record, logs, stage)
             if why is not None:
                 out[tile] = why
         return out

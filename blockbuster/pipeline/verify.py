@@ -11,7 +11,6 @@ next pass redoes it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,18 +21,11 @@ from blockbuster.io.sources import read_box
 from blockbuster.pipeline.faces import FacesRef, log_sizes
 from blockbuster.pipeline.plan import TilePlan
 from blockbuster.pipeline.spec import read_spec
-from blockbuster.pipeline.stage import stage_chunk_file
+from blockbuster.pipeline.stage import StageFiles
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
 
 logger = logging.getLogger("blockbuster")
-
-
-def _size(path: os.PathLike[str] | str) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None
 
 
 def damage(
@@ -42,17 +34,19 @@ def damage(
     tile: int,
     record: Mapping[str, Any],
     faces_logs: Mapping[str, int] | None = None,
+    stage: StageFiles | None = None,
 ) -> str | None:
     """What is wrong with the files a segment record promises, or None.
 
-    ``faces_logs`` are the faces logs' sizes (:func:`~blockbuster.pipeline.faces.log_sizes`),
-    listed once for many records; read here when not given.
+    ``faces_logs`` are the faces logs' sizes (:func:`~blockbuster.pipeline.faces.log_sizes`)
+    and ``stage`` the stage's files, each read once for many records; read here when not
+    given.
     """
     if record["n_labels"] == 0:
         return None  # nothing staged, no faces: nothing that can go missing
-    size = _size(stage_chunk_file(run.stage, plan.ndim, plan.tile_index(tile)))
-    want = record.get("stage_bytes")
-    if size is None or size == 0 or (want is not None and size != want):
+    stage = stage or StageFiles(run.stage, plan)
+    size = stage.chunk_bytes(plan.tile_index(tile))
+    if size is None or size == 0 or size != record.get("stage_bytes"):
         return f"its stage chunk is {'missing' if size is None else 'damaged'}"
     ref = FacesRef.of(record)
     if ref is None:
@@ -73,10 +67,10 @@ def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
         Tile -> what is wrong, for every tile whose record must not be trusted.
     """
     records = TaskRecords(run.records("segment"), "segment")
-    logs = log_sizes(run.faces)
+    logs, stage = log_sizes(run.faces), StageFiles(run.stage, plan)
     bad = {}
     for tile, record in records.done_records().items():
-        why = damage(run, plan, tile, record, logs)
+        why = damage(run, plan, tile, record, logs, stage)
         if why is not None:
             bad[tile] = why
     return bad

@@ -18,7 +18,7 @@ from fns import cc_label, fail_while_flag
 from blockbuster import TileFailureError, tile_process
 from blockbuster.pipeline.faces import FacesRef
 from blockbuster.pipeline.spec import read_spec
-from blockbuster.pipeline.stage import stage_chunk_file
+from blockbuster.pipeline.stage import StageFiles
 from blockbuster.pipeline.verify import damaged_tiles, verify_inputs
 from blockbuster.run.records import TaskRecords
 from blockbuster.run.rundir import RunDir
@@ -30,6 +30,15 @@ BAD = 1.5
 def volume(tmp_path: Path) -> tuple[str, np.ndarray]:
     img = blobs((30, 40), seed=5)
     img[25, 35] = BAD  # tile 11 of the 3x4 grid
+    return write_zarr(tmp_path / "img.zarr", img, chunks=(10, 10)), img
+
+
+@pytest.fixture(params=[(30, 40), (80, 100)], ids=["a file per tile", "shards"])
+def volumes(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, np.ndarray]:
+    """The 3x4 grid of :func:`volume` (a block per tile, so a file per tile in the stage), and
+    an 8x10 grid, whose segment blocks of several tiles share a shard."""
+    img = blobs(request.param, seed=5)
+    img[25, 35] = BAD
     return write_zarr(tmp_path / "img.zarr", img, chunks=(10, 10)), img
 
 
@@ -70,16 +79,18 @@ def _resume(out: Path, fn: functools.partial, **kw: object):
     ],
 )
 def test_damaged_state_is_redone_on_resume(
-    tmp_path: Path, volume: tuple[str, np.ndarray], damage: str
+    tmp_path: Path, volumes: tuple[str, np.ndarray], damage: str
 ) -> None:
-    src, _ = volume
+    src, img = volumes
     out, fn, calls = _failed_run(tmp_path, src)
     run = RunDir.for_output(out)
     plan = read_spec(run).plan
     records = TaskRecords(run.records("segment"), "segment")
     victim = next(t for t, r in sorted(records.done_records().items()) if r["n_labels"])
     index = plan.tile_index(victim)
-    chunk = stage_chunk_file(run.stage, plan.ndim, index)
+    stage = StageFiles(run.stage, plan)
+    assert (stage.shard is not None) == (img.size > 1200)
+    chunk = stage.file(index)
     if damage == "delete chunk":
         chunk.unlink()
     elif damage == "truncate chunk":
@@ -110,13 +121,22 @@ def test_damaged_state_is_redone_on_resume(
         _, start, end = _done_line(run, victim)
         with open(log, "r+b") as f:
             f.truncate(start + (end - start) // 2)
+    redo = {victim}
     if damage in ("delete chunk", "truncate chunk", "truncate faces"):
-        assert victim in damaged_tiles(run, plan)
+        found = damaged_tiles(run, plan)
+        assert victim in found
+        if damage != "truncate faces" and stage.shard is not None:
+            # the labelled tiles of the victim's shard
+            same = [t for t in found if stage.file(plan.tile_index(t)) == chunk]
+            assert set(found) == set(same) and len(same) > 1
+            redo = set(same)
+        else:
+            assert set(found) == {victim}
     before = len(list(calls.iterdir()))
     result = _resume(out, fn, src=src)
     assert result.ok
-    # the victim and the tile that failed ran fn again, nothing else did
-    assert len(list(calls.iterdir())) - before == 2
+    # what was damaged and the tile that failed ran fn again, nothing else did
+    assert len(list(calls.iterdir())) - before == len(redo) + 1
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], _clean(tmp_path, src))
 
 
