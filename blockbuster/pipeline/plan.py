@@ -29,6 +29,11 @@ GROUP_MIN_BLOCKS = 16
 SEGMENT_GROUP_TILES = 8
 """Most tiles in one segment block: a worker reads, runs and writes them as a pipeline, and a
 crash costs at most the tiles it had in flight."""
+SEGMENT_SMALL_GROUP_TILES = 64
+"""Most tiles in one segment block of small tiles (that many stage at most
+``SEGMENT_SMALL_GROUP_VOXELS``): there zarr's cost per call, daisy's per block and the files
+per block are what a tile costs, and a larger block shares more of its halo's chunks."""
+SEGMENT_SMALL_GROUP_VOXELS = 2**23
 SEGMENT_GROUP_READ_VOXELS = 2**26
 """Most voxels (per channel) one segment block's region spans with its halo: the decoded
 chunks its tiles share are kept for it (see :class:`~blockbuster.io.chunks.ChunkCache`)."""
@@ -252,18 +257,29 @@ class TilePlan:
 
         return _grow(grid, range(self.ndim), fits, last_axis_first=False)
 
+    def segment_group_tiles(self) -> int:
+        """Most tiles in one segment block: ``SEGMENT_SMALL_GROUP_TILES`` for small tiles,
+        else ``SEGMENT_GROUP_TILES``."""
+        small = SEGMENT_SMALL_GROUP_TILES * math.prod(self.stage_tile_shape)
+        return (
+            SEGMENT_SMALL_GROUP_TILES
+            if small <= SEGMENT_SMALL_GROUP_VOXELS
+            else (SEGMENT_GROUP_TILES)
+        )
+
     def segment_group_shape(self) -> tuple[int, ...]:
         """Tiles per segment block along each axis.
 
         Neighbouring tiles share the chunks their halos reach into: a block of a few
         neighbouring tiles, read one after the other by one worker, decodes those chunks
         once. A block grows as a brick (doubling the axis with the most blocks left, never
-        along time) while it holds at most ``SEGMENT_GROUP_TILES`` tiles, spans at most
+        along time) while it holds at most :meth:`segment_group_tiles` tiles, spans at most
         ``SEGMENT_GROUP_READ_VOXELS`` voxels with its halo, and the task keeps at least
         ``SEGMENT_MIN_BLOCKS`` blocks. Without a halo tiles share no chunk reads, and blocks
         still group them for the pipelined worker.
         """
         grid = self.grid
+        most = self.segment_group_tiles()
 
         def fits(g: list[int]) -> bool:
             span = math.prod(
@@ -271,7 +287,7 @@ class TilePlan:
             )
             blocks = math.prod(math.ceil(m / n) for n, m in zip(g, grid, strict=True))
             return (
-                math.prod(g) <= SEGMENT_GROUP_TILES
+                math.prod(g) <= most
                 and span <= SEGMENT_GROUP_READ_VOXELS
                 and blocks >= SEGMENT_MIN_BLOCKS
             )

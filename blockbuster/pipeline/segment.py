@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,12 @@ class Segmenter:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="blockbuster-write")
         self.cache: ChunkCache | None = None
+        # small tiles (a stage shard per block): zarr's cost per call, not the voxels, is what
+        # a tile costs, so a block's input is read in one call and its shard written in one
+        self.batched = self.stage_files.shard is not None
+        self._region_tiles: list[tuple[int, ...]] = []
+        self._region: tuple[Box, NDArray[Any]] | None = None
+        self._pending: list[_Staged] = []
 
     def close(self) -> None:
         self._reader.shutdown()
@@ -178,7 +185,10 @@ class Segmenter:
             return
         if self.stage_files.remove_damaged_shard(todo[0]):  # the block's tiles share it
             logger.warning("segment block %d: its damaged stage shard was removed", block.key)
-        self.cache = self._cache_for(todo)
+        if self.batched:
+            self._region_tiles, self._region, self._pending = todo, None, []
+        else:
+            self.cache = self._cache_for(todo)
         failed: list[int] = []
         last = ""
         writing: Future[None] | None = None
@@ -217,9 +227,12 @@ class Segmenter:
             if writing is not None:
                 last = self._wait(writing, failed) or last
                 writing = None
+            if self.batched:
+                last = self._flush(group, failed) or last
         finally:
             if writing is not None:  # the worker is stopping: let the write finish or fail
                 self._wait(writing, failed)
+            self._region, self._pending = None, []
         if failed:
             raise TilesFailed(failed, last)
 
@@ -264,12 +277,32 @@ class Segmenter:
 
     def _read(self, index: tuple[int, ...]) -> tuple[NDArray[Any], str]:
         """The tile's input (its halo included) and the digest its record keeps."""
-        selection = self._selection(index)
-        if self.cache is not None:
-            data = self.cache.read(selection)
+        if self.batched:
+            data = self._from_region(index)
+        elif self.cache is not None:
+            data = self.cache.read(self._selection(index))
         else:
-            data = np.asarray(self.image[selection])
+            data = np.asarray(self.image[self._selection(index)])
         return data, input_digest(data)
+
+    def _space(self, box: Box) -> Box:
+        return box[1:] if self.plan.time_axis else box
+
+    def _from_region(self, index: tuple[int, ...]) -> NDArray[Any]:
+        """The tile's input cut from its block's input region (read on the first tile)."""
+        if self._region is None:
+            reads = [self.plan.read(i) for i in self._region_tiles]
+            union = tuple(
+                (min(r[a][0] for r in reads), max(r[a][1] for r in reads))
+                for a in range(self.plan.ndim)
+            )
+            lead: tuple[int | slice, ...] = (union[0][0],) if self.plan.time_axis else ()
+            selection = lead + (slice(None),) * self._lead + box_slices(self._space(union))
+            self._region = union, np.asarray(self.image[selection])
+        union, region = self._region
+        inner = box_slices(self._space(self.plan.read(index)), [a for a, _ in self._space(union)])
+        # a copy: fn may write into its input, and the region holds its neighbours' halos
+        return region[(slice(None),) * self._lead + inner].copy()
 
     def _write(
         self,
@@ -282,8 +315,13 @@ class Segmenter:
     ) -> None:
         tile = self.plan.tile_id(index)
         try:
-            info = self._stage(index, data, labels)
+            chunk, info = self._renumbered(index, data, labels)
             info["input"] = digest
+            if self.batched:  # stored and recorded with the block's other tiles
+                seconds = time.perf_counter() - start
+                self._pending.append(_Staged(tile, index, chunk, info, started, seconds))
+                return
+            info.update(self._store(index, chunk, info["n_labels"]))
             self.records.done(tile, started, time.perf_counter() - start, **info)
         except Exception:
             text = traceback.format_exc()
@@ -291,11 +329,11 @@ class Segmenter:
             lines = text.strip().splitlines()
             raise _WriteFailed(tile, lines[-1] if lines else "") from None
 
-    def _stage(
+    def _renumbered(
         self, index: tuple[int, ...], data: NDArray[Any], labels: NDArray[Any]
-    ) -> dict[str, Any]:
-        """Stage one tile's labels (renumbered core first) and its faces; return the facts
-        its record keeps."""
+    ) -> tuple[NDArray[Any], dict[str, Any]]:
+        """The tile's stage chunk (its labels renumbered core first), with its faces saved;
+        and the facts its record keeps."""
         plan = self.plan
         read = plan.read(index)
         if self.map_plane.crosses(plan, index):
@@ -309,6 +347,13 @@ class Segmenter:
         else:
             chunk = np.zeros(plan.stage_tile_shape, dtype=labels.dtype)
             chunk[box_slices(read, origin=plan.stage_origin(index))] = labels
+        info: dict[str, Any] = {"n_core": n_core, "n_labels": n_labels}
+        if n_labels and self.faces is not None:  # stitch never reads an empty tile's faces
+            info.update(self.faces.append(tile_faces(plan, index, chunk)).as_record())
+        return chunk, info
+
+    def _store(self, index: tuple[int, ...], chunk: NDArray[Any], n_labels: int) -> dict[str, Any]:
+        """Write one tile's stage chunk; return the size its record keeps."""
         files = self.stage_files
         if n_labels:
             self.stage_nonempty[index] = chunk
@@ -316,17 +361,51 @@ class Segmenter:
             self.stage[index] = chunk
         # else: a background-only tile whose stage chunk was never written reads as zeros
         files.forget(index)
-        sizes: dict[str, Any] = {}
-        if n_labels:
-            # the size lets the driver see, with one stat or shard index read each, that
-            # what a done record promises is still whole on disk (missing or resized: redo)
-            stored = files.chunk_bytes(index)
-            if stored is None:
-                raise RuntimeError(f"tile {plan.tile_id(index)}'s stage chunk was not stored")
-            sizes["stage_bytes"] = stored
-            if self.faces is not None:  # stitch never reads an empty tile's faces
-                sizes.update(self.faces.append(tile_faces(plan, index, chunk)).as_record())
-        return {"n_core": n_core, "n_labels": n_labels, **sizes}
+        return self._stored_size(index) if n_labels else {}
+
+    def _stored_size(self, index: tuple[int, ...]) -> dict[str, Any]:
+        # the size lets the driver see, with one stat or shard index read, that what a done
+        # record promises is still whole on disk (missing or resized: redo)
+        stored = self.stage_files.chunk_bytes(index)
+        if stored is None:
+            raise RuntimeError(f"tile {self.plan.tile_id(index)}'s stage chunk was not stored")
+        return {"stage_bytes": stored}
+
+    def _flush(self, group: Box, failed: list[int]) -> str:
+        """Write the block's shard in one call, then record its staged tiles; return the
+        last error line ("" if none)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return ""
+        files, plan = self.stage_files, self.plan
+        where = box_slices(group)
+        try:
+            if files.file(pending[0].index).exists():  # tiles an earlier attempt staged
+                shard = np.asarray(self.stage[where])
+            else:
+                shape = tuple(b - a for a, b in group) + plan.stage_tile_shape
+                shard = np.zeros(shape, dtype=self.stage.dtype)
+            for p in pending:
+                shard[tuple(i - a for i, (a, _) in zip(p.index, group, strict=True))] = p.chunk
+            self.stage[where] = shard  # background-only chunks are left out of the shard
+            files.forget(pending[0].index)
+            for p in pending:
+                if p.info["n_labels"]:
+                    p.info.update(self._stored_size(p.index))
+        except Exception:
+            text = traceback.format_exc()
+            for p in pending:
+                self.records.failed(p.tile, text)
+                failed.append(p.tile)
+            lines = text.strip().splitlines()
+            return lines[-1] if lines else ""
+        last = ""
+        for p in pending:
+            try:
+                self.records.done(p.tile, p.started, p.seconds, **p.info)
+            except Exception:
+                last = self._fail(p.tile, failed)
+        return last
 
     def _save_plane(
         self, index: tuple[int, ...], data: NDArray[Any], lead: int, space: Box
@@ -339,6 +418,18 @@ class Segmenter:
             plane = plane.mean(axis=0)
         piece = mp.piece(self.plan, index, plane, (space[-2][0], space[-1][0]))
         self.records.write_plane(self.plan.tile_id(index), piece)
+
+
+@dataclass
+class _Staged:
+    """A tile of a batched block, renumbered, waiting for its block's shard to be written."""
+
+    tile: int
+    index: tuple[int, ...]
+    chunk: NDArray[Any]
+    info: dict[str, Any]
+    started: float
+    seconds: float
 
 
 class _WriteFailed(Exception):

@@ -151,5 +151,9 @@ def test_segment_groups_respect_their_limits(plan: TilePlan) -> None:
     if g != (1,) * plan.ndim:
         span = np.prod([n * t + 2 * o for n, t, o in zip(g, plan.tile, plan.overlap)])
         assert span <= plan_module.SEGMENT_GROUP_READ_VOXELS
-        assert np.prod(g) <= plan_module.SEGMENT_GROUP_TILES
+        assert np.prod(g) <= plan.segment_group_tiles()
+        if plan.segment_group_tiles() > plan_module.SEGMENT_GROUP_TILES:
+            assert np.prod(g) * np.prod(plan.stage_tile_shape) <= (
+                plan_module.SEGMENT_SMALL_GROUP_VOXELS
+            )
         assert len(list(plan.groups(g))) >= plan_module.SEGMENT_MIN_BLOCKS

@@ -113,8 +113,12 @@ def test_a_block_of_tiles_decodes_each_input_chunk_once(tmp_path: Path, monkeypa
     decodes only the chunks it did not share with the last one, and the stage is exactly
     what tile-by-tile reads stage."""
     import blockbuster.pipeline.segment as segment_module
+    import blockbuster.pipeline.stage as stage_module
     from blockbuster.io.chunks import ChunkCache, chunks_touching
 
+    # tiles as large tiles are run (a file per tile, read through the chunk cache); small
+    # ones are read a block at a time (test_small_tiles_batched_per_block_...)
+    monkeypatch.setattr(stage_module, "SHARD_STAGE_VOXELS", 0)
     image = blobs((64, 64), seed=3)
     run, spec = _prepared(tmp_path, cc_label, image, (8, 8), 2, (8, 8))
     plan = spec.plan
@@ -214,3 +218,80 @@ def test_fn_runs_in_the_calling_thread(tmp_path: Path) -> None:
     names = {p.read_text() for p in log.iterdir()}
     assert names == {threading.current_thread().name}
     assert len(list(log.iterdir())) == 16
+
+
+@pytest.mark.parametrize("time_axis", [False, True], ids=["3d", "time series"])
+def test_small_tiles_batched_per_block_equal_one_tile_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, time_axis: bool
+) -> None:
+    """Small tiles: a block's input is read in one call and its stage shard written in one;
+    the stage, the records' counts and digests, the faces and the output equal those of the
+    same run staged one tile at a time (one chunk file each), and the whole image's labels."""
+    from conftest import assert_one_to_one
+    from scipy import ndimage as ndi
+    from serial import run_in_process
+
+    import blockbuster.pipeline.stage as stage_module
+    from blockbuster.pipeline.faces import FacesRef, read_faces
+    from blockbuster.pipeline.spec import read_spec
+    from blockbuster.run.records import TaskRecords
+
+    if time_axis:  # t, c, y, x: the time axis is never grouped, fn sees both channels
+        from ngff import space, write_ngff
+
+        frames = np.stack([blobs((40, 48), seed=s) for s in (4, 5, 6)])
+        src = write_ngff(
+            tmp_path / "movie.ome.zarr",
+            "0.5",
+            [np.stack([frames, 2 * frames], axis=1)],
+            [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, *space("y", "x")],
+            [[{"type": "scale", "scale": [1.0, 1.0, 1.0, 1.0]}]],
+        )
+        fn, tile = fns.first_channel_cc, (8, 8)
+    else:
+        frames = blobs((24, 40, 48), seed=4)
+        src = write_zarr(tmp_path / "img.zarr", frames, chunks=(4, 8, 8))
+        fn, tile = cc_label, (4, 8, 8)
+    results = {}
+    for batched in (True, False):
+        if not batched:
+            monkeypatch.setattr(stage_module, "SHARD_STAGE_VOXELS", 0)
+        run, spec, _ = prepare_run(
+            src,
+            fn,
+            tile,
+            2,
+            write_to=tmp_path / f"out{batched}.zarr",
+            sequential_labels=True,
+            merge_threshold=0.0,
+            overwrite=True,
+        )
+        plan = read_spec(run).plan
+        assert (stage_module.stage_shard_tiles(plan) is not None) == batched
+        if batched and not time_axis:  # small tiles: larger blocks
+            assert np.prod(plan.segment_group_shape()) > 8
+        out, num = run_in_process(run)
+        stage = open_stage(run.stage)[:]
+        records = TaskRecords(run.records("segment"), "segment").done_records()
+        faces = {
+            t: read_faces(run.faces, FacesRef.of(r)) for t, r in records.items() if r["n_labels"]
+        }
+        keep = {t: (r["n_core"], r["n_labels"], r["input"]) for t, r in records.items()}
+        results[batched] = (out, num, stage, keep, faces)
+    (out, num, stage, keep, faces), (out1, num1, stage1, keep1, faces1) = (
+        results[True],
+        results[False],
+    )
+    np.testing.assert_array_equal(stage, stage1)
+    assert keep == keep1 and faces.keys() == faces1.keys()
+    for t, f in faces.items():
+        assert f is not None and faces1[t] is not None
+        for k, v in f.items():
+            np.testing.assert_array_equal(v, faces1[t][k])
+    np.testing.assert_array_equal(out, out1)
+    assert num == num1
+    if time_axis:
+        for t, frame in enumerate(frames):
+            assert_one_to_one(ndi.label(frame > 0.5)[0], out[t])
+    else:
+        assert_one_to_one(ndi.label(frames > 0.5)[0], out)
