@@ -11,14 +11,10 @@ and stitch reads those bytes instead of the stage.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import socket
 import struct
-import threading
-import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +27,7 @@ from numpy.typing import NDArray
 
 from blockbuster.io.boxes import Box, box_slices
 from blockbuster.pipeline.plan import TilePlan
+from blockbuster.run.files import AppendLog
 
 _CODEC = Zstd(level=1)
 
@@ -163,54 +160,23 @@ def decode_faces(data: bytes) -> dict[str, NDArray[Any]]:
 class FacesLog:
     """Appends tiles' faces to this process's faces log under ``root`` (``<run_dir>/faces``).
 
-    One log per process, so that the run directory's file count grows with the workers, not
-    with the tiles. The log is created on the first append; a forked child, or a log removed
-    under it, starts a new one. An append that fails (a full disk) is cut off again. Not
-    fsynced: the tile's record keeps the range and its CRC, which the driver and stitch check,
-    and a tile whose faces did not survive is segmented again.
+    One log per process (:class:`~blockbuster.run.files.AppendLog`), so that the run
+    directory's file count grows with the workers, not with the tiles. Not fsynced: the
+    tile's record keeps the range and its CRC-32, which the driver and stitch check, and a
+    tile whose faces did not survive is segmented again.
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self._fd: int | None = None
-        self._name = ""
-        self._pid = -1
-        self._lock = threading.Lock()
-
-    def _open(self) -> int:
-        fd = self._fd
-        if fd is not None and self._pid == os.getpid() and os.fstat(fd).st_nlink > 0:
-            return fd
-        self.close()
-        self.root.mkdir(parents=True, exist_ok=True)
-        host = socket.gethostname().replace(".", "-").replace("/", "-")
-        name = f"{LOG_PREFIX}{host}.{os.getpid()}.{uuid.uuid4().hex[:12]}{LOG_SUFFIX}"
-        fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        self._fd, self._name, self._pid = fd, name, os.getpid()
-        return fd
+        self._log = AppendLog(root, LOG_PREFIX, LOG_SUFFIX, durable_name=False)
 
     def append(self, faces: Mapping[str, NDArray[Any]]) -> FacesRef:
         """Append one tile's ``faces``; return where they lie."""
         data = encode_faces(faces)
-        with self._lock:
-            fd = self._open()
-            offset = os.fstat(fd).st_size
-            try:
-                written = os.write(fd, data)
-                if written != len(data):
-                    raise OSError(f"short write to the faces log ({written}/{len(data)} bytes)")
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, offset)
-                self.close()
-                raise
-            return FacesRef(self._name, offset, len(data), zlib.crc32(data))
+        name, offset = self._log.append(data)
+        return FacesRef(name, offset, len(data), zlib.crc32(data))
 
     def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd = None
+        self._log.close()
 
 
 def read_faces(root: Path, ref: FacesRef) -> dict[str, NDArray[Any]] | None:

@@ -392,6 +392,7 @@ class Segmenter:
             for p in pending:
                 if p.info["n_labels"]:
                     p.info.update(self._stored_size(p.index))
+            self.records.done_many([(p.tile, p.started, p.seconds, p.info) for p in pending])
         except Exception:
             text = traceback.format_exc()
             for p in pending:
@@ -399,13 +400,7 @@ class Segmenter:
                 failed.append(p.tile)
             lines = text.strip().splitlines()
             return lines[-1] if lines else ""
-        last = ""
-        for p in pending:
-            try:
-                self.records.done(p.tile, p.started, p.seconds, **p.info)
-            except Exception:
-                last = self._fail(p.tile, failed)
-        return last
+        return ""
 
     def _save_plane(
         self, index: tuple[int, ...], data: NDArray[Any], lead: int, space: Box

@@ -6,7 +6,10 @@ Kept free of heavy imports: worker launchers use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -53,3 +56,70 @@ def write_atomic(
         raise
     if durable and sync_dir:
         fsync_dir(path.parent)
+
+
+class AppendLog:
+    """This process's append-only log in one folder: ``<prefix><host>.<pid>.<id><suffix>``.
+
+    The log is created on the first append (with the folder); a log that was removed under
+    it, or a forked child, starts a new one. Each append is one ``write``; one that fails (a
+    full disk) is cut off again, so the log never holds part of an append followed by more.
+    Thread-safe. ``durable_name`` fsyncs the folder when a log is created, so that its name
+    survives a power cut.
+    """
+
+    def __init__(self, root: Path, prefix: str, suffix: str, durable_name: bool = True) -> None:
+        self.root = Path(root)
+        self.prefix, self.suffix, self.durable_name = prefix, suffix, durable_name
+        self._fd: int | None = None
+        self._name = ""
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def _open(self) -> int:
+        fd = self._fd
+        if fd is not None and self._pid == os.getpid() and os.fstat(fd).st_nlink > 0:
+            return fd
+        self._close()
+        self.root.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname().replace(".", "-").replace("/", "-")
+        name = f"{self.prefix}{host}.{os.getpid()}.{uuid.uuid4().hex[:12]}{self.suffix}"
+        fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        if self.durable_name:
+            fsync_dir(self.root)
+        self._fd, self._name, self._pid = fd, name, os.getpid()
+        return fd
+
+    @property
+    def path(self) -> Path | None:
+        """The log this process appends to now (None before the first append)."""
+        return self.root / self._name if self._fd is not None else None
+
+    def append(self, data: bytes, durable: bool = False) -> tuple[str, int]:
+        """Append ``data`` (on disk before this returns when ``durable``); return the log's
+        name and the offset ``data`` starts at."""
+        with self._lock:
+            fd = self._open()
+            offset = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to {self._name} ({written}/{len(data)} bytes)")
+                if durable:
+                    os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, offset)
+                self._close()  # the next append starts a fresh log
+                raise
+            return self._name, offset
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None

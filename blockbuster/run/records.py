@@ -43,7 +43,6 @@ verifying a finished run of 100,000 tiles all cost one pass over what is new.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import logging
@@ -53,7 +52,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from blockbuster.run.files import fsync_dir, write_atomic
+from blockbuster.run.files import AppendLog, write_atomic
 
 logger = logging.getLogger("blockbuster")
 
@@ -314,56 +313,29 @@ class RecordIndex:
 
 
 class LogWriter:
-    """Appends records to this process's log in one record folder.
-
-    The log is created on the first record (with the folder); a log that was removed under
-    it (records cleared) or a forked child starts a new one. Each record is one ``write``;
-    one that fails (a full disk) is cut off again, so the log never holds half a line
-    followed by more.
-    """
+    """Appends records to this process's log in one record folder (an
+    :class:`~blockbuster.run.files.AppendLog`: a record is one line, never left half written
+    before another)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._fd: int | None = None
-        self._pid = -1
-        self._lock = threading.Lock()
-
-    def _open(self) -> int:
-        fd = self._fd
-        if fd is not None and self._pid == os.getpid() and os.fstat(fd).st_nlink > 0:
-            return fd
-        self.close()
-        self.root.mkdir(parents=True, exist_ok=True)
-        host = socket.gethostname().replace(".", "-").replace("/", "-")
-        name = f"{LOG_PREFIX}{host}.{os.getpid()}.{uuid.uuid4().hex[:12]}{LOG_SUFFIX}"
-        fd = os.open(self.root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fsync_dir(self.root)  # the log's name survives a power cut
-        self._fd, self._pid = fd, os.getpid()
-        return fd
+        self._log = AppendLog(root, LOG_PREFIX, LOG_SUFFIX)
 
     def append(self, record: Mapping[str, Any], durable: bool = True) -> None:
         """Append ``record``; when ``durable``, on disk (fsync) before this returns."""
-        line = encode_line(record)
-        with self._lock:
-            fd = self._open()
-            size = os.fstat(fd).st_size
-            try:
-                written = os.write(fd, line)
-                if written != len(line):
-                    raise OSError(f"short write to the record log ({written}/{len(line)} bytes)")
-                if durable:
-                    os.fsync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-                self.close()  # the next record starts a fresh log
-                raise
+        self._log.append(encode_line(record), durable)
+
+    def append_many(self, records: Sequence[Mapping[str, Any]], durable: bool = True) -> None:
+        """Append ``records`` with one write (and one fsync when ``durable``)."""
+        self._log.append(b"".join(encode_line(r) for r in records), durable)
+
+    @property
+    def path(self) -> Path | None:
+        """This process's log in the folder (None before its first record)."""
+        return self._log.path
 
     def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd = None
+        self._log.close()
 
 
 @dataclass(frozen=True)
@@ -450,7 +422,18 @@ class TaskRecords:
         self.log.append(record, durable=False)
 
     def done(self, tile: int, start: float, seconds: float, **info: Any) -> None:
-        record = {
+        self.log.append(self._done_record(tile, start, seconds, info))
+
+    def done_many(self, done: Sequence[tuple[int, float, float, Mapping[str, Any]]]) -> None:
+        """Record several blocks done, ``(tile, start, seconds, info)`` each, with one write
+        and one fsync (a crash inside it leaves the lines before the one it cut)."""
+        if done:
+            self.log.append_many([self._done_record(*d) for d in done])
+
+    def _done_record(
+        self, tile: int, start: float, seconds: float, info: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
             "kind": "done",
             "tile": tile,
             "host": self.host,
@@ -459,7 +442,6 @@ class TaskRecords:
             **info,
             "id": uuid.uuid4().hex,
         }
-        self.log.append(record)
 
     def edges_file(self, tile: int) -> Path:
         return self.root / f"{tile}.edges.npy"

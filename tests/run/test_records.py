@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def test_the_index_equals_a_model_of_the_writes_after_a_crash(
     crashed = writers[0]
     line = encode_line({"kind": "done", "tile": 99, "seconds": 1.0, "id": "z"})
     crashed.log.append({"kind": "call", "tile": 99}, durable=False)
-    (log,) = (p for p in logs(root) if os.stat(p).st_ino == os.fstat(crashed.log._fd).st_ino)  # type: ignore[arg-type]
+    log = crashed.log.path
+    assert log is not None and log in logs(root)
     with open(log, "ab") as f:
         f.write(line[: cut % len(line)])
     calls[99] = 1
@@ -196,3 +198,30 @@ def test_plane_pieces_go_to_one_log_per_process_not_a_file_per_tile(tmp_path: Pa
     assert records.done_records() == {} and records.errors() == []
     with pytest.raises(ValueError, match="a damaged plane record"):
         plane_piece({**index.planes[3], "data": "bm90IHpsaWI="})
+
+
+def test_many_done_records_in_one_write_and_a_crash_inside_it(tmp_path: Path, monkeypatch) -> None:
+    """done_many writes a block's records with one write and one fsync; a write cut inside
+    it leaves the records before the cut line done and none after it."""
+    syncs: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # not the folder's, when the log is created
+            syncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    records = TaskRecords(tmp_path / "seg", "segment")
+    records.done_many([(t, 1.0, 0.5, {"n_core": t, "n_labels": t + 1}) for t in range(5)])
+    assert len(syncs) == 1
+    reader = TaskRecords(tmp_path / "seg", "segment")
+    assert {t: r["n_labels"] for t, r in reader.done_records().items()} == {
+        t: t + 1 for t in range(5)
+    }
+    log = records.log.path
+    assert log is not None
+    data = log.read_bytes()
+    cut = data.index(b'"tile": 3') + 2  # inside the fourth line
+    log.write_bytes(data[:cut])
+    assert set(TaskRecords(tmp_path / "seg", "segment").done_records()) == {0, 1, 2}

@@ -4,7 +4,6 @@ observer of the record watcher's events, as in a run)."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import threading
 import time
@@ -107,8 +106,8 @@ def test_scanner_counts_tiles_of_single_and_multi_tile_records(tmp_path: Path) -
 
 
 def _log_of(records: TaskRecords) -> Path:
-    (path,) = (p for p in records.root.glob("log.*.jsonl") if os.stat(p).st_ino == os.fstat(
-        records.log._fd).st_ino)  # type: ignore[arg-type]  # fmt: skip
+    path = records.log.path
+    assert path is not None
     return path
 
 
