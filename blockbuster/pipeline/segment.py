@@ -154,6 +154,12 @@ class Segmenter:
         # small tiles (a stage shard per block): zarr's cost per call, not the voxels, is what
         # a tile costs, so a block's input is read in one call and its shard written in one
         self.batched = self.stage_files.shard is not None
+        if (stage.shards is not None) != self.batched:
+            raise RuntimeError(
+                f"the stage {stage.store} is {'' if stage.shards else 'not '}sharded, unlike "
+                "the one this release plans for the run: finish the run with the release that "
+                "started it, or start it again with overwrite=True"
+            )
         self._region_tiles: list[tuple[int, ...]] = []
         self._region: tuple[Box, NDArray[Any]] | None = None
         self._pending: list[_Staged] = []

@@ -295,3 +295,29 @@ def test_small_tiles_batched_per_block_equal_one_tile_at_a_time(
             assert_one_to_one(ndi.label(frame > 0.5)[0], out[t])
     else:
         assert_one_to_one(ndi.label(frames > 0.5)[0], out)
+
+
+def test_a_stage_not_sharded_as_planned_is_refused(tmp_path: Path) -> None:
+    """A stage whose layout is not the plan's (made by another release) would have its
+    chunk sizes read wrong: the worker refuses it before writing anything."""
+    import zarr
+
+    from blockbuster.pipeline.plan import TilePlan
+    from blockbuster.pipeline.segment import Segmenter
+    from blockbuster.pipeline.stage import stage_shard_tiles
+    from blockbuster.run.records import TaskRecords
+
+    plan = TilePlan((64, 64), (8, 8), (2, 2), (1, 1), (0, 0))
+    assert stage_shard_tiles(plan) is not None
+    stage = zarr.create_array(
+        str(tmp_path / "stage.zarr"),
+        shape=plan.grid + plan.stage_tile_shape,
+        chunks=(1, 1) + plan.stage_tile_shape,
+        dtype=plan.stage_dtype,
+        fill_value=0,
+    )
+    image = zarr.create_array(str(tmp_path / "img.zarr"), shape=(64, 64), dtype="f4")
+    records = TaskRecords(tmp_path / "records", "segment")
+    with pytest.raises(RuntimeError, match="is not sharded, unlike the one this release plans"):
+        Segmenter(plan, image, 0, stage, records, cc_label)
+    assert list((tmp_path / "stage.zarr").iterdir()) == [tmp_path / "stage.zarr" / "zarr.json"]
