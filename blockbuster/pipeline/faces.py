@@ -175,6 +175,11 @@ class FacesLog:
         name, offset = self._log.append(data)
         return FacesRef(name, offset, len(data), zlib.crc32(data))
 
+    def sync(self) -> None:
+        """Flush what this process appended to storage (before the records that point to it
+        are written: a reader on another host of a network filesystem then sees the bytes)."""
+        self._log.sync()
+
     def close(self) -> None:
         self._log.close()
 

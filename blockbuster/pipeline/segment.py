@@ -8,12 +8,13 @@ or labels per tile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -176,6 +177,10 @@ class Segmenter:
         """Segment every tile of ``group`` (a box of grid indices) not done yet, recording
         each; raise :class:`TilesFailed` at the end if any failed."""
         plan, records = self.plan, self.records
+        first = tuple(a for a, _ in group)
+        if self.stage_files.remove_damaged_shard(first):  # the block's tiles share it
+            logger.warning("segment block %d: its damaged stage shard was removed", block.key)
+            self._discard_shard(group)  # its tiles' records promised what it held
         todo: list[tuple[int, ...]] = []
         records.index.refresh()  # one look at the logs for the whole block
         for index in plan.tiles_in(group):
@@ -189,8 +194,6 @@ class Segmenter:
             todo.append(index)
         if not todo:
             return
-        if self.stage_files.remove_damaged_shard(todo[0]):  # the block's tiles share it
-            logger.warning("segment block %d: its damaged stage shard was removed", block.key)
         if self.batched:
             self._region_tiles, self._region, self._pending = todo, None, []
         else:
@@ -238,6 +241,9 @@ class Segmenter:
         finally:
             if writing is not None:  # the worker is stopping: let the write finish or fail
                 self._wait(writing, failed)
+            # a read still queued must not fill the next block's region with this one's
+            with contextlib.suppress(Exception):
+                reading.result()
             self._region, self._pending = None, []
         if failed:
             raise TilesFailed(failed, last)
@@ -328,6 +334,7 @@ class Segmenter:
                 self._pending.append(_Staged(tile, index, chunk, info, started, seconds))
                 return
             info.update(self._store(index, chunk, info["n_labels"]))
+            self._sync_faces(info)
             self.records.done(tile, started, time.perf_counter() - start, **info)
         except Exception:
             text = traceback.format_exc()
@@ -369,6 +376,10 @@ class Segmenter:
         files.forget(index)
         return self._stored_size(index) if n_labels else {}
 
+    def _sync_faces(self, *infos: Mapping[str, Any]) -> None:
+        if self.faces is not None and any("faces_log" in i for i in infos):
+            self.faces.sync()
+
     def _stored_size(self, index: tuple[int, ...]) -> dict[str, Any]:
         # the size lets the driver see, with one stat or shard index read, that what a done
         # record promises is still whole on disk (missing or resized: redo)
@@ -383,14 +394,10 @@ class Segmenter:
         pending, self._pending = self._pending, []
         if not pending:
             return ""
-        files, plan = self.stage_files, self.plan
+        files = self.stage_files
         where = box_slices(group)
         try:
-            if files.file(pending[0].index).exists():  # tiles an earlier attempt staged
-                shard = np.asarray(self.stage[where])
-            else:
-                shape = tuple(b - a for a, b in group) + plan.stage_tile_shape
-                shard = np.zeros(shape, dtype=self.stage.dtype)
+            shard = self._earlier_shard(group, {p.tile for p in pending})
             for p in pending:
                 shard[tuple(i - a for i, (a, _) in zip(p.index, group, strict=True))] = p.chunk
             self.stage[where] = shard  # background-only chunks are left out of the shard
@@ -398,6 +405,7 @@ class Segmenter:
             for p in pending:
                 if p.info["n_labels"]:
                     p.info.update(self._stored_size(p.index))
+            self._sync_faces(*(p.info for p in pending))
             self.records.done_many([(p.tile, p.started, p.seconds, p.info) for p in pending])
         except Exception:
             text = traceback.format_exc()
@@ -407,6 +415,34 @@ class Segmenter:
             lines = text.strip().splitlines()
             return lines[-1] if lines else ""
         return ""
+
+    def _earlier_shard(self, group: Box, pending: set[int]) -> NDArray[Any]:
+        """The block's shard as earlier attempts left it (their tiles are kept), or zeros.
+
+        A shard whose index reads but whose chunks do not decode is removed, with the done
+        records of its tiles, so that the next pass segments them again.
+        """
+        plan, first = self.plan, tuple(a for a, _ in group)
+        shape = tuple(b - a for a, b in group) + plan.stage_tile_shape
+        if not self.stage_files.file(first).exists():
+            return np.zeros(shape, dtype=self.stage.dtype)
+        try:
+            return np.asarray(self.stage[box_slices(group)])
+        except Exception as e:
+            logger.warning("the stage shard of tiles %s does not decode (%s); removed", group, e)
+            self._discard_shard(group, pending)
+            return np.zeros(shape, dtype=self.stage.dtype)
+
+    def _discard_shard(self, group: Box, keep: Collection[int] = ()) -> None:
+        """Remove the block's shard and forget the done records of the tiles it held."""
+        self.stage_files.file(tuple(a for a, _ in group)).unlink(missing_ok=True)
+        self.stage_files.forget(tuple(a for a, _ in group))
+        self.records.index.refresh()
+        for index in self.plan.tiles_in(group):
+            tile = self.plan.tile_id(index)
+            record = self.records.record(tile, refresh=False)
+            if tile not in keep and record is not None and record.get("n_labels"):
+                self.records.discard(tile)
 
     def _save_plane(
         self, index: tuple[int, ...], data: NDArray[Any], lead: int, space: Box

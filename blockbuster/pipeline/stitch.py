@@ -173,12 +173,16 @@ class Stitcher:
             return None if faces is None else faces.get(key)
 
         views = []
+        lost: set[int] = set()
         for index, axis, nb in todo:
             a, b = side(index, f"up{axis}"), side(nb, f"down{axis}")
+            if a is None:
+                lost.add(self.plan.tile_id(index))
+            if b is None:
+                lost.add(self.plan.tile_id(nb))
             if a is not None and b is not None:
                 views.append((a, b))
-        lost = sorted(t for t, f in loaded.items() if f is None)
-        return views, lost
+        return views, sorted(lost)
 
     def __call__(self, key: int, group: Box) -> dict[str, Any]:
         """Stitch the tiles of ``group`` (the block ``key``) to their upper neighbours: write

@@ -114,6 +114,13 @@ class AppendLog:
                 raise
             return self._name, offset
 
+    def sync(self) -> None:
+        """Flush the data appended so far to storage (``fdatasync``); nothing before the first
+        append."""
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.fdatasync(self._fd)
+
     def close(self) -> None:
         with self._lock:
             self._close()

@@ -321,3 +321,38 @@ def test_a_stage_not_sharded_as_planned_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="is not sharded, unlike the one this release plans"):
         Segmenter(plan, image, 0, stage, records, cc_label)
     assert list((tmp_path / "stage.zarr").iterdir()) == [tmp_path / "stage.zarr" / "zarr.json"]
+
+
+def test_a_shard_whose_chunks_do_not_decode_is_rebuilt_not_failed_forever(
+    tmp_path: Path,
+) -> None:
+    """A shard whose index is whole but whose chunk bytes are damaged passes the size check;
+    the block that rewrites it (to redo one tile) removes it and forgets its tiles' records,
+    so the next pass segments them again, and the stage ends as it was."""
+    from blockbuster.pipeline.stage import StageFiles
+    from blockbuster.run.records import TaskRecords
+
+    image = blobs((64, 64), seed=3)
+    run, spec = _prepared(tmp_path, cc_label, image, (8, 8), 2, (8, 8))
+    plan = spec.plan
+    records = run_stage(run, "segment")
+    clean = open_stage(run.stage)[:]
+    files = StageFiles(run.stage, plan)
+    assert files.shard is not None
+    group = next(iter(plan.groups(plan.segment_group_shape())))
+    tiles = [plan.tile_id(i) for i in plan.tiles_in(group)]
+    labelled = [t for t in tiles if records.record(t)["n_labels"]]
+    assert len(labelled) > 1
+    path = files.file(plan.tile_index(tiles[0]))
+    data = bytearray(path.read_bytes())
+    data[: len(data) // 2] = bytes(len(data) // 2)  # the chunks' bytes, not the index
+    path.write_bytes(bytes(data))
+    assert StageFiles(run.stage, plan).chunk_bytes(plan.tile_index(labelled[0])) is not None
+    redo = labelled[0]
+    records.discard(redo)
+    run_stage(run, "segment")  # only the first block has a tile to redo
+    after = TaskRecords(run.records("segment"), "segment")
+    assert after.record(redo) is not None  # the tile redone is staged in the new shard
+    assert all(after.record(t) is None for t in labelled if t != redo)
+    run_stage(run, "segment")  # the next pass
+    np.testing.assert_array_equal(open_stage(run.stage)[:], clean)
