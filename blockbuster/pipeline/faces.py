@@ -161,9 +161,10 @@ class FacesLog:
     """Appends tiles' faces to this process's faces log under ``root`` (``<run_dir>/faces``).
 
     One log per process (:class:`~blockbuster.run.files.AppendLog`), so that the run
-    directory's file count grows with the workers, not with the tiles. Not fsynced: the
-    tile's record keeps the range and its CRC-32, which the driver and stitch check, and a
-    tile whose faces did not survive is segmented again.
+    directory's file count grows with the workers, not with the tiles. Synced (:meth:`sync`)
+    before the records that point to it, not after each append; the tile's record keeps the
+    range and its CRC-32, which the driver and stitch check, and a tile whose faces did not
+    survive is segmented again.
     """
 
     def __init__(self, root: Path) -> None:

@@ -261,11 +261,9 @@ class TilePlan:
         """Most tiles in one segment block: ``SEGMENT_SMALL_GROUP_TILES`` for small tiles,
         else ``SEGMENT_GROUP_TILES``."""
         small = SEGMENT_SMALL_GROUP_TILES * math.prod(self.stage_tile_shape)
-        return (
-            SEGMENT_SMALL_GROUP_TILES
-            if small <= SEGMENT_SMALL_GROUP_VOXELS
-            else (SEGMENT_GROUP_TILES)
-        )
+        if small <= SEGMENT_SMALL_GROUP_VOXELS:
+            return SEGMENT_SMALL_GROUP_TILES
+        return SEGMENT_GROUP_TILES
 
     def segment_group_shape(self) -> tuple[int, ...]:
         """Tiles per segment block along each axis.

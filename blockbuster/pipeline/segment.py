@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from blockbuster.io.boxes import Box, box_slices
 from blockbuster.io.chunks import ChunkCache
-from blockbuster.pipeline.faces import FacesLog, log_sizes, tile_faces
+from blockbuster.pipeline.faces import FacesLog, tile_faces
 from blockbuster.pipeline.plan import TilePlan, TileTask
 from blockbuster.pipeline.spec import load_fn, read_spec
 from blockbuster.pipeline.stage import StageFiles, open_stage
@@ -435,8 +435,9 @@ class Segmenter:
 
     def _discard_shard(self, group: Box, keep: Collection[int] = ()) -> None:
         """Remove the block's shard and forget the done records of the tiles it held."""
-        self.stage_files.file(tuple(a for a, _ in group)).unlink(missing_ok=True)
-        self.stage_files.forget(tuple(a for a, _ in group))
+        first = tuple(a for a, _ in group)
+        self.stage_files.file(first).unlink(missing_ok=True)
+        self.stage_files.forget(first)
         self.records.index.refresh()
         for index in self.plan.tiles_in(group):
             tile = self.plan.tile_id(index)
@@ -523,14 +524,7 @@ class SegmentTask(TileTask):
         return opened()
 
     def damaged(self, records: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
-        from blockbuster.pipeline.verify import damage
+        from blockbuster.pipeline.verify import damaged_records
         from blockbuster.run.rundir import RunDir
 
-        run = RunDir(self.run_root)
-        logs, stage = log_sizes(run.faces), StageFiles(run.stage, self.plan)
-        out = {}
-        for tile, record in records.items():
-            why = damage(run, self.plan, tile, record, logs, stage)
-            if why is not None:
-                out[tile] = why
-        return out
+        return damaged_records(RunDir(self.run_root), self.plan, records)

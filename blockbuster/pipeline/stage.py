@@ -21,12 +21,12 @@ import zarr
 from numpy.typing import NDArray
 
 from blockbuster.io.boxes import Box
-from blockbuster.pipeline.plan import TilePlan
+from blockbuster.pipeline.plan import SEGMENT_SMALL_GROUP_VOXELS, TilePlan
 
-#: a segment block's tiles share one shard when their staged voxels are at most this many (a
-#: shard is rewritten whole with each tile: cheap for small tiles, where files per tile would
-#: otherwise dominate, not for large ones)
-SHARD_STAGE_VOXELS = 2**23
+#: a segment block's tiles share one shard when their staged voxels are at most this many:
+#: the small tiles whose blocks segment reads and stages as one (large tiles' chunks read and
+#: write faster as files of their own, and are few)
+SHARD_STAGE_VOXELS = SEGMENT_SMALL_GROUP_VOXELS
 
 
 def stage_shard_tiles(plan: TilePlan) -> tuple[int, ...] | None:
@@ -107,10 +107,7 @@ class StageFiles:
                 return os.stat(self.file(index)).st_size
             except FileNotFoundError:
                 return None
-        key = self._key(index)
-        if key not in self._indexes:
-            self._indexes[key] = self._read_index(self.file(index))
-        table = self._indexes[key]
+        table = self._index(index)
         if table is None:
             return None
         local = tuple(i % g for i, g in zip(index, self.shard, strict=True))
@@ -121,14 +118,12 @@ class StageFiles:
         """Remove the shard of tile ``index`` if it is on disk but its index is unreadable
         (zarr could not add a chunk to it); True if it did. Its tiles' records are then
         damaged too, so the segment block rewriting this shard redoes them all."""
-        if self.shard is None:
+        path = self.file(index)
+        if self.shard is None or not path.exists():
             return False
         self.forget(index)
-        path = self.file(index)
-        if not path.exists() or self.chunk_bytes(index) is not None:
+        if self._index(index) is not None:
             return False
-        if self._indexes[self._key(index)] is not None:
-            return False  # readable: the tile's chunk is simply not stored
         path.unlink(missing_ok=True)
         self.forget(index)
         return True
@@ -137,6 +132,13 @@ class StageFiles:
         """Read the shard of tile ``index`` again on the next look (it was written)."""
         if self.shard is not None:
             self._indexes.pop(self._key(index), None)
+
+    def _index(self, index: tuple[int, ...]) -> NDArray[np.uint64] | None:
+        """The index of tile ``index``'s shard (read once, then kept), or None if unreadable."""
+        key = self._key(index)
+        if key not in self._indexes:
+            self._indexes[key] = self._read_index(self.file(index))
+        return self._indexes[key]
 
     def _read_index(self, path: Path) -> NDArray[np.uint64] | None:
         assert self.shard is not None

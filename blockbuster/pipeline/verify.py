@@ -29,30 +29,26 @@ logger = logging.getLogger("blockbuster")
 
 
 def damage(
-    run: RunDir,
     plan: TilePlan,
     tile: int,
     record: Mapping[str, Any],
-    faces_logs: Mapping[str, int] | None = None,
-    stage: StageFiles | None = None,
+    faces_logs: Mapping[str, int],
+    stage: StageFiles,
 ) -> str | None:
     """What is wrong with the files a segment record promises, or None.
 
     ``faces_logs`` are the faces logs' sizes (:func:`~blockbuster.pipeline.faces.log_sizes`)
-    and ``stage`` the stage's files, each read once for many records; read here when not
-    given.
+    and ``stage`` the stage's files, each read once for many records.
     """
     if record["n_labels"] == 0:
         return None  # nothing staged, no faces: nothing that can go missing
-    stage = stage or StageFiles(run.stage, plan)
     size = stage.chunk_bytes(plan.tile_index(tile))
     if size is None or size == 0 or size != record.get("stage_bytes"):
         return f"its stage chunk is {'missing' if size is None else 'damaged'}"
     ref = FacesRef.of(record)
     if ref is None:
         return "its record names no faces"
-    logs = log_sizes(run.faces) if faces_logs is None else faces_logs
-    size = logs.get(ref.log)
+    size = faces_logs.get(ref.log)
     if size is None or size < ref.offset + ref.nbytes:
         return "its faces log is missing" if size is None else "its faces log is cut short"
     return None
@@ -67,10 +63,17 @@ def damaged_tiles(run: RunDir, plan: TilePlan) -> dict[int, str]:
         Tile -> what is wrong, for every tile whose record must not be trusted.
     """
     records = TaskRecords(run.records("segment"), "segment")
+    return damaged_records(run, plan, records.done_records())
+
+
+def damaged_records(
+    run: RunDir, plan: TilePlan, records: Mapping[int, Mapping[str, Any]]
+) -> dict[int, str]:
+    """Of the segment done ``records`` (by tile), those whose files are not whole, with why."""
     logs, stage = log_sizes(run.faces), StageFiles(run.stage, plan)
     bad = {}
-    for tile, record in records.done_records().items():
-        why = damage(run, plan, tile, record, logs, stage)
+    for tile, record in records.items():
+        why = damage(plan, tile, record, logs, stage)
         if why is not None:
             bad[tile] = why
     return bad
